@@ -1,0 +1,48 @@
+"""The ``ailora`` command line: one subcommand per module, each a thin layer over the library.
+
+A subcommand module exposes ``add_parser(subparsers)``, which registers its parser and sets
+``func`` (called with the parsed namespace, returning an exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ailora.errors import AiloraError
+
+# Module names under ailora.cli, in the order `ailora --help` lists them.
+SUBCOMMANDS = ["ls", "init", "convert", "merge"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ailora import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ailora",
+        description="AILoRA and the SVD-initialised LoRA family: exact, PEFT-compatible fine-tuning.",
+    )
+    parser.add_argument("--version", action="version", version=f"ailora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"ailora.cli.{name.replace('-', '_')}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AiloraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
