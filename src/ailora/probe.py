@@ -1,0 +1,71 @@
+"""The output check: a fixed probe batch, run before and after a change to the model."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+# fp32 tolerance on the largest absolute output difference (logits or hidden states).
+FP32_TOLERANCE = 1e-4
+# Half-precision models compute in bf16/fp16, whose own rounding is ~1e-2 relative: the check is relative there.
+HALF_RELATIVE_TOLERANCE = 2e-2
+
+
+def tolerance_for(dtype: torch.dtype, reference: torch.Tensor) -> float:
+    if dtype in (torch.float32, torch.float64):
+        return FP32_TOLERANCE
+    return HALF_RELATIVE_TOLERANCE * max(1.0, reference.abs().max().item())
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def make_probe(model: nn.Module, batch: int = 2, length: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded batch of token ids valid for the model (and decoder ids for encoder-decoders)."""
+    cfg = model.config
+    vocab = model.get_input_embeddings().num_embeddings
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    probe = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if getattr(cfg, "is_encoder_decoder", False):
+        probe["decoder_input_ids"] = torch.randint(0, vocab, (batch, max(2, length // 2)), generator=g)
+    device = model_device(model)
+    return {k: v.to(device) for k, v in probe.items()}
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def first_output(out) -> torch.Tensor:
+    """logits / last_hidden_state / start_logits: the first tensor a transformers model returns."""
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+def run_probe(model: nn.Module, probe: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's first output on the probe, in float32, with dropout off."""
+    with eval_mode(model):
+        return first_output(model(**probe)).detach().float().clone()
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
