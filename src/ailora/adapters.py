@@ -83,20 +83,27 @@ def _atomic_dir(out_dir: Path, overwrite: bool, write) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def converted_state(model: peft.PeftModel, rank: int | None = None):
-    """The plain-LoRA tensors and config of an ailora-applied PeftModel, and a per-module report."""
-    state = getattr(model, "ailora_state", None)
-    cfg = copy.deepcopy(model.peft_config["default"])
-    sd = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
-    modules = {}
+def to_plain_lora(sd: dict, cfg: peft.LoraConfig, initial: dict, rank: int | None = None):
+    """Rewrite adapter tensors as plain LoRA on the original base, optionally compressed.
+
+    Args:
+        sd: PEFT adapter state dict (keys ``base_model.model.<module>.lora_A.weight`` ...).
+        cfg: its LoraConfig. initial: module -> (A0, B0), the start of modules trained on a residual.
+        rank: compress every module above this rank.
+    Returns (new state dict, new config, per-module report).
+    """
+    sd, cfg, modules = dict(sd), copy.deepcopy(cfg), {}
     for key in [k for k in sd if k.endswith(".lora_A.weight")]:
         name = key[len(PREFIX):-len(".lora_A.weight")]
         a, b = sd[key].float(), sd[f"{PREFIX}{name}.lora_B.weight"].float()
         r, alpha = _module_rank_alpha(cfg, name)
         s = _scaling(r, alpha, cfg.use_rslora)
-        a0, b0 = state.initial.get(name, (None, None)) if state is not None else (None, None)
-        if b0 is not None and b0.abs().max() > 0:  # an SVD start: express against W0
-            a, b = torch.cat([a, a0]), torch.cat([b, -b0], dim=1)
+        a0, b0 = initial.get(name, (None, None))
+        if b0 is not None and b0.abs().max() > 0:  # trained on W0 - s B0 A0: express against W0
+            if a0.shape != a.shape or b0.shape != b.shape:
+                raise AiloraError(f"initial adapter of layer {name} has shapes {tuple(a0.shape)}/{tuple(b0.shape)}, "
+                                  f"trained has {tuple(a.shape)}/{tuple(b.shape)}")
+            a, b = torch.cat([a, a0.float()]), torch.cat([b, -b0.float()], dim=1)
         info = {"trained_rank": r, "rank": a.shape[0], "converted": a.shape[0] != r, "relative_error": 0.0}
         if rank is not None and a.shape[0] > rank:
             b, a, info["relative_error"] = compress(b, a, rank)
@@ -104,12 +111,19 @@ def converted_state(model: peft.PeftModel, rank: int | None = None):
         modules[name] = info
         dtype = sd[key].dtype
         sd[key], sd[f"{PREFIX}{name}.lora_B.weight"] = a.to(dtype).contiguous(), b.to(dtype).contiguous()
-        if info["rank"] != cfg.r or info["rank"] != r:
+        if info["rank"] != r:
             cfg.rank_pattern[re.escape(name)] = info["rank"]
             cfg.alpha_pattern[re.escape(name)] = _alpha_for(s, info["rank"], cfg.use_rslora)
     cfg.init_lora_weights = True
     cfg.inference_mode = True
     return sd, cfg, modules
+
+
+def converted_state(model: peft.PeftModel, rank: int | None = None):
+    """The plain-LoRA tensors and config of an ailora-applied PeftModel, and a per-module report."""
+    state = getattr(model, "ailora_state", None)
+    sd = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    return to_plain_lora(sd, model.peft_config["default"], state.initial if state is not None else {}, rank)
 
 
 def save(model: peft.PeftModel, out_dir, rank: int | None = None, overwrite: bool = False) -> dict:

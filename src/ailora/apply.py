@@ -275,7 +275,7 @@ def apply(
     cfg = InitConfig(solver=solver, generator=gen)
     show = progress if progress is not None else len(tgts) >= PROGRESS_MIN_LAYERS
     plans = []
-    for t in tqdm(tgts, desc=f"ailora {method} init", unit="layer", disable=not show):
+    for t in tqdm(tgts, desc=f"{method} init", unit="layer", disable=not show):
         module = model.get_submodule(t.name)
         dev = torch.device(device) if device is not None else weight_of(module).device
         plans.append(_plan_target(module, t, pol, rank, scaling, cfg if dev.type == "cpu" else

@@ -148,8 +148,8 @@ def adaptable_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _candidates(mods: Iterable[str]) -> str:
-    """The distinct last-two-part names of modules, for an error message that lists what could match."""
-    tails = sorted({".".join(n.split(".")[-2:]) for n in mods})
+    """Module names with layer indices collapsed to N, for an error message that lists what could match."""
+    tails = sorted({re.sub(r"\.\d+(?=\.|$)", ".N", n) for n in mods})
     return ", ".join(tails[:30]) + (" ..." if len(tails) > 30 else "")
 
 

@@ -1,0 +1,57 @@
+"""``ailora ls``: what the registries hold."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def _section(title: str, rows: list[tuple[str, str]]) -> str:
+    width = max((len(n) for n, _ in rows), default=0)
+    return "\n".join([f"{title}:"] + [f"  {n.ljust(width)}  {d}" for n, d in rows])
+
+
+def _registry_rows() -> dict[str, list[tuple[str, str]]]:
+    from ailora.inits import INITS
+    from ailora.methods import METHODS
+    from ailora.roles import ARCHITECTURES, ROLES
+    from ailora.svd import SOLVERS
+
+    sections = {
+        "methods": [(m.name, f"{m.description}; targets {','.join(m.targets)}") for m in METHODS.values()],
+        "inits": [(i.name, i.description) for i in INITS.values()],
+        "solvers": [(s.name, s.description) for s in SOLVERS.values()],
+        "roles": [(r, "") for r in ROLES],
+        "architectures": [(a, ", ".join(sorted(set(arch.roles) | {r for lay in arch.fused_layouts().values()
+                                                                   for r, _ in lay(_Any())})))
+                          for a, arch in sorted(ARCHITECTURES.items())],
+    }
+    # Optional registries: present once their packages exist.
+    for module, attr, title in [("ailora.tasks", "TASKS", "tasks")]:
+        try:
+            reg = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        sections[title] = [(name, getattr(spec, "description", "")) for name, spec in reg.items()]
+    return sections
+
+
+class _Any:
+    """A stand-in config for listing the roles of fused layouts."""
+
+    def __getattr__(self, name):
+        return 1
+
+
+def run(args) -> int:
+    sections = _registry_rows()
+    wanted = [args.what] if args.what else list(sections)
+    print("\n\n".join(_section(w, sections[w]) for w in wanted))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ls", help="list methods, inits, solvers, roles, architectures and tasks",
+                       description="List what ailora's registries hold.")
+    p.add_argument("what", nargs="?", choices=["methods", "inits", "solvers", "roles", "architectures", "tasks"],
+                   help="one registry only")
+    p.set_defaults(func=run)

@@ -1,0 +1,126 @@
+"""Converting adapter directories: residual-form to plain LoRA, and compression to a lower rank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import peft
+import torch
+from safetensors.torch import load_file, save_file
+
+from ailora.adapters import (
+    CONFIG_FILE,
+    META_FILE,
+    PREFIX,
+    WEIGHTS_FILE,
+    _atomic_dir,
+    _module_rank_alpha,
+    _scaling,
+    check_adapter_dir,
+    to_plain_lora,
+    verify,
+)
+from ailora.errors import AiloraError
+from ailora.roles import weight_of
+
+
+def read_adapter(path) -> tuple[dict, peft.LoraConfig, dict]:
+    """(state dict, LoraConfig, ailora.json or {}) of an adapter directory; a one-line error if broken."""
+    d = Path(path)
+    if not d.is_dir():
+        raise AiloraError(f"adapter directory {d} does not exist")
+    for f in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (d / f).is_file():
+            raise AiloraError(f"adapter directory {d} is missing {f}")
+    try:
+        cfg = peft.LoraConfig.from_pretrained(d)
+        sd = load_file(d / WEIGHTS_FILE)
+    except Exception as exc:
+        raise AiloraError(f"cannot read adapter {d}: {str(exc).splitlines()[0]}") from None
+    meta = json.loads((d / META_FILE).read_text()) if (d / META_FILE).is_file() else {}
+    return sd, cfg, meta
+
+
+def _initial_factors(sd: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    out = {}
+    for key in sd:
+        if key.endswith(".lora_A.weight"):
+            name = key[len(PREFIX):-len(".lora_A.weight")]
+            out[name] = (sd[key], sd[f"{PREFIX}{name}.lora_B.weight"])
+    return out
+
+
+def _residual_reference(base: torch.nn.Module, sd: dict, cfg, initial_sd: dict) -> peft.PeftModel:
+    """The trained model as it was trained: base weights W0 - s B0 A0, with the trained adapter on top."""
+    for name, (a0, b0) in _initial_factors(initial_sd).items():
+        module = base.get_submodule(name)
+        r, alpha = _module_rank_alpha(cfg, name)
+        w = weight_of(module)
+        with torch.no_grad():
+            w.sub_((_scaling(r, alpha, cfg.use_rslora) * (b0.float() @ a0.float())).to(w.dtype))
+    model = peft.get_peft_model(base, _plain_copy(cfg))
+    peft.set_peft_model_state_dict(model, sd)
+    return model
+
+
+def _plain_copy(cfg: peft.LoraConfig) -> peft.LoraConfig:
+    cfg = peft.LoraConfig(**{k: v for k, v in cfg.to_dict().items() if k in peft.LoraConfig.__dataclass_fields__})
+    cfg.init_lora_weights = True
+    return cfg
+
+
+def convert_dir(adapter, out, rank: int | None = None, initial=None, base=None, overwrite: bool = False) -> dict:
+    """Write ``adapter`` as plain LoRA on the original base into ``out``; returns the report.
+
+    Args:
+        initial: the adapter at initialisation, for an adapter trained on a residual base (PEFT's
+            PiSSA/MiLoRA workflow saves both). Without it the adapter must already be plain LoRA.
+        rank: compress each module above this rank by SVD of its delta (relative error reported).
+        base: the original base model's directory: load it and check the converted adapter's outputs
+            against the model as trained (and, when compressing, report the difference).
+    """
+    sd, cfg, meta = read_adapter(adapter)
+    init_factors = {}
+    if initial is not None:
+        init_sd, init_cfg, _ = read_adapter(initial)
+        if init_cfg.r != cfg.r or init_cfg.rank_pattern != cfg.rank_pattern:
+            raise AiloraError(f"initial adapter {initial} has ranks {init_cfg.r}/{init_cfg.rank_pattern}, "
+                              f"trained has {cfg.r}/{cfg.rank_pattern}")
+        init_factors = _initial_factors(init_sd)
+        missing = sorted(set(_initial_factors(sd)) - set(init_factors))
+        if missing:
+            raise AiloraError(f"initial adapter {initial} lacks layer {missing[0]}")
+    elif rank is None:
+        raise AiloraError(f"adapter {adapter} is already plain LoRA: give --rank to compress it, or --initial "
+                          "for an adapter trained on a residual base")
+    new_sd, new_cfg, modules = to_plain_lora(sd, cfg, init_factors, rank)
+    report = {**{k: v for k, v in meta.items() if k not in ("modules", "compressed_rank", "max_relative_error")},
+              "format": "plain-lora-on-original-base", "compressed_rank": rank, "modules": modules,
+              "max_relative_error": max((m["relative_error"] for m in modules.values()), default=0.0)}
+    if base is not None:
+        report["check"] = _check_against_base(base, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial)
+
+    def write(tmp: Path) -> None:
+        new_cfg.save_pretrained(tmp)
+        save_file(new_sd, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        (tmp / META_FILE).write_text(json.dumps(report, indent=2))
+
+    _atomic_dir(Path(out), overwrite, write)
+    return report
+
+
+def _check_against_base(base_path, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial) -> dict:
+    from ailora.models import load_model, resolve_model_path
+
+    path = resolve_model_path(base_path)
+    fresh = load_model(path)
+    if not init_factors:
+        check_adapter_dir(fresh, adapter)
+    if init_factors:
+        reference = _residual_reference(load_model(path), sd, cfg, load_file(Path(initial) / WEIGHTS_FILE))
+    else:
+        reference = peft.PeftModel.from_pretrained(load_model(path), str(adapter))
+    converted = peft.get_peft_model(fresh, _plain_copy(new_cfg))
+    peft.set_peft_model_state_dict(converted, new_sd)
+    return verify(reference, converted)

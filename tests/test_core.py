@@ -1,0 +1,268 @@
+"""Tier 1: the SVD-initialised family on tiny random models of every architecture family."""
+
+from __future__ import annotations
+
+import copy
+
+import peft
+import pytest
+import torch
+
+import ailora
+from ailora.errors import AiloraError
+from ailora.probe import make_probe, run_probe
+from ailora.roles import find_targets, weight_of
+from tests.tiny_models import BUILDERS, tiny
+
+METHODS = ["lora", "pissa", "milora", "ailora", "reailora"]
+ARCHS = list(BUILDERS)
+
+
+def perturb(model, scale=0.2, seed=1):
+    """Stand-in for training: move every trainable tensor."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_outputs_unchanged_at_init(arch, method):
+    base = tiny(arch)
+    probe = make_probe(base)
+    before = run_probe(base, probe)
+    model = ailora.apply(base, method=method, rank=2)
+    assert model.ailora_state.check["passed"]
+    assert (run_probe(model, probe) - before).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("solver", ["exact", "fast"])
+def test_residual_plus_adapter_is_w(arch, solver):
+    original = tiny(arch)
+    weights = {n: weight_of(m).detach().clone() for n, m in original.named_modules() if hasattr(m, "weight")}
+    model = ailora.apply(copy.deepcopy(original), method="ailora", rank=3, solver=solver)
+    state = model.ailora_state
+    s = state.alpha / state.rank
+    for name in state.targets:
+        layer = model.base_model.model.get_submodule(name)
+        w_res = weight_of(layer.get_base_layer()).detach()
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        torch.testing.assert_close(w_res + s * (b @ a), weights[name], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("solver", ["exact", "fast"])
+def test_principal_and_minor_slices_hold_top_and_bottom_singular_values(solver):
+    base = tiny("llama")  # grouped-query attention: v_proj is (16, 32), q_proj (32, 32)
+    original = {n: weight_of(m).detach().clone() for n, m in base.named_modules() if hasattr(m, "weight")}
+    r = 4
+    model = ailora.apply(base, method="ailora", rank=r, solver=solver)
+    for rec in model.ailora_state.layers:
+        sv = torch.linalg.svdvals(original[rec.name].double())
+        (role,) = rec.roles
+        want = sv[:r] if role == "query" else sv[-r:]
+        tol = 1e-5 if solver == "exact" or role == "value" else 1e-3
+        torch.testing.assert_close(torch.tensor(rec.singular_values[role], dtype=torch.double), want,
+                                   atol=tol * sv[0].item(), rtol=0)
+        layer = model.base_model.model.get_submodule(rec.name)
+        delta = layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+        torch.testing.assert_close(torch.linalg.svdvals(delta.double())[:r], want, atol=tol * sv[0].item(), rtol=0)
+    shapes = {rec.roles[0]: rec.shape for rec in model.ailora_state.layers}
+    assert shapes["value"][0] == 16 and shapes["query"][0] == 32
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "phi3"])
+def test_fused_blocks_get_own_start_and_stay_separate(arch):
+    model = ailora.apply(tiny(arch), method="ailora", rank=2)
+    fused = [t for t in model.ailora_state.targets.values() if t.fused]
+    assert fused and all(t.roles == ("query", "value") for t in fused)
+    rec = next(r for r in model.ailora_state.layers if r.name == fused[0].name)
+    assert rec.inits == ["principal", "minor"] and rec.rank == 4
+    opt = torch.optim.AdamW(ailora.param_groups(model, lr=1e-2), weight_decay=0.1)
+    probe = make_probe(model)
+    for _ in range(3):
+        out = model(**probe).logits
+        out.square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    for t in fused:
+        b = model.base_model.model.get_submodule(t.name).lora_B["default"].weight
+        (q, v) = t.blocks
+        assert b[q.start:q.stop, 2:].abs().max() == 0 and b[v.start:v.stop, :2].abs().max() == 0
+        assert b[q.start:q.stop, :2].abs().max() > 0
+        key_rows = b[q.stop:v.start]
+        assert key_rows.abs().max() == 0  # the key block is not adapted
+
+
+def test_phi3_gqa_fused_block_sizes():
+    targets = find_targets(tiny("phi3"), ["query", "key", "value"])
+    blocks = {b.role: b.stop - b.start for b in targets[0].blocks}
+    assert blocks == {"query": 32, "key": 16, "value": 16}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_saved_adapter_reproduces_trained_model_on_original_base(arch, tmp_path):
+    original = tiny(arch)
+    model = ailora.apply(copy.deepcopy(original), method="ailora", rank=2)
+    perturb(model)
+    probe = make_probe(model)
+    trained = run_probe(model, probe)
+    assert (trained - run_probe(original, probe)).abs().max() > 1e-3  # training really moved it
+    meta = ailora.save(model, tmp_path / "adapter")
+    assert all(m["rank"] == 2 * m["trained_rank"] for m in meta["modules"].values())
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(original), str(tmp_path / "adapter"))
+    assert (run_probe(loaded, probe) - trained).abs().max() <= 1e-4
+
+
+def test_compression_reports_error_and_is_lossless_at_true_rank(tmp_path):
+    original = tiny("bert")
+    model = ailora.apply(copy.deepcopy(original), method="pissa", rank=4)
+    perturb(model)
+    probe = make_probe(model)
+    trained = run_probe(model, probe)
+    lossless = ailora.save(model, tmp_path / "r8", rank=8)  # rank of B'A' is at most 2r = 8
+    assert lossless["max_relative_error"] < 1e-6
+    lossy = ailora.save(model, tmp_path / "r2", rank=2)
+    assert 0 < lossy["max_relative_error"] < 1
+    for sub, tol in [("r8", 1e-4), ("r2", None)]:
+        loaded = peft.PeftModel.from_pretrained(copy.deepcopy(original), str(tmp_path / sub))
+        diff = (run_probe(loaded, probe) - trained).abs().max()
+        assert diff <= tol if tol else diff > 1e-6
+
+
+def test_merge_and_unmerge_are_exact():
+    model = ailora.apply(tiny("llama"), method="ailora", rank=2)
+    perturb(model)
+    probe = make_probe(model)
+    before = run_probe(model, probe)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    assert ailora.merge(model)["passed"]
+    changed = [n for n, p in model.named_parameters() if "base_layer" in n and not torch.equal(p, weights[n])]
+    assert changed
+    ailora.unmerge(model)
+    for n, p in model.named_parameters():
+        if n in weights:
+            torch.testing.assert_close(p, weights[n], atol=1e-6, rtol=0)
+    assert (run_probe(model, probe) - before).abs().max() <= 1e-5
+
+
+def test_merge_to_dir_writes_full_model(tmp_path):
+    model = ailora.apply(tiny("bert"), method="milora", rank=2)
+    perturb(model)
+    probe = make_probe(model)
+    before = run_probe(model, probe)
+    ailora.merge_to_dir(model, tmp_path / "merged")
+    from transformers import BertForSequenceClassification
+    merged = BertForSequenceClassification.from_pretrained(tmp_path / "merged", use_safetensors=True)
+    assert (run_probe(merged, probe) - before).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+def test_only_adapter_and_head_train(arch):
+    model = ailora.apply(tiny(arch), method="ailora", rank=2)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(".lora_" in n or "modules_to_save" in n for n in names)
+    if arch == "bert":
+        assert any("classifier" in n for n in names)
+
+
+@pytest.mark.parametrize("solver", ["exact", "fast"])
+@pytest.mark.parametrize("method", ["ailora", "lora"])
+def test_deterministic(solver, method):
+    a = ailora.apply(tiny("bert"), method=method, rank=3, solver=solver, seed=7)
+    b = ailora.apply(tiny("bert"), method=method, rank=3, solver=solver, seed=7)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb), na
+
+
+def test_param_groups_value_gets_twice_query_lr():
+    model = ailora.apply(tiny("bert"), method="ailora", rank=2)
+    groups = {g["name"]: g for g in ailora.param_groups(model, lr=1e-3)}
+    assert groups["query"]["lr"] == 1e-3 and groups["value"]["lr"] == 2e-3
+    assert "head" in groups or "head.no_decay" in groups
+    groups = {g["name"]: g for g in ailora.param_groups(model, lr=1e-3, value_lr_ratio=4)}
+    assert groups["value"]["lr"] == 4e-3
+    lora = {g["name"]: g for g in ailora.param_groups(ailora.apply(tiny("bert"), method="lora"), lr=1e-3)}
+    assert lora["value"]["lr"] == 1e-3
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in groups.values() for p in g["params"]) == n_trainable
+
+
+def test_per_role_policy_gives_any_role_any_start():
+    model = ailora.apply(tiny("bert"), method="ailora", rank=2,
+                         policy="query=principal,value=minor,key=lora,output=principal")
+    inits = {rec.roles[0]: rec.inits[0] for rec in model.ailora_state.layers}
+    assert inits == {"query": "principal", "value": "minor", "key": "lora", "output": "principal"}
+    assert model.ailora_state.check["passed"]
+
+
+def test_unknown_architecture_by_naming_modules():
+    base = tiny("bert")
+    base.config.model_type = "mystery"
+    with pytest.raises(AiloraError, match="not known for model type 'mystery'.*attention.self.query"):
+        ailora.apply(copy.deepcopy(base), method="ailora")
+    model = ailora.apply(base, method="ailora", rank=2,
+                         modules={"query": [r"self\.query"], "value": [r"self\.value"]})
+    assert len(model.ailora_state.targets) == 4
+
+
+def test_bfloat16_model_decomposes_in_fp32_and_keeps_outputs():
+    base = tiny("llama").to(torch.bfloat16)
+    model = ailora.apply(base, method="ailora", rank=2)
+    dtypes = {rec.residual_dtype for rec in model.ailora_state.layers}
+    assert dtypes <= {"float32", "bfloat16"} and model.ailora_state.check["passed"]
+    forced = ailora.apply(tiny("llama").to(torch.bfloat16), method="ailora", rank=2, residual_dtype="float32")
+    assert {rec.residual_dtype for rec in forced.ailora_state.layers} == {"float32"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rank": 0}, "rank must be a positive integer"),
+    ({"rank": 17}, "rank 17 exceeds min\\(out, in\\) = 16 of layer model.layers.0.self_attn.v_proj"),
+    ({"method": "qlora"}, "unknown method 'qlora'"),
+    ({"policy": "query=principal,vaule=minor"}, "unknown role 'vaule'"),
+    ({"policy": "query=biggest"}, "unknown init 'biggest'"),
+    ({"targets": ["query", "keys"]}, "unknown role 'keys'"),
+    ({"solver": "magic"}, "unknown solver 'magic'"),
+    ({"modules": {"query": [r"nothing\.here"]}}, "matches no module; linear modules: .*q_proj"),
+])
+def test_bad_arguments_are_one_line_errors_and_leave_model_untouched(kwargs, message):
+    base = tiny("llama")
+    before = copy.deepcopy(base.state_dict())
+    with pytest.raises(AiloraError, match=message) as err:
+        ailora.apply(base, **{"method": "ailora", **kwargs})
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
+    assert not any("lora_" in n for n, _ in base.named_modules())
+
+
+def test_nan_and_integer_weights_are_refused():
+    base = tiny("bert")
+    with torch.no_grad():
+        base.bert.encoder.layer[1].attention.self.value.weight[0, 0] = float("nan")
+    with pytest.raises(AiloraError, match="layer bert.encoder.layer.1.attention.self.value has NaN or Inf"):
+        ailora.apply(base)
+    base = tiny("bert")
+    layer = base.bert.encoder.layer[0].attention.self.query
+    layer.weight = torch.nn.Parameter(layer.weight.detach().to(torch.int8), requires_grad=False)
+    with pytest.raises(AiloraError, match="quantised or integer weights"):
+        ailora.apply(base)
+
+
+def test_adapter_dir_errors(tmp_path):
+    original = tiny("bert")
+    model = ailora.apply(copy.deepcopy(original), method="ailora", rank=2)
+    ailora.save(model, tmp_path / "ok")
+    with pytest.raises(AiloraError, match="is not empty"):
+        ailora.save(model, tmp_path / "ok")
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "adapter_config.json").write_text((tmp_path / "ok" / "adapter_config.json").read_text())
+    with pytest.raises(AiloraError, match="missing adapter_model.safetensors"):
+        ailora.load(copy.deepcopy(original), tmp_path / "partial")
+    with pytest.raises(AiloraError, match="does not exist"):
+        ailora.load(copy.deepcopy(original), tmp_path / "nope")
+    other = tiny("bert")
+    other.bert.encoder.layer[0].attention.self.query = torch.nn.Linear(32, 16)
+    with pytest.raises(AiloraError, match="shape .* expected .* layer bert.encoder.layer.0.attention.self.query"):
+        ailora.load(other, tmp_path / "ok")

@@ -1,0 +1,41 @@
+"""Tiny random-weight models of every architecture family ailora knows, built in code (tier-1 tests)."""
+
+from __future__ import annotations
+
+import torch
+import transformers as T
+
+V = 96  # vocabulary size of every tiny model
+
+
+def _bert_like(cls_cfg, cls_model, **kw):
+    return cls_model(cls_cfg(vocab_size=V, **kw))
+
+
+BUILDERS = {
+    "bert": lambda: _bert_like(T.BertConfig, T.BertForSequenceClassification, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=4, intermediate_size=48),
+    "roberta": lambda: _bert_like(T.RobertaConfig, T.RobertaForSequenceClassification, hidden_size=32,
+                                  num_hidden_layers=2, num_attention_heads=4, intermediate_size=48),
+    "deberta-v2": lambda: _bert_like(T.DebertaV2Config, T.DebertaV2ForSequenceClassification, hidden_size=32,
+                                     num_hidden_layers=2, num_attention_heads=4, intermediate_size=48),
+    "distilbert": lambda: _bert_like(T.DistilBertConfig, T.DistilBertForSequenceClassification, dim=32, n_layers=2,
+                                     n_heads=4, hidden_dim=48),
+    "llama": lambda: _bert_like(T.LlamaConfig, T.LlamaForCausalLM, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, intermediate_size=48),
+    "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                   bos_token_id=0, eos_token_id=0)),
+    "phi3": lambda: _bert_like(T.Phi3Config, T.Phi3ForCausalLM, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, intermediate_size=48, pad_token_id=0,
+                               bos_token_id=0, eos_token_id=0),
+    "bart": lambda: _bert_like(T.BartConfig, T.BartForConditionalGeneration, d_model=32, encoder_layers=2,
+                               decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                               encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64),
+    "t5": lambda: _bert_like(T.T5Config, T.T5ForConditionalGeneration, d_model=32, d_kv=8, num_heads=4, d_ff=48,
+                             num_layers=2, decoder_start_token_id=0),
+}
+
+
+def tiny(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return BUILDERS[name]().eval()
