@@ -76,7 +76,9 @@ def get_metric(name: str) -> Metric:
         raise AiloraError(f"unknown metric {name!r} (known: {', '.join(sorted(METRICS))})") from None
 
 
-def compute_metrics(names: Iterable[str], predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
+def compute_metrics(
+    names: Iterable[str], predictions: Sequence[Any], references: Sequence[Any]
+) -> dict[str, float]:
     """Score one set of predictions with several metrics: ``{name: score}`` in the order given."""
     metrics = [get_metric(name) for name in names]
     return {m.name: m.compute(predictions, references) for m in metrics}

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     # Deprecation chatter from transformers internals that PEFT calls; nothing a user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     args = build_parser().parse_args(argv)
+    # Weight-loading bars from transformers would drown our own output (and one-line errors).
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
     except AiloraError as exc:
