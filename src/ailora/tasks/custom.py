@@ -1,0 +1,152 @@
+"""A user's own task from CSV, TSV, JSON-lines or JSON files, described by a short spec.
+
+Example (a dict, or the same as a JSON file)::
+
+    {"name": "reviews", "kind": "classification", "path": "reviews.csv",
+     "text_fields": ["text"], "label_field": "stars", "label_names": ["1", "2", "3", "4", "5"],
+     "metrics": ["accuracy", "macro_f1"], "validation_size": 0.1, "test_size": 0.1, "seed": 0}
+
+Keys: ``name`` and ``kind`` are required. Data is one file, ``path`` (split with the seed), or
+``train`` and ``test`` (+ optional ``validation``; when absent it is carved from train). Relative
+paths are resolved against the JSON file's folder (or ``base_dir``). ``text_fields`` (default
+``["text"]``) are the input columns, two for sentence pairs; for generation they are joined by a
+newline into the prompt. ``label_field`` (default ``"label"``) is the class, number or target
+text. ``label_names`` fixes the classes and their order (default: the sorted labels found).
+``metrics`` default by kind: accuracy; pearson + spearman; rouge1/2/L; squad_f1 + squad_em.
+Optional: ``description``, ``main_metric``, ``validation_size`` and ``test_size`` (a count or a
+fraction, default 0.1), ``seed`` (default 0), ``dedupe`` (default false). Extractive QA files
+must be in the SQuAD JSON format. The file format follows the extension: .csv, .tsv, .jsonl, .json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ailora.errors import AiloraError
+from ailora.tasks.readers import Row, read_json_records, read_jsonl, read_squad, read_table, require_file
+from ailora.tasks.spec import RawSplits, TaskSpec
+
+DEFAULT_METRICS = {
+    "classification": ("accuracy",),
+    "regression": ("pearson", "spearman"),
+    "generation": ("rouge1", "rouge2", "rougeL"),
+    "extractive_qa": ("squad_f1", "squad_em"),
+}
+_KEYS = {
+    "name", "description", "kind", "path", "train", "validation", "test", "text_fields", "label_field",
+    "label_names", "metrics", "main_metric", "validation_size", "test_size", "seed", "dedupe",
+}  # fmt: skip
+_FORMATS = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def task_from_dict(config: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None) -> TaskSpec:
+    """A :class:`TaskSpec` for the user's files described by ``config`` (keys in the module docstring)."""
+    name = config.get("name") or "<unnamed>"
+    unknown = sorted(set(config) - _KEYS)
+    if unknown:
+        raise AiloraError(
+            f"task spec {name!r}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})"
+        )
+    for key in ("name", "kind"):
+        if not config.get(key):
+            raise AiloraError(f"task spec {name!r}: missing {key!r}")
+    kind = config["kind"]
+    files = _files(name, config, Path(base_dir) if base_dir is not None else Path.cwd())
+    text_fields = config.get("text_fields", ["text"])
+    if isinstance(text_fields, str):
+        text_fields = [text_fields]
+    return TaskSpec(
+        name=name,
+        description=config.get("description")
+        or f"user task from {', '.join(p.name for p in files.values())}",
+        kind=kind,
+        metrics=tuple(config.get("metrics") or DEFAULT_METRICS.get(kind, ("accuracy",))),
+        main_metric=config.get("main_metric", ""),
+        loader=load_custom,
+        text_fields=("question", "context") if kind == "extractive_qa" else tuple(text_fields),
+        label_names=config.get("label_names"),
+        source=", ".join(str(p) for p in files.values()),
+        validation_size=config.get("validation_size", 0.1),
+        test_size=config.get("test_size", 0.1),
+        split_seed=int(config.get("seed", 0)),
+        dedupe=bool(config.get("dedupe", False)),
+        options={"files": files, "label_field": config.get("label_field", "label")},
+    )
+
+
+def task_from_json(path: str | os.PathLike[str]) -> TaskSpec:
+    """A :class:`TaskSpec` from a JSON task spec file; its relative data paths are resolved
+    against the file's folder."""
+    path = require_file(Path(path), "task spec")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AiloraError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(config, dict):
+        raise AiloraError(f"{path}: a task spec must be a JSON object")
+    return task_from_dict(config, base_dir=path.parent)
+
+
+def load_custom(spec: TaskSpec, data_dir: Path | None) -> RawSplits:
+    """Read each split file of a user task into examples of the task's kind (``data_dir`` unused)."""
+    label = spec.options["label_field"]
+    out: RawSplits = {}
+    for split, path in spec.options["files"].items():
+        if spec.kind == "extractive_qa":
+            out[split] = [{**example, "_src": where} for where, example in _read_squad_file(path)]
+        else:
+            out[split] = [
+                _example(spec, where, row, label)
+                for where, row in _read_rows(path, (*spec.text_fields, label))
+            ]
+    return out
+
+
+def _files(name: str, config: Mapping[str, Any], base: Path) -> dict[str, Path]:
+    if config.get("path") and any(config.get(k) for k in ("train", "validation", "test")):
+        raise AiloraError(
+            f"task spec {name!r}: give either 'path' or 'train'/'validation'/'test' files, not both"
+        )
+    if config.get("path"):
+        files = {"all": config["path"]}
+    else:
+        files = {k: config[k] for k in ("train", "validation", "test") if config.get(k)}
+        for key in ("train", "test"):
+            if key not in files:
+                raise AiloraError(f"task spec {name!r}: missing {key!r} file (or give one 'path' to split)")
+    resolved = {split: base / Path(p).expanduser() for split, p in files.items()}
+    for split, path in resolved.items():
+        if path.suffix.lower() not in _FORMATS:
+            raise AiloraError(f"task spec {name!r}: {split} file {path.name} is not {', '.join(_FORMATS)}")
+    return resolved
+
+
+def _read_rows(path: Path, columns: tuple[str, ...]) -> list[Row]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return read_jsonl(path, columns)
+    if suffix == ".json":
+        return read_json_records(path, columns)
+    return read_table(path, columns, delimiter="," if suffix == ".csv" else "\t")
+
+
+def _read_squad_file(path: Path) -> list[Row]:
+    if path.suffix.lower() != ".json":
+        raise AiloraError(f"{path}: extractive_qa tasks read SQuAD-format .json files")
+    return read_squad(path)
+
+
+def _example(spec: TaskSpec, where: str, row: Mapping[str, Any], label: str) -> dict[str, Any]:
+    texts = [str(row[f]) for f in spec.text_fields]
+    if spec.kind == "generation":
+        return {"prompt": "\n".join(texts), "target": str(row[label]), "_src": where}
+    return {
+        "text": texts[0],
+        "text_pair": texts[1] if len(texts) > 1 else None,
+        "label": row[label],
+        "_src": where,
+    }
