@@ -1,0 +1,121 @@
+"""Step time of ailora's training loop against a minimal PEFT + PyTorch loop, and AILoRA against LoRA.
+
+Same model (MiniLM + a 2-class head), same batches of movie-sentiment (batch 16, max 128 tokens),
+adapters on query and value at rank 8. Three variants, measured in interleaved rounds so that
+drifts of the machine hit all of them alike; the table gives each one's median step time:
+
+* hand: ``peft.get_peft_model`` + ``torch.optim.AdamW`` + a plain for-loop (tokenizer.pad, forward,
+  backward, clip, step, schedule, zero_grad);
+* ours-lora / ours-ailora: ``ailora.apply`` + ``ailora.param_groups`` + Accelerate + the loop's own
+  step function (``ailora.train.loop._optimizer_step``: collate, forward, backward, clip, step).
+
+    python benchmarks/train_overhead.py [--rounds 5] [--steps 10] [--batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import peft
+import torch
+import transformers
+from accelerate import Accelerator
+
+import ailora
+from ailora.models import load_model, minilm_dir
+from ailora.tasks import get_task, load_task
+from ailora.train.config import RunConfig
+from ailora.train.data import encode_classification
+from ailora.train.loop import _Context, _linear_schedule, _optimizer_step, _trainable
+
+
+def hand_variant(path, tokenizer, examples, batch_size):
+    """The reference: what one writes by hand with PEFT and PyTorch."""
+    torch.manual_seed(0)
+    model = load_model(path, kind="seq-cls", num_labels=2)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"],
+                                                       modules_to_save=["classifier"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    model.train()
+    texts, labels = [e["text"] for e in examples], [e["label"] for e in examples]
+
+    def step(i):
+        lo = (i * batch_size) % (len(texts) - batch_size)
+        enc = tokenizer(texts[lo:lo + batch_size], truncation=True, max_length=128, padding=True, return_tensors="pt")
+        loss = model(**enc, labels=torch.tensor(labels[lo:lo + batch_size])).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def ours_variant(method, path, tokenizer, examples, batch_size, acc):
+    torch.manual_seed(0)
+    cfg = RunConfig.from_dict({"task": {"name": "movie-sentiment"}, "run_dir": "unused",
+                               "method": {"name": method, "rank": 8}, "train": {"batch_size": batch_size}})
+    model = ailora.apply(load_model(path, kind="seq-cls", num_labels=2), method=method, rank=8)
+    opt = torch.optim.AdamW(ailora.param_groups(model, lr=1e-4))
+    sched = _linear_schedule(opt, 0, 10**9)
+    model, opt = acc.prepare(model, opt)
+    items = encode_classification(tokenizer, examples, 128, regression=False)
+    ctx = _Context(acc, cfg, None, model, opt, sched, _trainable(acc.unwrap_model(model)), {"train": items},
+                   get_task("movie-sentiment"), tokenizer, None)
+    model.train()
+
+    def step(i):
+        lo = (i * batch_size) % (len(items) - batch_size)
+        _optimizer_step(ctx, [list(range(lo, lo + batch_size))])
+
+    return step
+
+
+def timed(step, start: int, n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(start, start + n):
+        step(i)
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10, help="steps per variant per round")
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+
+    path = minilm_dir()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    examples = load_task("movie-sentiment", max_samples={"train": 512}).train
+    acc = Accelerator()
+    variants = {
+        "hand (peft + torch)": hand_variant(path, tokenizer, examples, args.batch_size),
+        "ours, lora": ours_variant("lora", path, tokenizer, examples, args.batch_size, acc),
+        "ours, ailora": ours_variant("ailora", path, tokenizer, examples, args.batch_size, acc),
+    }
+    for step in variants.values():  # warm up allocator and kernels
+        timed(step, 0, 3)
+    times = {name: [] for name in variants}
+    for r in range(args.rounds):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in order:
+            times[name].append(timed(variants[name], 3 + r * args.steps, args.steps))
+
+    med = {name: statistics.median(t) for name, t in times.items()}
+    hand, lora, ai = med["hand (peft + torch)"], med["ours, lora"], med["ours, ailora"]
+    print(f"MiniLM, batch {args.batch_size}, max 128 tokens, q+v rank 8; {args.rounds} interleaved rounds of "
+          f"{args.steps} steps; torch threads {torch.get_num_threads()}")
+    print(f"{'variant':<22}{'median s/step':>14}{'min':>9}{'max':>9}")
+    for name, t in times.items():
+        print(f"{name:<22}{med[name]:>14.4f}{min(t):>9.4f}{max(t):>9.4f}")
+    print(f"speed of ours (lora) relative to hand loop: {hand / lora:.3f}  (target >= 0.95)")
+    print(f"step time ailora / lora:                    {ai / lora:.3f}  (target 1.00 +- 0.03)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""One nested config per training run, validated at construction, with strict dotted overrides.
+
+``RunConfig`` holds four sections (model, method, task, train) and where the run is written.
+Each field's docstring is its help text (``field_help``), so the CLI and the docs cannot drift.
+``RunConfig.from_dict`` and ``apply_overrides`` are strict: an unknown key or a value of the wrong
+type is an ``AiloraError`` that names the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ailora.errors import AiloraError
+
+# Keys that say how to run, not what is run: a resumed run may change them.
+RUN_CONTROL_KEYS = ("resume", "overwrite", "train.stop_after_steps", "train.progress")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"
+    """Model directory, or a model shipped in offline packages (minilm, smollm2)."""
+    kind: str = "auto"
+    """auto: a sequence-classification head for classification/regression tasks, a causal LM for generation."""
+    dtype: str = "float32"
+    """Weights' dtype when loading: float32, bfloat16 or float16."""
+    max_length: int = 128
+    """Most tokens per example (prompt and answer together for a causal LM); longer ones are truncated."""
+    max_new_tokens: int = 16
+    """Tokens generated per example when a causal LM is evaluated (greedy)."""
+
+    def validate(self) -> None:
+        _choice("model.kind", self.kind, ("auto", "seq-cls", "causal-lm"))
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _positive("model.max_length", self.max_length)
+        _positive("model.max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "ailora"
+    """Fine-tuning method: a name in ailora.train.METHODS (lora, pissa, milora, ailora, reailora)."""
+    rank: int = 8
+    """Adapter rank r of every adapted block."""
+    alpha: float | None = None
+    """LoRA alpha (default: the method's, r for the SVD starts and 2r for lora)."""
+    targets: list[str] | None = None
+    """Roles to adapt, e.g. query,value (default: the method's)."""
+    policy: str | None = None
+    """Per-role starts overriding the method's, e.g. query=principal,value=minor."""
+    solver: str = "exact"
+    """SVD solver: exact or fast."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    use_rslora: bool = False
+    """Scale by alpha / sqrt(r) instead of alpha / r."""
+    value_lr_ratio: float | None = None
+    """Learning rate of value adapters / base learning rate (default: the method's, 2 for AILoRA)."""
+
+    def validate(self) -> None:
+        from ailora.train.prepare import get_method
+
+        get_method(self.name)
+        _positive("method.rank", self.rank)
+        if self.alpha is not None:
+            _positive("method.alpha", self.alpha)
+        if self.value_lr_ratio is not None:
+            _positive("method.value_lr_ratio", self.value_lr_ratio)
+        if not 0 <= self.dropout < 1:
+            raise AiloraError(f"method.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TaskConfig:
+    name: str = ""
+    """Task: a registered name (see `ailora ls`) or the path of a JSON task spec."""
+    data_dir: str | None = None
+    """Directory with local copies of the task's files (GLUE/SQuAD formats)."""
+    max_train_samples: int | None = None
+    """Use at most this many training examples (a seeded subset)."""
+    max_eval_samples: int | None = None
+    """Use at most this many validation and test examples each (a seeded subset)."""
+
+    def validate(self) -> None:
+        if not self.name:
+            raise AiloraError("task.name is empty; name a task (see `ailora ls tasks`)")
+        if not self.name.endswith(".json"):
+            from ailora.tasks import get_task
+
+            get_task(self.name)
+        for key in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, key) is not None:
+                _positive(f"task.{key}", getattr(self, key))
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    """Base learning rate (AILoRA's value adapters get value_lr_ratio times it)."""
+    epochs: int = 3
+    """Passes over the training set."""
+    batch_size: int = 16
+    """Examples per process per forward pass."""
+    eval_batch_size: int = 64
+    """Examples per process per evaluation forward pass."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step."""
+    head_lr: float | None = None
+    """Learning rate of the task head and other non-adapter weights (default: lr)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (never on biases and norm weights)."""
+    warmup_ratio: float = 0.06
+    """Fraction of the optimizer steps with a linear warmup; linear decay to zero after it."""
+    max_grad_norm: float = 1.0
+    """Clip the gradients' global norm to this (0: no clipping)."""
+    mixed_precision: str = "no"
+    """Accelerate mixed precision: no, fp16 or bf16."""
+    seed: int = 0
+    """Seed of the adapters' start, the head, the data order and dropout."""
+    eval_every_steps: int = 0
+    """Also evaluate every this many optimizer steps (0: once per epoch only)."""
+    save_every_steps: int = 0
+    """Also write the last checkpoint every this many optimizer steps (0: at evaluations only)."""
+    select: str = "last"
+    """Weights to test and save at the end: last, or best (by the task's main validation metric)."""
+    stop_after_steps: int | None = None
+    """Stop after this many optimizer steps, as an interruption would, after a checkpoint (tests, time boxes)."""
+    tensorboard: bool = True
+    """Write TensorBoard logs under RUN_DIR/tb."""
+    progress: bool = True
+    """Show tqdm progress bars."""
+
+    def validate(self) -> None:
+        _positive("train.lr", self.lr)
+        if self.head_lr is not None:
+            _positive("train.head_lr", self.head_lr)
+        for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
+            _positive(f"train.{key}", getattr(self, key))
+        for key in ("weight_decay", "max_grad_norm", "eval_every_steps", "save_every_steps"):
+            if getattr(self, key) < 0:
+                raise AiloraError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise AiloraError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        _choice("train.select", self.select, ("last", "best"))
+        if self.stop_after_steps is not None:
+            _positive("train.stop_after_steps", self.stop_after_steps)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model."""
+    method: MethodConfig = field(default_factory=MethodConfig)
+    """The fine-tuning method."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The task and how much of it to use."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, evaluation and checkpoints."""
+    run_dir: str = ""
+    """Directory the run writes (config, metrics, results, checkpoints, adapter)."""
+    resume: bool = False
+    """Continue the run in run_dir from its last checkpoint."""
+    overwrite: bool = False
+    """Delete what run_dir holds and start again."""
+
+    def __post_init__(self) -> None:
+        if not self.run_dir:
+            raise AiloraError("run_dir is empty; give the directory the run writes (--run-dir)")
+        if self.resume and self.overwrite:
+            raise AiloraError("resume and overwrite exclude each other; choose one")
+        for section in (self.model, self.method, self.task, self.train):
+            section.validate()
+
+    @classmethod
+    def from_dict(cls, data: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+        """A validated config from nested plain data and ``key.sub=value`` overrides (both strict)."""
+        data = apply_overrides(data, overrides)
+        return _build(cls, data, "")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """The config without run-control keys: what must match for a run to be resumed."""
+        flat = flatten(self.to_dict())
+        return {k: v for k, v in flat.items() if k not in RUN_CONTROL_KEYS}
+
+
+def load_config(path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A RunConfig from a JSON file plus dotted overrides."""
+    p = Path(path)
+    if not p.is_file():
+        raise AiloraError(f"config file {p} does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise AiloraError(f"config file {p} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AiloraError(f"config file {p} must hold a JSON object")
+    return RunConfig.from_dict(data, overrides)
+
+
+# Strict construction and overrides.
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_config(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise AiloraError(f"{prefix.rstrip('.') or 'config'} must be an object, got {type(data).__name__}")
+    hints = _hints(cls)
+    unknown = [k for k in data if k not in hints]
+    if unknown:
+        raise AiloraError(f"unknown config key {prefix}{unknown[0]}; keys here are: {', '.join(hints)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = f"{prefix}{name}"
+        kwargs[name] = _build(tp, value, key + ".") if _is_config(tp) else _check_type(key, tp, value)
+    return cls(**kwargs)
+
+
+def _check_type(key: str, tp, value):
+    """``value`` if it has type ``tp`` (an int is accepted as a float), else an AiloraError."""
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_type(key, inner, value)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise AiloraError(f"{key} must be a list, got {value!r}")
+        return [_check_type(f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise AiloraError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _field_type(path: str):
+    cls, tp = RunConfig, None
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        hints = _hints(cls)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "the config"
+            raise AiloraError(f"unknown config key {path}; keys of {where} are: {', '.join(hints)}")
+        tp = hints[part]
+        if i < len(parts) - 1:
+            if not _is_config(tp):
+                raise AiloraError(f"unknown config key {path}: {'.'.join(parts[:i + 1])} has no sub-keys")
+            cls = tp
+    if _is_config(tp):
+        raise AiloraError(f"config key {path} is a section; set one of its keys, e.g. {path}.{next(iter(_hints(tp)))}")
+    return tp
+
+
+def parse_value(key: str, tp, text: str):
+    """A command-line string as a value of type ``tp`` (none/null for optional fields)."""
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        if text.strip().lower() in ("none", "null"):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return parse_value(key, inner, text)
+    if typing.get_origin(tp) is list:
+        items = json.loads(text) if text.strip().startswith("[") else [t for t in text.split(",") if t.strip()]
+        return [parse_value(f"{key}[{i}]", args[0], str(t).strip()) for i, t in enumerate(items)]
+    if tp is bool:
+        low = text.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+    elif tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    elif tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    elif tp is str:
+        return text
+    raise AiloraError(f"{key} must be {_type_name(tp)}, got {text!r}")
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """A copy of nested ``data`` with each ``dotted.key=value`` set (key checked, value parsed)."""
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise AiloraError(f"override {item!r} is not KEY=VALUE (e.g. train.lr=3e-4)")
+        path, text = (s.strip() for s in item.split("=", 1))
+        value = parse_value(path, _field_type(path), text)
+        node = out
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise AiloraError(f"config key {part} must be an object to set {path}")
+        node[parts[-1]] = value
+    return out
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def field_help(cls) -> dict[str, str]:
+    """Field name -> the docstring written under it in the class body."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def all_help() -> dict[str, str]:
+    """Every dotted key -> its help text (the CLI lists these)."""
+    out = {}
+    for name, doc in field_help(RunConfig).items():
+        tp = _hints(RunConfig)[name]
+        if _is_config(tp):
+            out.update({f"{name}.{k}": v for k, v in field_help(tp).items()})
+        else:
+            out[name] = doc
+    return out
+
+
+def _positive(key: str, value) -> None:
+    if not value > 0:
+        raise AiloraError(f"{key} must be positive, got {value}")
+
+
+def _choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise AiloraError(f"{key} must be one of {', '.join(choices)}, got {value!r}")

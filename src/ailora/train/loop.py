@@ -1,0 +1,402 @@
+"""The training run: setup, train, evaluate, save, as a plain loop on Hugging Face Accelerate.
+
+``accelerate launch --multi_gpu --num_processes N $(which ailora) train ...`` runs the same code
+on several processes: DDP through Accelerate, every process with its own shard of each epoch's
+batches (see ``ailora.train.data``). On CPUs: ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N
+$(which ailora) train ...`` (gloo). Checkpoints gather the trainable weights from the unwrapped
+model, which fits DDP; FSDP/DeepSpeed sharded checkpoints are not handled yet.
+
+Several processes, one set of starting factors: every process loads the model and runs the
+method's preparation (``ailora.apply``: the SVDs), then process 0's parameters, buffers and
+recorded starting factors are broadcast to all others (``_sync_from_main``). GPU SVDs are not
+bit-reproducible across devices, so this, not a shared seed, is what makes the factors and
+residuals identical; it costs one redundant decomposition per process and one broadcast.
+Each process's hash of its prepared model goes to ``init_hashes.json``.
+
+Resume is exact: a checkpoint holds the trainable weights, optimizer, scheduler, every
+process's RNG states, the step and the position inside the epoch; an epoch's batch order is a
+function of (seed, epoch); so a resumed run replays exactly what the interrupted one would have
+done next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from tqdm.auto import tqdm
+
+import ailora
+from ailora.errors import AiloraError
+from ailora.models import load_model, resolve_model_path
+from ailora.train import record
+from ailora.train.config import RunConfig
+from ailora.train.data import IGNORE_INDEX, collate, encode_causal, encode_classification, train_batches
+from ailora.train.evaluate import evaluate, is_better
+from ailora.train.prepare import get_method, prepare_model, synced_tensors
+
+LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates (each one syncs)
+
+
+@dataclass
+class LoopState:
+    """Where training is: everything besides weights and optimizer that a resume needs."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch, 0-based
+    group: int = 0  # optimizer steps done inside the current epoch
+    loss_sum: float = 0.0  # sum of micro-batch losses in the current epoch (this process)
+    loss_count: int = 0
+    epoch_seconds: float = 0.0  # time spent in the current epoch before an interruption
+    history: list[dict] = field(default_factory=list)  # the per-epoch records (metrics.jsonl)
+    evals: list[dict] = field(default_factory=list)  # every validation, per epoch or per N steps
+    best: dict | None = None  # {"step", "epoch", "metric", "value"}
+
+
+def train(cfg: RunConfig) -> dict:
+    """Run ``cfg`` and return its results (also in RUN_DIR/results.json)."""
+    t_start = time.perf_counter()
+    acc = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    run_dir = Path(cfg.run_dir)
+    resuming = _on_main_then_share(acc, lambda: record.prepare_run_dir(
+        run_dir, cfg.resume, cfg.overwrite, cfg.identity()))
+    if cfg.resume and (run_dir / record.RESULTS).is_file():
+        return json.loads((run_dir / record.RESULTS).read_text())  # already complete: nothing to do
+
+    # Setup: task, tokenizer, model, method, optimizer.
+    from ailora.tasks import load_task
+
+    set_seed(cfg.train.seed)
+    caps = {"train": cfg.task.max_train_samples, "validation": cfg.task.max_eval_samples,
+            "test": cfg.task.max_eval_samples}
+    data = load_task(cfg.task.name, cfg.task.data_dir, max_samples={k: v for k, v in caps.items() if v})
+    spec = data.spec
+    model_path = resolve_model_path(cfg.model.name)
+    tokenizer = _tokenizer(model_path)
+    model = _load(cfg, model_path, spec, data, tokenizer)
+    model = prepare_model(model, cfg.method, cfg.train.seed)
+    hashes = _sync_from_main(acc, model)
+    splits = _encode(cfg, spec, data, tokenizer)
+    set_seed(cfg.train.seed, device_specific=True)  # dropout differs per process, not per run
+
+    optimizer = torch.optim.AdamW(ailora.param_groups(
+        model, cfg.train.lr, value_lr_ratio=cfg.method.value_lr_ratio, weight_decay=cfg.train.weight_decay,
+        head_lr=cfg.train.head_lr))
+    batches_per_epoch = len(train_batches(len(splits["train"]), cfg.train.batch_size, 0, 0,
+                                          acc.process_index, acc.num_processes))
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    scheduler = _linear_schedule(optimizer, math.ceil(cfg.train.warmup_ratio * total_steps), total_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    trainable = _trainable(acc.unwrap_model(model))
+
+    state = LoopState()
+    if resuming:
+        state = _restore(acc, run_dir / record.CHECKPOINTS / "last.pt", trainable, optimizer, scheduler)
+    elif acc.is_main_process:
+        record.write_json(run_dir / record.CONFIG, cfg.to_dict())
+        record.write_json(run_dir / "init_hashes.json", hashes)
+    writer = _writer(acc, cfg, run_dir, state.step)
+    ctx = _Context(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, spec, tokenizer, writer)
+
+    # Train, with a validation at the end of each epoch (and every N steps when asked).
+    bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.method.name}", unit="step",
+               disable=not (acc.is_main_process and cfg.train.progress), dynamic_ncols=True)
+    while state.epoch < cfg.train.epochs:
+        t_epoch = time.perf_counter() - state.epoch_seconds
+        batches = train_batches(len(splits["train"]), cfg.train.batch_size, cfg.train.seed, state.epoch,
+                                acc.process_index, acc.num_processes)
+        groups = [batches[i:i + cfg.train.grad_accum] for i in range(0, len(batches), cfg.train.grad_accum)]
+        model.train()
+        for group in groups[state.group:]:
+            loss = _optimizer_step(ctx, group)
+            state.loss_sum = state.loss_sum + loss  # a tensor: no device sync per step
+            state.loss_count += len(group)
+            state.step += 1
+            state.group += 1
+            bar.update(1)
+            if state.step % LOG_EVERY == 0:
+                _log_step(ctx, bar, state, loss)
+            if cfg.train.eval_every_steps and state.step % cfg.train.eval_every_steps == 0:
+                _validate(ctx, state)
+                _save(ctx, state, "last")
+            elif cfg.train.save_every_steps and state.step % cfg.train.save_every_steps == 0:
+                _save(ctx, state, "last")
+            if cfg.train.stop_after_steps and state.step >= cfg.train.stop_after_steps:
+                state.epoch_seconds = time.perf_counter() - t_epoch
+                _save(ctx, state, "last")
+                bar.close()
+                return {"status": "interrupted", "step": state.step, "run_dir": str(run_dir)}
+        _end_epoch(ctx, state, time.perf_counter() - t_epoch)
+    bar.close()
+
+    # Evaluate the selected weights on the test split(s), save them, write the record.
+    if cfg.train.select == "best" and state.best is not None:
+        best = record.load_checkpoint(run_dir / record.CHECKPOINTS / "best.pt")
+        _load_trainable(trainable, best["trainable"])
+    test = {name: _eval(ctx, name) for name in splits if name.startswith("test")}
+    unwrapped = acc.unwrap_model(model)
+    results = None
+    if acc.is_main_process:
+        adapter = get_method(cfg.method.name).save(unwrapped, run_dir / record.ADAPTER)
+        results = _results(cfg, spec, data, unwrapped, state, test, adapter, hashes, acc,
+                           time.perf_counter() - t_start, resuming)
+        record.write_json(run_dir / record.RESULTS, results)
+    if writer is not None:
+        writer.close()
+    acc.wait_for_everyone()
+    return broadcast_object_list([results])[0] if acc.num_processes > 1 else results
+
+
+# Setup helpers.
+
+
+def _on_main_then_share(acc: Accelerator, fn):
+    """Run ``fn`` on the main process and hand its result (or its AiloraError) to every process."""
+    out = [None, None]
+    if acc.is_main_process:
+        try:
+            out = [fn(), None]
+        except AiloraError as exc:
+            out = [None, str(exc)]
+    if acc.num_processes > 1:
+        out = broadcast_object_list(out)
+    if out[1] is not None:
+        raise AiloraError(out[1])
+    return out[0]
+
+
+def _tokenizer(model_path: Path):
+    tok = transformers.AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise AiloraError(f"the tokenizer of {model_path} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def model_kind(cfg: RunConfig, task_kind: str) -> str:
+    if task_kind not in ("classification", "regression", "generation"):
+        raise AiloraError(f"task kind {task_kind} is not supported by the trainer yet")
+    auto = "causal-lm" if task_kind == "generation" else "seq-cls"
+    kind = auto if cfg.model.kind == "auto" else cfg.model.kind
+    if kind != auto:
+        raise AiloraError(f"model.kind {kind} does not fit a {task_kind} task (it needs {auto})")
+    return kind
+
+
+def _load(cfg: RunConfig, path: Path, spec, data, tokenizer):
+    kind = model_kind(cfg, spec.kind)
+    extra = {}
+    if spec.kind == "classification":
+        names = list(data.label_names)
+        extra = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                 "label2id": {n: i for i, n in enumerate(names)}}
+    elif spec.kind == "regression":
+        extra = {"num_labels": 1, "problem_type": "regression"}
+    model = load_model(path, kind=kind, dtype=cfg.model.dtype, **extra)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # decoders' sequence heads need it
+    return model
+
+
+def _encode(cfg: RunConfig, spec, data, tokenizer) -> dict:
+    m = cfg.model
+    out = {}
+    for name, examples in data.splits().items():
+        if spec.kind == "generation":
+            out[name] = encode_causal(tokenizer, examples, m.max_length, name != "train", m.max_new_tokens)
+        else:
+            out[name] = encode_classification(tokenizer, examples, m.max_length, spec.kind == "regression")
+    return out
+
+
+def _sync_from_main(acc: Accelerator, model) -> list[str]:
+    """Broadcast process 0's prepared tensors to every process; return each process's hash after."""
+    tensors = synced_tensors(model)
+    if acc.num_processes > 1:
+        with torch.no_grad():
+            for name in sorted(tensors):
+                t = tensors[name]
+                buf = t.detach().to(acc.device).contiguous()
+                torch.distributed.broadcast(buf, src=0)
+                t.copy_(buf)
+    digest = record.tensor_hash(tensors)
+    return gather_object([digest]) if acc.num_processes > 1 else [digest]
+
+
+def _trainable(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(trainable: dict, tensors: dict) -> None:
+    missing = set(trainable) ^ set(tensors)
+    if missing:
+        raise AiloraError(f"checkpoint does not match the model's trainable weights ({sorted(missing)[0]}...)")
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(tensors[name])
+
+
+def _linear_schedule(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _writer(acc: Accelerator, cfg: RunConfig, run_dir: Path, step: int):
+    if not (acc.is_main_process and cfg.train.tensorboard):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=step or None)
+
+
+@dataclass
+class _Context:
+    acc: Accelerator
+    cfg: RunConfig
+    run_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    trainable: dict
+    splits: dict
+    spec: object
+    tokenizer: object
+    writer: object
+
+
+# One optimizer step, evaluation, checkpoints.
+
+
+def _optimizer_step(ctx: _Context, group: list[list[int]]) -> torch.Tensor:
+    """Forward and backward over the group's micro-batches, clip, step; the summed loss (detached)."""
+    acc, model, items = ctx.acc, ctx.model, ctx.splits["train"]
+    total = torch.zeros((), device=acc.device)
+    for i, idx in enumerate(group):
+        batch = {k: v.to(acc.device) for k, v in collate([items[j] for j in idx], ctx.tokenizer.pad_token_id).items()}
+        if ctx.spec.kind == "generation" and not (batch["labels"] != IGNORE_INDEX).any():
+            raise AiloraError("a training batch has no answer tokens; raise model.max_length")
+        last = i == len(group) - 1
+        with acc.no_sync(model) if not last else contextlib.nullcontext():
+            loss = model(**batch).loss
+            acc.backward(loss / len(group))
+        total += loss.detach().float()
+    if ctx.cfg.train.max_grad_norm > 0:
+        acc.clip_grad_norm_(list(ctx.trainable.values()), ctx.cfg.train.max_grad_norm)
+    ctx.optimizer.step()
+    if not acc.optimizer_step_was_skipped:
+        ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def _eval(ctx: _Context, split: str) -> dict[str, float]:
+    t = ctx.cfg.train
+    return evaluate(ctx.acc, ctx.model, ctx.splits[split], ctx.spec, ctx.tokenizer, t.eval_batch_size,
+                    ctx.cfg.model.max_new_tokens)
+
+
+def _validate(ctx: _Context, state: LoopState) -> dict[str, float]:
+    metrics = _eval(ctx, "validation")
+    main = ctx.spec.main_metric
+    state.evals.append({"step": state.step, "epoch": state.epoch + 1, "validation": metrics})
+    if ctx.writer is not None:
+        for k, v in metrics.items():
+            ctx.writer.add_scalar(f"validation/{k}", v, state.step)
+    if is_better(main, metrics[main], state.best["value"] if state.best else None):
+        state.best = {"step": state.step, "epoch": state.epoch + 1, "metric": main, "value": metrics[main]}
+        _save(ctx, state, "best")
+    return metrics
+
+
+def _end_epoch(ctx: _Context, state: LoopState, seconds_so_far: float) -> None:
+    acc = ctx.acc
+    sums = torch.tensor([float(state.loss_sum), float(state.loss_count)], device=acc.device, dtype=torch.float64)
+    sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
+    t0 = time.perf_counter()
+    metrics = _validate(ctx, state)
+    seconds = seconds_so_far + time.perf_counter() - t0
+    state.history.append({"epoch": state.epoch + 1, "step": state.step, "train_loss": (sums[0] / sums[1]).item(),
+                          "validation": metrics, "seconds": round(seconds, 3)})
+    if ctx.writer is not None:
+        ctx.writer.add_scalar("train/epoch_loss", state.history[-1]["train_loss"], state.step)
+    state.epoch, state.group, state.loss_sum, state.loss_count, state.epoch_seconds = state.epoch + 1, 0, 0.0, 0, 0.0
+    if acc.is_main_process:
+        record.write_jsonl(ctx.run_dir / record.METRICS, state.history)
+    _save(ctx, state, "last")
+
+
+def _log_step(ctx: _Context, bar, state: LoopState, loss: torch.Tensor) -> None:
+    value = loss.item()
+    lr = ctx.optimizer.param_groups[0]["lr"]
+    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", epoch=state.epoch + 1)
+    if ctx.writer is not None:
+        ctx.writer.add_scalar("train/loss", value, state.step)
+        ctx.writer.add_scalar("train/lr", lr, state.step)
+
+
+def _save(ctx: _Context, state: LoopState, which: str) -> None:
+    """Write checkpoints/{which}.pt atomically (main process); every process's RNG state goes in."""
+    rngs = gather_object([record.rng_state()]) if ctx.acc.num_processes > 1 else [record.rng_state()]
+    if ctx.acc.is_main_process:
+        loop = {**state.__dict__, "loss_sum": float(state.loss_sum)}
+        record.save_checkpoint(ctx.run_dir / record.CHECKPOINTS / f"{which}.pt", {
+            "trainable": {n: p.detach().cpu().clone() for n, p in ctx.trainable.items()},
+            "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
+            "rng": rngs, "loop": loop, "num_processes": ctx.acc.num_processes,
+        })
+    ctx.acc.wait_for_everyone()
+
+
+def _restore(acc: Accelerator, path: Path, trainable, optimizer, scheduler) -> LoopState:
+    ckpt = record.load_checkpoint(path)
+    if ckpt["num_processes"] != acc.num_processes:
+        raise AiloraError(f"checkpoint {path} was written by {ckpt['num_processes']} processes; "
+                          f"resume with the same number (now {acc.num_processes})")
+    _load_trainable(trainable, ckpt["trainable"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    record.set_rng_state(ckpt["rng"][acc.process_index])
+    return LoopState(**ckpt["loop"])
+
+
+def _results(cfg, spec, data, model, state: LoopState, test, adapter, hashes, acc, seconds, resumed) -> dict:
+    return {
+        "status": "complete",
+        "config": cfg.to_dict(),
+        "task": {"name": spec.name, "kind": spec.kind, "metrics": list(spec.metrics),
+                 "main_metric": spec.main_metric, "sizes": data.sizes()},
+        "epochs": state.history,
+        "evaluations": state.evals,
+        "best": state.best,
+        "selected": cfg.train.select if state.best is not None else "last",
+        "validation": state.history[-1]["validation"] if state.history else {},
+        "test": test.get("test", {}),
+        "extra_test": {k: v for k, v in test.items() if k != "test"},
+        "steps": state.step,
+        "seed": cfg.train.seed,
+        "parameters": record.parameter_counts(model),
+        "method": model.ailora_state.metadata() if hasattr(model, "ailora_state") else {},
+        "adapter": {"dir": record.ADAPTER, **{k: v for k, v in adapter.items() if k != "targets"}},
+        "wall_seconds": round(seconds, 3),
+        "resumed": bool(resumed),
+        "peak_memory": record.peak_memory(),
+        "distributed": {"num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
+                        "mixed_precision": acc.mixed_precision, "init_hashes": hashes,
+                        "init_identical": len(set(hashes)) == 1},
+        "versions": record.package_versions(),
+        "git": record.git_revision(),
+    }

@@ -1,0 +1,74 @@
+"""Method dispatch for training: a method is one registry entry (prepare the model, save the result).
+
+The LoRA family (``ailora.methods.METHODS``) goes through ``ailora.apply`` and ``ailora.save``.
+A new method (full fine-tuning, BitFit, DoRA...) is ``register_method(TrainMethod(...))``: a
+function that freezes/wraps the base model and returns it with only its trainable weights
+requiring gradients, and one that writes what it trained to a directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import ailora
+from ailora.errors import AiloraError
+from ailora.methods import METHODS as LORA_FAMILY
+
+
+@dataclass(frozen=True)
+class TrainMethod:
+    name: str
+    prepare: Callable[[nn.Module, object, int], nn.Module]
+    """``prepare(model, method_cfg, seed) -> model`` with only the trained weights requiring grad."""
+    save: Callable[[nn.Module, str], dict]
+    """``save(model, out_dir) -> report`` writes what was trained (an adapter, or the full model)."""
+    description: str = ""
+
+
+def _apply_lora_family(model: nn.Module, cfg, seed: int) -> nn.Module:
+    return ailora.apply(
+        model, method=cfg.name, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, policy=cfg.policy,
+        solver=cfg.solver, seed=seed, dropout=cfg.dropout, use_rslora=cfg.use_rslora,
+    )
+
+
+def _save_adapter(model: nn.Module, out_dir) -> dict:
+    return ailora.save(model, out_dir, overwrite=True)
+
+
+METHODS: dict[str, TrainMethod] = {
+    name: TrainMethod(name, _apply_lora_family, _save_adapter, m.description) for name, m in LORA_FAMILY.items()
+}
+
+
+def register_method(method: TrainMethod, replace: bool = False) -> TrainMethod:
+    if method.name in METHODS and not replace:
+        raise AiloraError(f"training method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> TrainMethod:
+    if name not in METHODS:
+        raise AiloraError(f"unknown method {name!r}; methods are: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def prepare_model(model: nn.Module, cfg, seed: int) -> nn.Module:
+    """The model ready to train under ``cfg.name`` (a MethodConfig)."""
+    return get_method(cfg.name).prepare(model, cfg, seed)
+
+
+def synced_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What must be identical on every process after preparation: all parameters and buffers
+    (adapter factors, SVD residuals, the random head) and the recorded starting factors."""
+    out = dict(model.named_parameters())
+    out.update({f"buffer:{k}": b for k, b in model.named_buffers()})
+    state = getattr(model, "ailora_state", None)
+    for name, (a0, b0) in (state.initial.items() if state is not None else []):
+        out[f"initial:{name}.A"], out[f"initial:{name}.B"] = a0, b0
+    return out

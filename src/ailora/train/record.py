@@ -1,0 +1,204 @@
+"""The run directory: atomic writes, checkpoints, and the environment a result came from.
+
+Layout of RUN_DIR::
+
+    config.json            the full RunConfig
+    metrics.jsonl          one object per epoch: {"epoch", "train_loss", "validation": {...}, "seconds"}
+    results.json           everything (config, per-epoch metrics, test, params, time, memory, versions)
+    adapter/               what the method saved (LoRA family: ailora.save, loads on the original base)
+    checkpoints/last.pt    trainable weights, optimizer, scheduler, RNG states, step (for --resume)
+    checkpoints/best.pt    the same at the best validation score
+    tb/                    TensorBoard events
+    init_hashes.json       one hash per process of the prepared model (identical when synced)
+
+Every file is written to a temporary sibling and moved into place with ``os.replace``, so an
+interruption leaves the previous version, never half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ailora.errors import AiloraError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+ADAPTER = "adapter"
+CHECKPOINTS = "checkpoints"
+PACKAGES = ("ailora", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "numpy")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in records).encode())
+
+
+def _jsonable(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor | np.generic):
+        return obj.tolist()
+    return str(obj)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, identity: dict) -> bool:
+    """Check what ``run_dir`` holds against the request; returns True when a checkpoint is resumed.
+
+    Refuses a directory that already holds a run unless resuming (the same config) or overwriting.
+    """
+    run_dir = Path(run_dir)
+    held = run_dir.exists() and any(run_dir.iterdir())
+    if overwrite and held:
+        shutil.rmtree(run_dir)
+        held = False
+    if not held:
+        if resume:
+            raise AiloraError(f"nothing to resume: {run_dir} holds no run")
+        return False
+    if not resume:
+        raise AiloraError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
+                          "or --overwrite to replace it")
+    if not (run_dir / CONFIG).is_file():
+        raise AiloraError(f"cannot resume: {run_dir} has no {CONFIG}")
+    from ailora.train.config import RunConfig
+
+    try:
+        saved = RunConfig.from_dict(json.loads((run_dir / CONFIG).read_text()) | {"resume": True,
+                                                                                  "overwrite": False})
+    except (json.JSONDecodeError, AiloraError) as exc:
+        raise AiloraError(f"cannot resume: {run_dir / CONFIG} is unreadable ({exc})") from None
+    diff = sorted(k for k in set(identity) | set(saved.identity()) if identity.get(k) != saved.identity().get(k))
+    if diff:
+        raise AiloraError(f"cannot resume {run_dir}: the config differs in {', '.join(diff)}")
+    return (run_dir / CHECKPOINTS / "last.pt").is_file()
+
+
+# Checkpoints.
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` to a temporary file, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise AiloraError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0]}") from None
+
+
+# The environment.
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_revision() -> dict:
+    """Commit and dirtiness of the ailora source tree (None outside a git checkout); read-only."""
+    where = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return {"revision": None, "dirty": None}
+        status = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=where, capture_output=True, text=True, timeout=10)
+        return {"revision": rev.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process (MiB) and, on a GPU, peak allocated device memory."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"cpu_max_rss_mib": round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)}
+    if torch.cuda.is_available():
+        out["gpu_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def parameter_counts(model: torch.nn.Module) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "trainable_percent": round(100 * trainable / total, 4)}
+
+
+def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, shapes, dtypes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
