@@ -74,6 +74,8 @@ class AiloraState:
     head: list[str]
     targets: dict[str, Target]
     initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+    use_dora: bool = False
+    loraplus_ratio: float | None = None  # LoRA+: lr of lora_B / lr of its role (param_groups reads it)
     layers: list[LayerRecord] = field(default_factory=list)
     check: dict = field(default_factory=dict)
     total_seconds: float = 0.0
@@ -88,7 +90,7 @@ class AiloraState:
             "ailora_version": self.version, "peft_version": peft.__version__, "method": self.method,
             "policy": self.policy, "rank": self.rank, "alpha": self.alpha, "use_rslora": self.use_rslora,
             "solver": self.solver, "seed": self.seed, "dtype": self.dtype, "lr_ratios": self.lr_ratios,
-            "head": self.head,
+            "head": self.head, "use_dora": self.use_dora, "loraplus_ratio": self.loraplus_ratio,
             "targets": {n: [asdict(b) for b in t.blocks] for n, t in self.targets.items()},
         }
 
@@ -140,27 +142,68 @@ class _Plan:
     record: LayerRecord
 
 
-def _plan_target(module: nn.Module, target: Target, policy, rank, scaling, cfg: InitConfig, device) -> _Plan:
-    t0 = time.perf_counter()
-    w = weight_of(module).detach().to(device=device, dtype=torch.float32)
-    k = len(target.blocks)
-    a = torch.zeros(k * rank, target.in_features, device=device)
-    b = torch.zeros(target.out_features, k * rank, device=device)
-    svals = {}
-    for i, blk in enumerate(target.blocks):
-        init = INITS[policy[blk.role]].fn(w[blk.start:blk.stop], rank, scaling, cfg)
-        cols = slice(i * rank, (i + 1) * rank)
-        a[cols] = init.A
-        b[blk.start:blk.stop, cols] = init.B
-        if init.singular_values is not None:
-            svals[blk.role] = init.singular_values.tolist()
-    record = LayerRecord(
-        name=target.name, roles=list(target.roles), inits=[policy[r] for r in target.roles],
-        shape=[target.out_features, target.in_features], rank=k * rank, singular_values=svals,
-        residual_dtype="", seconds=0.0,
-    )
-    record.seconds = time.perf_counter() - t0
-    return _Plan(target, a, b, record)
+# Same-shape blocks with the same start are decomposed in one batched call (far fewer, larger
+# LAPACK calls); a batch holds at most this many float32 weight entries (256 MB).
+MAX_BATCH_ELEMENTS = 2**26
+
+
+def _plan_all(model: nn.Module, tgts: list[Target], policy, rank: int, scaling: float, solver: str,
+              seed: int, device, show: bool) -> list[_Plan]:
+    """Starting factors of every target. Each layer's ``seconds`` is its share of its batch's time."""
+    plans, weights, generators = [], {}, {}
+    for t in tgts:
+        module = model.get_submodule(t.name)
+        dev = torch.device(device) if device is not None else weight_of(module).device
+        weights[t.name] = (module, dev)
+        plans.append(_Plan(t, torch.zeros(len(t.blocks) * rank, t.in_features, device=dev),
+                           torch.zeros(t.out_features, len(t.blocks) * rank, device=dev), LayerRecord(
+            name=t.name, roles=list(t.roles), inits=[policy[r] for r in t.roles],
+            shape=[t.out_features, t.in_features], rank=len(t.blocks) * rank, singular_values={},
+            residual_dtype="", seconds=0.0)))
+
+    def block(i: int, j: int) -> torch.Tensor:
+        module, dev = weights[tgts[i].name]
+        blk = tgts[i].blocks[j]
+        return weight_of(module).detach()[blk.start:blk.stop].to(device=dev, dtype=torch.float32)
+
+    def cfg_for(dev: torch.device) -> InitConfig:
+        if dev not in generators:
+            generators[dev] = torch.Generator(device=dev).manual_seed(seed)
+        return InitConfig(solver=solver, generator=generators[dev])
+
+    def store(i: int, j: int, a, b, svals, seconds: float) -> None:
+        plan, blk = plans[i], tgts[i].blocks[j]
+        cols = slice(j * rank, (j + 1) * rank)
+        plan.A[cols], plan.B[blk.start:blk.stop, cols] = a, b
+        if svals is not None:
+            plan.record.singular_values[blk.role] = svals.tolist()
+        plan.record.seconds += seconds
+
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    bar = tqdm(total=sum(len(t.blocks) for t in tgts), desc="decompose", unit="block", disable=not show)
+    for i, t in enumerate(tgts):
+        for j, blk in enumerate(t.blocks):
+            init = INITS[policy[blk.role]]
+            dev = weights[t.name][1]
+            if init.uses_svd:
+                groups.setdefault((init.name, blk.stop - blk.start, t.in_features, dev), []).append((i, j))
+                continue
+            t0 = time.perf_counter()
+            res = init.fn(block(i, j), rank, scaling, cfg_for(dev))
+            store(i, j, res.A, res.B, None, time.perf_counter() - t0)
+            bar.update(1)
+    for (name, rows, cols, dev), members in groups.items():
+        per_batch = max(1, MAX_BATCH_ELEMENTS // (rows * cols))
+        for start in range(0, len(members), per_batch):
+            chunk = members[start:start + per_batch]
+            t0 = time.perf_counter()
+            res = INITS[name].fn(torch.stack([block(i, j) for i, j in chunk]), rank, scaling, cfg_for(dev))
+            share = (time.perf_counter() - t0) / len(chunk)
+            for n, (i, j) in enumerate(chunk):
+                store(i, j, res.A[n], res.B[n], res.singular_values[n], share)
+            bar.update(len(chunk))
+    bar.close()
+    return plans
 
 
 def _block_mask(target: Target, rank: int) -> torch.Tensor:
@@ -212,6 +255,9 @@ def _write_layer(peft_model, plan: _Plan, scaling: float, residual_dtype: str, r
     if t.fused:
         mask = _block_mask(t, rank).to(layer.lora_B["default"].weight.device)
         layer.lora_B["default"].weight.register_hook(lambda g, m=mask: g * m.to(g.dtype))
+        if "default" in getattr(layer, "lora_magnitude_vector", {}):  # DoRA: unadapted rows keep ||W0||
+            rows = mask.amax(dim=1)
+            layer.lora_magnitude_vector["default"].weight.register_hook(lambda g, r=rows: g * r.to(g.dtype))
 
 
 def apply(
@@ -227,6 +273,7 @@ def apply(
     head="auto",
     dropout: float = 0.0,
     use_rslora: bool = False,
+    use_dora: bool = False,
     residual_dtype: str = "auto",
     device: str | torch.device | None = None,
     check: bool = True,
@@ -242,6 +289,8 @@ def apply(
         modules: role -> module-name patterns for architectures ailora does not know.
         solver: ``exact`` (full SVD) or ``fast`` (randomised / Gram eigendecomposition).
         head: task-head modules trained in full ("auto": classifier/score/... when present).
+        use_rslora: scale by alpha / sqrt(r). use_dora: PEFT's DoRA, whose magnitude PEFT sets to the
+            row norms of W0 (B = 0); after the SVD start ||W_res + s B0 A0|| = ||W0||, so it stays exact.
         residual_dtype: "auto" keeps a half-precision model's dtype when rounding the residual moves
             no weight by more than 1e-4, else keeps that residual in float32; "model" or "float32" force.
         device: where the decompositions run (default: where each weight is; "cuda" to use a GPU).
@@ -271,15 +320,8 @@ def apply(
     reference = run_probe(model, probe) if check else None
 
     # All decompositions first, before the model is touched: a failure leaves it as it was.
-    gen = torch.Generator().manual_seed(seed)
-    cfg = InitConfig(solver=solver, generator=gen)
     show = progress if progress is not None else len(tgts) >= PROGRESS_MIN_LAYERS
-    plans = []
-    for t in tqdm(tgts, desc=f"{method} init", unit="layer", disable=not show):
-        module = model.get_submodule(t.name)
-        dev = torch.device(device) if device is not None else weight_of(module).device
-        plans.append(_plan_target(module, t, pol, rank, scaling, cfg if dev.type == "cpu" else
-                                  InitConfig(solver, torch.Generator(dev).manual_seed(seed)), dev))
+    plans = _plan_all(model, tgts, pol, rank, scaling, solver, seed, device, show)
 
     rank_pattern, alpha_pattern = {}, {}
     for t in tgts:
@@ -289,7 +331,7 @@ def apply(
             # keep s = alpha / r (or alpha / sqrt(r)) for the stacked layer
             alpha_pattern[re.escape(t.name)] = alpha * (math.sqrt(k) if use_rslora else k)
     config = peft.LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora,
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora, use_dora=use_dora,
         target_modules=[t.name for t in tgts], rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
         fan_in_fan_out=all(t.fan_in_fan_out for t in tgts), modules_to_save=head_names or None,
         init_lora_weights=True,
@@ -301,7 +343,7 @@ def apply(
     state = AiloraState(
         method=method, policy=pol, rank=rank, alpha=alpha, use_rslora=use_rslora, solver=solver, seed=seed,
         dtype=str(dtype).removeprefix("torch."), lr_ratios=dict(m.lr_ratios), head=head_names,
-        targets={t.name: t for t in tgts},
+        targets={t.name: t for t in tgts}, use_dora=use_dora,
         initial={p.target.name: (p.A.detach().cpu().clone(), p.B.detach().cpu().clone()) for p in plans},
         layers=[p.record for p in plans],
     )

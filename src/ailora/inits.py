@@ -42,7 +42,7 @@ def _svd_start(which: str) -> Callable[[torch.Tensor, int, float, InitConfig], I
     def init(w: torch.Tensor, r: int, scaling: float, cfg: InitConfig) -> Init:
         u, s, vh = singular_slice(w, r, which, cfg.solver)
         root = torch.sqrt(s / scaling)
-        return Init(A=root.unsqueeze(1) * vh, B=u * root.unsqueeze(0), singular_values=s)
+        return Init(A=root.unsqueeze(-1) * vh, B=u * root.unsqueeze(-2), singular_values=s)
 
     init.__name__ = f"{which}_init"
     init.__doc__ = f"The r {which} singular triplets of W move into the adapter (s*B*A = U_I S_I V_I^T)."
@@ -66,7 +66,7 @@ def gaussian_init(w: torch.Tensor, r: int, scaling: float, cfg: InitConfig) -> I
 class InitFn:
     name: str
     fn: Callable[[torch.Tensor, int, float, InitConfig], Init]
-    uses_svd: bool
+    uses_svd: bool  # SVD starts also accept a stack W: (batch, out, in) and return stacked A, B, S
     description: str
 
 
