@@ -153,8 +153,8 @@ def save(model: peft.PeftModel, out_dir, rank: int | None = None, overwrite: boo
     return meta
 
 
-def check_adapter_dir(base: torch.nn.Module, adapter_dir) -> peft.LoraConfig:
-    """Validate an adapter directory against a base model; a one-line error names what is wrong."""
+def read_adapter_config(adapter_dir) -> tuple[Path, peft.LoraConfig]:
+    """The directory and LoraConfig of an adapter directory that has both of PEFT's files."""
     d = Path(adapter_dir)
     if not d.is_dir():
         raise AiloraError(f"adapter directory {d} does not exist")
@@ -162,9 +162,14 @@ def check_adapter_dir(base: torch.nn.Module, adapter_dir) -> peft.LoraConfig:
         if not (d / f).is_file():
             raise AiloraError(f"adapter directory {d} is missing {f}")
     try:
-        cfg = peft.LoraConfig.from_pretrained(d)
+        return d, peft.LoraConfig.from_pretrained(d)
     except Exception as exc:  # a broken JSON file or a non-LoRA config
         raise AiloraError(f"{d / CONFIG_FILE} is not a LoRA adapter config: {exc}".splitlines()[0]) from None
+
+
+def check_adapter_dir(base: torch.nn.Module, adapter_dir) -> peft.LoraConfig:
+    """Validate an adapter directory against a base model; a one-line error names what is wrong."""
+    d, cfg = read_adapter_config(adapter_dir)
     from ailora.roles import weight_of
 
     with safe_open(d / WEIGHTS_FILE, framework="pt") as f:

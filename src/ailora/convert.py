@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ailora.adapters import (
-    CONFIG_FILE,
     META_FILE,
     PREFIX,
     WEIGHTS_FILE,
@@ -18,6 +17,7 @@ from ailora.adapters import (
     _module_rank_alpha,
     _scaling,
     check_adapter_dir,
+    read_adapter_config,
     to_plain_lora,
     verify,
 )
@@ -27,17 +27,11 @@ from ailora.roles import weight_of
 
 def read_adapter(path) -> tuple[dict, peft.LoraConfig, dict]:
     """(state dict, LoraConfig, ailora.json or {}) of an adapter directory; a one-line error if broken."""
-    d = Path(path)
-    if not d.is_dir():
-        raise AiloraError(f"adapter directory {d} does not exist")
-    for f in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (d / f).is_file():
-            raise AiloraError(f"adapter directory {d} is missing {f}")
+    d, cfg = read_adapter_config(path)
     try:
-        cfg = peft.LoraConfig.from_pretrained(d)
         sd = load_file(d / WEIGHTS_FILE)
     except Exception as exc:
-        raise AiloraError(f"cannot read adapter {d}: {str(exc).splitlines()[0]}") from None
+        raise AiloraError(f"cannot read adapter weights {d / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from None
     meta = json.loads((d / META_FILE).read_text()) if (d / META_FILE).is_file() else {}
     return sd, cfg, meta
 
