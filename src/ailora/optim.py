@@ -4,6 +4,15 @@ AILoRA gives the value adapters twice the query adapters' learning rate (inspire
 method records that ratio and ``param_groups`` applies it, so a user writes no grouping code.
 A fused module's adapter holds several roles in one tensor, so one learning rate must serve all
 of them: its group is named by its roles joined with "+", and it gets the base learning rate.
+
+LoRA+ (Hayou et al. 2024) gives lora_B ``loraplus_ratio`` times the learning rate of its role's
+lora_A. PEFT's ``create_loraplus_optimizer`` is not used: it sends every 1-D trainable tensor to
+the lora_B group, so the classifier's bias (and DoRA's magnitudes) would get ratio x lr while the
+classifier's weight gets lr. Here only ``lora_B`` tensors are raised; the head, biases and DoRA
+magnitudes keep their role's (or the head's) rate.
+
+Baselines without LoRA factors (``model.ailora_baseline``: full, BitFit, Houlsby, VeRA) put their
+own trained weights in one group named by the method at ``lr`` and the task head in ``head``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ def param_groups(
     lr_ratios: Mapping[str, float] | None = None,
     weight_decay: float = 0.0,
     head_lr: float | None = None,
+    loraplus_ratio: float | None = None,
 ) -> list[dict]:
     """Groups for ``torch.optim.AdamW(param_groups(model, lr))``, each with a ``name``.
 
@@ -39,6 +49,8 @@ def param_groups(
         lr_ratios: role -> multiplier for any role, applied before ``value_lr_ratio``.
         weight_decay: applied to adapter and head weights, never to biases or norm weights.
         head_lr: learning rate of the task head and other trainable non-adapter weights (default lr).
+        loraplus_ratio: LoRA+: each lora_B gets this times its role's lr (default: the model's
+            ``ailora_state.loraplus_ratio``, else none).
     """
     if lr <= 0:
         raise AiloraError(f"learning rate must be positive, got {lr}")
@@ -50,6 +62,12 @@ def param_groups(
             raise AiloraError(f"value_lr_ratio must be positive, got {value_lr_ratio}")
         ratios["value"] = value_lr_ratio
     roles_of = {n: t.roles for n, t in state.targets.items()} if state is not None else {}
+    if loraplus_ratio is None and state is not None:
+        loraplus_ratio = state.loraplus_ratio
+    if loraplus_ratio is not None and loraplus_ratio <= 0:
+        raise AiloraError(f"loraplus_ratio must be positive, got {loraplus_ratio}")
+    baseline = getattr(model, "ailora_baseline", None)
+    head = state.head if state is not None else (baseline.head if baseline is not None else [])
     groups: dict[tuple[str, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -59,9 +77,14 @@ def param_groups(
             roles = roles_of.get(_module_of(name), ("adapter",))
             group = "+".join(roles)
             group_lr = lr * ratios.get(roles[0], 1.0) if len(roles) == 1 else lr
+            if loraplus_ratio is not None and ".lora_B." in name:
+                group, group_lr = f"{group}.lora_B", group_lr * loraplus_ratio
+        elif any(f".{h}." in f".{name}" for h in head):
+            group, group_lr = "head", head_lr if head_lr is not None else lr
+        elif baseline is not None:  # the method's own weights: biases, adapters, vectors, or all (full)
+            group, group_lr = baseline.method, lr
         else:
-            group = "head" if state is not None and any(f".{h}." in f".{name}" for h in state.head) else "other"
-            group_lr = head_lr if head_lr is not None else lr
+            group, group_lr = "other", head_lr if head_lr is not None else lr
         key = (group, decay)
         if key not in groups:
             groups[key] = {"name": group if decay else f"{group}.no_decay", "params": [], "lr": group_lr,

@@ -3,7 +3,9 @@
 The LoRA family (``ailora.methods.METHODS``) goes through ``ailora.apply`` and ``ailora.save``.
 A new method (full fine-tuning, BitFit, DoRA...) is ``register_method(TrainMethod(...))``: a
 function that freezes/wraps the base model and returns it with only its trainable weights
-requiring gradients, and one that writes what it trained to a directory.
+requiring gradients, and one that writes what it trained to a directory. The paper's Table 4
+baselines (full, bitfit, houlsby, dora, rslora, vera, loraplus) are registered from ``ailora.baselines``;
+each method declares the MethodConfig options it reads, and any other option set is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 import ailora
+from ailora.baselines.options import LORA_OPTIONS, refuse_unused
 from ailora.errors import AiloraError
 from ailora.methods import METHODS as LORA_FAMILY
 
@@ -27,13 +30,17 @@ class TrainMethod:
     save: Callable[[nn.Module, str], dict]
     """``save(model, out_dir) -> report`` writes what was trained (an adapter, or the full model)."""
     description: str = ""
+    options: frozenset[str] | None = None
+    """MethodConfig options the method reads; setting any other is an error (None: not checked)."""
 
 
 def _apply_lora_family(model: nn.Module, cfg, seed: int) -> nn.Module:
-    return ailora.apply(
+    model = ailora.apply(
         model, method=cfg.name, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, policy=cfg.policy,
-        solver=cfg.solver, seed=seed, dropout=cfg.dropout, use_rslora=cfg.use_rslora,
+        solver=cfg.solver, seed=seed, dropout=cfg.dropout, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
     )
+    model.ailora_state.loraplus_ratio = cfg.loraplus_ratio  # param_groups applies it
+    return model
 
 
 def _save_adapter(model: nn.Module, out_dir) -> dict:
@@ -41,7 +48,8 @@ def _save_adapter(model: nn.Module, out_dir) -> dict:
 
 
 METHODS: dict[str, TrainMethod] = {
-    name: TrainMethod(name, _apply_lora_family, _save_adapter, m.description) for name, m in LORA_FAMILY.items()
+    name: TrainMethod(name, _apply_lora_family, _save_adapter, m.description, LORA_OPTIONS)
+    for name, m in LORA_FAMILY.items()
 }
 
 
@@ -58,6 +66,11 @@ def get_method(name: str) -> TrainMethod:
     return METHODS[name]
 
 
+def check_options(cfg) -> None:
+    """Refuse a MethodConfig that sets an option its method does not read (one-line reason)."""
+    refuse_unused(cfg, cfg.name, get_method(cfg.name).options)
+
+
 def prepare_model(model: nn.Module, cfg, seed: int) -> nn.Module:
     """The model ready to train under ``cfg.name`` (a MethodConfig)."""
     return get_method(cfg.name).prepare(model, cfg, seed)
@@ -72,3 +85,14 @@ def synced_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, (a0, b0) in (state.initial.items() if state is not None else []):
         out[f"initial:{name}.A"], out[f"initial:{name}.B"] = a0, b0
     return out
+
+
+def _register_baselines() -> None:
+    # Imported here: ailora.baselines.registry builds its entries with TrainMethod from this module.
+    from ailora.baselines.registry import baseline_methods
+
+    for method in baseline_methods():
+        register_method(method)
+
+
+_register_baselines()

@@ -1,0 +1,152 @@
+"""Saving and loading what each baseline trained; every directory holds ``ailora.json`` with a ``format``.
+
+========================  ==================================================================================
+format                    files
+========================  ==================================================================================
+full                      ``config.json`` + ``model*.safetensors``: a whole transformers checkpoint
+                          (``save_pretrained``), loadable without ailora
+bitfit                    ``trained.safetensors``: the bias vectors and the task head, keyed by the base
+                          model's parameter names (``bert.encoder.layer.0.attention.self.query.bias``)
+houlsby                   ``trained.safetensors``: adapters (``<module>.houlsby_down.weight`` ...),
+                          LayerNorms and the head, keyed by the adapted model's parameter names;
+                          ``ailora.json`` names the wrapped modules and the bottleneck
+peft-vera                 PEFT's ``adapter_config.json`` + ``adapter_model.safetensors`` (``save_pretrained``,
+                          the shared projections included), loadable with ``peft.PeftModel.from_pretrained``
+plain-lora-on-original-   the LoRA family, DoRA, rsLoRA, LoRA+: ``ailora.save`` (a standard PEFT LoRA on the
+base                      original base; a DoRA magnitude is saved as trained)
+========================  ==================================================================================
+
+``load(base, dir)`` puts any of these on a freshly loaded original base model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import peft
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import ailora
+from ailora.adapters import META_FILE, _atomic_dir
+from ailora.baselines.houlsby import add_houlsby
+from ailora.baselines.select import train_only
+from ailora.errors import AiloraError
+
+TENSORS_FILE = "trained.safetensors"
+
+
+def _meta(model: nn.Module, fmt: str, **extra) -> dict:
+    state = getattr(model, "ailora_baseline", None)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"ailora_version": ailora.__version__, "format": fmt,
+            **(state.metadata() if state is not None else {}), "trainable_parameters": trainable, **extra}
+
+
+def save_full(model: nn.Module, out_dir, overwrite: bool = True) -> dict:
+    """The whole fine-tuned model as a transformers checkpoint (safetensors)."""
+    meta = _meta(model, "full")
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    _atomic_dir(Path(out_dir), overwrite, write)
+    return meta
+
+
+def save_trained(model: nn.Module, out_dir, overwrite: bool = True) -> dict:
+    """The trained tensors only (BitFit: biases + head; Houlsby: adapters + LayerNorms + head)."""
+    state = getattr(model, "ailora_baseline", None)
+    if state is None or state.method not in ("bitfit", "houlsby"):
+        raise AiloraError("save_trained expects a model prepared by the bitfit or houlsby method")
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    meta = _meta(model, state.method, tensors=len(tensors))
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, tmp / TENSORS_FILE, metadata={"format": "pt"})
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    _atomic_dir(Path(out_dir), overwrite, write)
+    return meta
+
+
+def save_vera(model: peft.PeftModel, out_dir, overwrite: bool = True) -> dict:
+    """PEFT's own VeRA adapter directory plus ``ailora.json``."""
+    meta = _meta(model, "peft-vera")
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    _atomic_dir(Path(out_dir), overwrite, write)
+    return meta
+
+
+def read_meta(path) -> dict:
+    f = Path(path) / META_FILE
+    if not f.is_file():
+        raise AiloraError(f"{path} has no {META_FILE}; it is not a directory written by ailora")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as exc:
+        raise AiloraError(f"{f} is not valid JSON: {exc}") from None
+
+
+def _copy_into(model: nn.Module, tensors: dict[str, torch.Tensor], where) -> None:
+    params = dict(model.named_parameters())
+    for name, t in tensors.items():
+        if name not in params:
+            raise AiloraError(f"{where} holds {name}, which the base model does not have")
+        if params[name].shape != t.shape:
+            raise AiloraError(f"{where}: {name} has shape {tuple(t.shape)}, the model's is "
+                              f"{tuple(params[name].shape)}")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t)
+
+
+def _load_full(base: nn.Module, d: Path) -> nn.Module:
+    files = sorted(d.glob("model*.safetensors"))
+    if not files:
+        raise AiloraError(f"{d} holds no model*.safetensors")
+    sd = {k: v for f in files for k, v in load_file(f).items()}
+    missing, unexpected = base.load_state_dict(sd, strict=False)
+    if unexpected:
+        raise AiloraError(f"{d} holds {unexpected[0]}, which the base model does not have")
+    # save_pretrained writes one copy of tied weights: a missing key is fine when it shares storage.
+    state = base.state_dict()
+    loaded = {state[k].data_ptr() for k in sd if k in state}
+    untied = [k for k in missing if state[k].data_ptr() not in loaded]
+    if untied:
+        raise AiloraError(f"{d} lacks {untied[0]}")
+    return base
+
+
+def load(base: nn.Module, path, trainable: bool = False) -> nn.Module:
+    """Put a saved method (any format in this module's table) on ``base``, the original model.
+
+    Returns ``base`` itself (full, bitfit, houlsby; changed in place) or a PeftModel (LoRA family, VeRA).
+    """
+    d = Path(path)
+    meta = read_meta(d)
+    fmt = meta.get("format")
+    if fmt == "plain-lora-on-original-base":
+        return ailora.load(base, d, trainable=trainable)
+    if fmt == "peft-vera":
+        return peft.PeftModel.from_pretrained(base, str(d), is_trainable=trainable)
+    if fmt == "full":
+        return _load_full(base, d)
+    if fmt in ("bitfit", "houlsby"):
+        if not (d / TENSORS_FILE).is_file():
+            raise AiloraError(f"{d} is missing {TENSORS_FILE}")
+        if fmt == "houlsby":
+            add_houlsby(base, meta["bottleneck"], modules=meta["modules"])
+        tensors = load_file(d / TENSORS_FILE)
+        _copy_into(base, tensors, d / TENSORS_FILE)
+        train_only(base, tensors if trainable else ())
+        return base
+    raise AiloraError(f"{d / META_FILE} has format {fmt!r}; known formats: full, bitfit, houlsby, peft-vera, "
+                      "plain-lora-on-original-base")

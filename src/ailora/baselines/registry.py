@@ -1,0 +1,89 @@
+"""The Table 4 baselines as training methods: how each prepares a model and saves what it trained.
+
+Where PEFT implements a method faithfully it is used: DoRA (``use_dora``) and rsLoRA
+(``use_rslora``) are PEFT LoRA layers through ``ailora.apply``, so they combine with the SVD starts;
+VeRA is PEFT's ``VeraConfig``. LoRA+ is PEFT-faithful in its layers (plain LoRA) but not in its
+optimizer: ``peft.optimizers.create_loraplus_optimizer`` puts every 1-D trainable tensor in the
+lora_B group, so the classifier's bias and DoRA's magnitudes would get ratio x lr while the
+classifier's weight gets lr; ``ailora.param_groups(loraplus_ratio=...)`` raises only lora_B.
+Full fine-tuning, BitFit and Houlsby adapters have no PEFT tuner (``select.py``, ``houlsby.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import peft
+from torch import nn
+
+from ailora.baselines import io
+from ailora.baselines.houlsby import prepare_houlsby
+from ailora.baselines.options import HOULSBY_OPTIONS, LORA_OPTIONS, NO_OPTIONS, VERA_OPTIONS
+from ailora.baselines.select import BaselineState, head_modules, prepare_bitfit, prepare_full
+from ailora.errors import AiloraError
+from ailora.roles import find_targets
+
+LORAPLUS_RATIO = 16.0  # LoRA+'s default ratio lr_B / lr_A (PEFT's example and the paper's suggestion)
+VERA_TARGETS = ("query", "value")
+
+
+def prepare_vera(model: nn.Module, cfg, seed: int) -> peft.PeftModel:
+    """VeRA (Kopiczko et al. 2024) through PEFT: frozen random A, B shared by all layers (from ``seed``),
+    trained vectors d (init 0.1) and b (init 0), so outputs are unchanged at step 0."""
+    targets = find_targets(model, cfg.targets or VERA_TARGETS)
+    fused = [t for t in targets if t.fused]
+    if fused:
+        raise AiloraError(f"VeRA adapts whole modules, and {fused[0].name} holds the roles "
+                          f"{', '.join(fused[0].roles)} of a fused projection; choose unfused roles")
+    head = head_modules(model)
+    config = peft.VeraConfig(
+        r=cfg.vera_rank, target_modules=[t.name for t in targets], projection_prng_key=seed, save_projection=True,
+        vera_dropout=cfg.dropout, d_initial=0.1, fan_in_fan_out=all(t.fan_in_fan_out for t in targets),
+        modules_to_save=head or None,
+    )
+    pm = peft.get_peft_model(model, config)
+    pm.ailora_baseline = BaselineState("vera", head, {"vera_rank": cfg.vera_rank,
+                                                      "targets": [t.name for t in targets]})
+    return pm
+
+
+def _lora_variant(**forced):
+    """Prepare and save as plain LoRA with some options forced (dora: use_dora, rslora: use_rslora...)."""
+
+    def prepare(model: nn.Module, cfg, seed: int) -> nn.Module:
+        from ailora.train.prepare import get_method
+
+        values = {k: (v(cfg) if callable(v) else v) for k, v in forced.items()}
+        return get_method("lora").prepare(model, dataclasses.replace(cfg, name="lora", **values), seed)
+
+    def save(model: nn.Module, out_dir) -> dict:
+        from ailora.train.prepare import get_method
+
+        return get_method("lora").save(model, out_dir)
+
+    return prepare, save
+
+
+def baseline_methods() -> list:
+    """The ``TrainMethod`` entries of the paper's Table 4 baselines (registered by ailora.train.prepare)."""
+    from ailora.train.prepare import TrainMethod
+
+    dora, rslora = _lora_variant(use_dora=True), _lora_variant(use_rslora=True)
+    loraplus = _lora_variant(loraplus_ratio=lambda c: c.loraplus_ratio or LORAPLUS_RATIO)
+    return [
+        TrainMethod("full", prepare_full, io.save_full, "full fine-tuning: every weight trains", NO_OPTIONS),
+        TrainMethod("bitfit", prepare_bitfit, io.save_trained,
+                    "BitFit: bias vectors and the task head train (Ben Zaken et al. 2022)", NO_OPTIONS),
+        TrainMethod("houlsby", prepare_houlsby, io.save_trained,
+                    "Houlsby adapters after attention output and FFN, m = method.bottleneck; LayerNorms and "
+                    "head train (Houlsby et al. 2019)", HOULSBY_OPTIONS),
+        TrainMethod("dora", *dora, "DoRA: LoRA with a trained per-row magnitude (Liu et al. 2024), via PEFT",
+                    LORA_OPTIONS),
+        TrainMethod("rslora", *rslora, "rsLoRA: LoRA scaled by alpha / sqrt(r) (Kalajdzievski 2023), via PEFT",
+                    LORA_OPTIONS),
+        TrainMethod("vera", prepare_vera, io.save_vera,
+                    "VeRA: shared frozen random A, B; trained vectors d, b; rank method.vera_rank "
+                    "(Kopiczko et al. 2024), via PEFT", VERA_OPTIONS),
+        TrainMethod("loraplus", *loraplus, f"LoRA+: lr of lora_B = method.loraplus_ratio (default "
+                    f"{LORAPLUS_RATIO:g}) x lr of A (Hayou et al. 2024)", LORA_OPTIONS),
+    ]
