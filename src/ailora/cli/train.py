@@ -17,7 +17,7 @@ SHORTCUTS = {
     "--alpha": "method.alpha", "--lr": "train.lr", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
     "--grad-accum": "train.grad_accum", "--seed": "train.seed", "--mixed-precision": "train.mixed_precision",
     "--max-train-samples": "task.max_train_samples", "--max-eval-samples": "task.max_eval_samples",
-    "--data-dir": "task.data_dir", "--run-dir": "run_dir",
+    "--data-dir": "task.data_dir", "--run-dir": "run_dir", "--progressive-stages": "train.progressive_stages",
 }
 SWITCHES = {"--resume": "resume", "--overwrite": "overwrite", "--no-progress": "train.progress"}
 

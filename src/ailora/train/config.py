@@ -48,7 +48,7 @@ class ModelConfig:
 @dataclass
 class MethodConfig:
     name: str = "ailora"
-    """Fine-tuning method: a name in ailora.train.METHODS (lora, pissa, milora, ailora, reailora)."""
+    """Fine-tuning method: a name in ailora.train.METHODS (lora, pissa, milora, ailora, reailora; the baselines full, bitfit, houlsby, dora, rslora, vera, loraplus). An option the method does not read is an error."""
     rank: int = 8
     """Adapter rank r of every adapted block."""
     alpha: float | None = None
@@ -62,15 +62,27 @@ class MethodConfig:
     dropout: float = 0.0
     """Dropout on the adapter input."""
     use_rslora: bool = False
-    """Scale by alpha / sqrt(r) instead of alpha / r."""
+    """Scale by alpha / sqrt(r) instead of alpha / r (rsLoRA; the rslora method sets it)."""
     value_lr_ratio: float | None = None
     """Learning rate of value adapters / base learning rate (default: the method's, 2 for AILoRA)."""
+    use_dora: bool = False
+    """DoRA: train a per-row magnitude of each adapted weight as well (LoRA family; the dora method sets it)."""
+    loraplus_ratio: float | None = None
+    """LoRA+: learning rate of lora_B = this x its role's (LoRA family; loraplus method default 16); head and biases unchanged."""
+    bottleneck: int = 64
+    """Houlsby adapter size m (houlsby only): 2md + d + m parameters per adapter."""
+    vera_rank: int = 256
+    """Rank of VeRA's shared frozen random matrices (vera only; the paper uses 256)."""
 
     def validate(self) -> None:
-        from ailora.train.prepare import get_method
+        from ailora.train.prepare import check_options
 
-        get_method(self.name)
+        check_options(self)  # an unknown method, or an option it does not read
         _positive("method.rank", self.rank)
+        _positive("method.bottleneck", self.bottleneck)
+        _positive("method.vera_rank", self.vera_rank)
+        if self.loraplus_ratio is not None:
+            _positive("method.loraplus_ratio", self.loraplus_ratio)
         if self.alpha is not None:
             _positive("method.alpha", self.alpha)
         if self.value_lr_ratio is not None:
@@ -138,6 +150,20 @@ class TrainConfig:
     """Write TensorBoard logs under RUN_DIR/tb."""
     progress: bool = True
     """Show tqdm progress bars."""
+    progressive_stages: int = 0
+    """Progtuning: split the L transformer blocks into this many parts; stage t updates only parts t..T and the head, so low blocks freeze first (0 or 1: off)."""
+    progressive_boundary: str = "epoch"
+    """Progtuning stage boundaries: epoch (stage t spans epochs [tE/T, (t+1)E/T); needs stages <= epochs) or steps (equal shares of the optimizer steps)."""
+    progressive_remainder: str = "top"
+    """Progtuning: the L mod T extra blocks go to the top parts (top, which train longest) or the bottom parts (bottom)."""
+    progressive_embeddings: str = "first-stage"
+    """Progtuning, for methods that train embeddings: first-stage (updated in stage 1 only), frozen, or always (backward then runs through every block)."""
+    progressive_reset_optimizer: bool = False
+    """Progtuning: drop the optimizer state (Adam moments) at each stage change instead of keeping it."""
+    progressive_order: str = "depth"
+    """Progtuning block order: depth, or grad-norm (a pilot scores each block by its gradient norm; the lowest scores freeze first)."""
+    progressive_pilot_batches: int = 8
+    """Training batches the grad-norm pilot averages over (at the start weights, no update)."""
 
     def validate(self) -> None:
         _positive("train.lr", self.lr)
@@ -154,6 +180,21 @@ class TrainConfig:
         _choice("train.select", self.select, ("last", "best"))
         if self.stop_after_steps is not None:
             _positive("train.stop_after_steps", self.stop_after_steps)
+        self._validate_progressive()
+
+    def _validate_progressive(self) -> None:
+        from ailora import progressive as prog
+
+        if self.progressive_stages < 0:
+            raise AiloraError(f"train.progressive_stages must be >= 0, got {self.progressive_stages}")
+        _choice("train.progressive_boundary", self.progressive_boundary, prog.BOUNDARIES)
+        _choice("train.progressive_remainder", self.progressive_remainder, prog.REMAINDERS)
+        _choice("train.progressive_embeddings", self.progressive_embeddings, prog.EMBEDDINGS)
+        _choice("train.progressive_order", self.progressive_order, prog.ORDERS)
+        _positive("train.progressive_pilot_batches", self.progressive_pilot_batches)
+        if self.progressive_boundary == "epoch" and self.progressive_stages > self.epochs:
+            raise AiloraError(f"train.progressive_stages ({self.progressive_stages}) exceeds train.epochs "
+                              f"({self.epochs}) with epoch boundaries; use train.progressive_boundary=steps")
 
 
 @dataclass

@@ -17,6 +17,12 @@ Resume is exact: a checkpoint holds the trainable weights, optimizer, scheduler,
 process's RNG states, the step and the position inside the epoch; an epoch's batch order is a
 function of (seed, epoch); so a resumed run replays exactly what the interrupted one would have
 done next.
+
+Progtuning (``train.progressive_stages`` > 1, ``ailora.progressive``): before each optimizer step
+the loop enters the step's stage (freezing the parts below it and cutting the backward pass at
+the lowest active block) and counts the step's updated parameters and seconds under that stage;
+the stage follows from (epoch, step), and the per-stage counters and the pilot's scores are in
+the checkpoint, so a resumed run continues the schedule where it was.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 import ailora
+from ailora import progressive
 from ailora.errors import AiloraError
 from ailora.models import load_model, resolve_model_path
 from ailora.train import record
@@ -59,12 +66,17 @@ class LoopState:
     history: list[dict] = field(default_factory=list)  # the per-epoch records (metrics.jsonl)
     evals: list[dict] = field(default_factory=list)  # every validation, per epoch or per N steps
     best: dict | None = None  # {"step", "epoch", "metric", "value"}
+    stage: int = 0  # Progtuning stage of the last optimizer step, 0-based (0 when off)
+    stages: list[dict] = field(default_factory=list)  # per stage: steps, updated parameters, seconds
+    pilot: dict | None = None  # the grad-norm pilot's block scores (kept so a resume reuses them)
 
 
 def train(cfg: RunConfig) -> dict:
     """Run ``cfg`` and return its results (also in RUN_DIR/results.json)."""
     t_start = time.perf_counter()
-    acc = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    # Progtuning's frozen parts get no gradient: DDP must look for unused parameters.
+    ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.train.progressive_stages > 1 else []
+    acc = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=ddp)
     run_dir = Path(cfg.run_dir)
     resuming = _on_main_then_share(acc, lambda: record.prepare_run_dir(
         run_dir, cfg.resume, cfg.overwrite, cfg.identity()))
@@ -106,6 +118,7 @@ def train(cfg: RunConfig) -> dict:
         record.write_json(run_dir / "init_hashes.json", hashes)
     writer = _writer(acc, cfg, run_dir, state.step)
     ctx = _Context(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, spec, tokenizer, writer)
+    ctx.schedule = _progtuning(ctx, state)
 
     # Train, with a validation at the end of each epoch (and every N steps when asked).
     bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.method.name}", unit="step",
@@ -117,7 +130,12 @@ def train(cfg: RunConfig) -> dict:
         groups = [batches[i:i + cfg.train.grad_accum] for i in range(0, len(batches), cfg.train.grad_accum)]
         model.train()
         for group in groups[state.group:]:
+            _enter_stage(ctx, state, progressive.stage_of(
+                state.epoch, state.step, ctx.schedule.stages, cfg.train.epochs, total_steps,
+                cfg.train.progressive_boundary))
+            t_step = time.perf_counter()
             loss = _optimizer_step(ctx, group)
+            _count_step(state, time.perf_counter() - t_step)
             state.loss_sum = state.loss_sum + loss  # a tensor: no device sync per step
             state.loss_count += len(group)
             state.step += 1
@@ -137,6 +155,7 @@ def train(cfg: RunConfig) -> dict:
                 return {"status": "interrupted", "step": state.step, "run_dir": str(run_dir)}
         _end_epoch(ctx, state, time.perf_counter() - t_epoch)
     bar.close()
+    ctx.schedule.close()  # the method's whole trainable set again, for saving and counting
 
     # Evaluate the selected weights on the test split(s), save them, write the record.
     if cfg.train.select == "best" and state.best is not None:
@@ -148,7 +167,7 @@ def train(cfg: RunConfig) -> dict:
     if acc.is_main_process:
         adapter = get_method(cfg.method.name).save(unwrapped, run_dir / record.ADAPTER)
         results = _results(cfg, spec, data, unwrapped, state, test, adapter, hashes, acc,
-                           time.perf_counter() - t_start, resuming)
+                           time.perf_counter() - t_start, resuming, ctx.schedule)
         record.write_json(run_dir / record.RESULTS, results)
     if writer is not None:
         writer.close()
@@ -276,6 +295,52 @@ class _Context:
     spec: object
     tokenizer: object
     writer: object
+    schedule: progressive.Schedule | None = None
+
+
+# Progtuning: the schedule, its pilot, entering stages, counting updated parameters.
+
+
+def _progtuning(ctx: _Context, state: LoopState) -> progressive.Schedule:
+    """The run's schedule (one stage when off); a fresh grad-norm run scores the blocks with a pilot first."""
+    t, model = ctx.cfg.train, ctx.acc.unwrap_model(ctx.model)
+    order = None
+    if t.progressive_stages > 1 and t.progressive_order == "grad-norm":
+        if state.pilot is None:  # a resumed run keeps the scores taken at the start weights
+            state.pilot = _pilot(ctx, model, progressive.find_blocks(model))
+        order = progressive.order_from_scores(state.pilot["scores"])
+    schedule = progressive.Schedule(model, t.progressive_stages, t.progressive_embeddings,
+                                    t.progressive_remainder, order)
+    if not state.stages:
+        state.stages = [schedule.stage_record(i) for i in range(schedule.stages)]
+    return schedule
+
+
+def _pilot(ctx: _Context, model, blocks: progressive.Blocks) -> dict:
+    t0, acc, t = time.perf_counter(), ctx.acc, ctx.cfg.train
+    batches = train_batches(len(ctx.splits["train"]), t.batch_size, t.seed, 0, acc.process_index,
+                            acc.num_processes)[:t.progressive_pilot_batches]
+    scores = progressive.gradient_scores(model, blocks, (_batch(ctx, idx) for idx in batches))
+    if acc.num_processes > 1:  # every process must freeze the same blocks
+        scores = acc.reduce(torch.tensor(scores, device=acc.device), reduction="mean").tolist()
+    return {"method": "grad-norm", "batches": len(batches), "scores": scores,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _enter_stage(ctx: _Context, state: LoopState, stage: int) -> None:
+    if stage != state.stage:
+        if ctx.cfg.train.progressive_reset_optimizer:
+            ctx.optimizer.state.clear()  # every Adam moment and step count starts again
+        state.stage = stage
+    if ctx.schedule.current != stage:  # a stage change, the first step, or the first after a resume
+        ctx.schedule.enter(stage)
+
+
+def _count_step(state: LoopState, seconds: float) -> None:
+    rec = state.stages[state.stage]
+    rec["steps"] += 1
+    rec["updated_parameters"] += rec["active_parameters"]
+    rec["seconds"] += seconds
 
 
 # One optimizer step, evaluation, checkpoints.
@@ -283,10 +348,10 @@ class _Context:
 
 def _optimizer_step(ctx: _Context, group: list[list[int]]) -> torch.Tensor:
     """Forward and backward over the group's micro-batches, clip, step; the summed loss (detached)."""
-    acc, model, items = ctx.acc, ctx.model, ctx.splits["train"]
+    acc, model = ctx.acc, ctx.model
     total = torch.zeros((), device=acc.device)
     for i, idx in enumerate(group):
-        batch = {k: v.to(acc.device) for k, v in collate([items[j] for j in idx], ctx.tokenizer.pad_token_id).items()}
+        batch = _batch(ctx, idx)
         if ctx.spec.kind == "generation" and not (batch["labels"] != IGNORE_INDEX).any():
             raise AiloraError("a training batch has no answer tokens; raise model.max_length")
         last = i == len(group) - 1
@@ -301,6 +366,11 @@ def _optimizer_step(ctx: _Context, group: list[list[int]]) -> torch.Tensor:
         ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def _batch(ctx: _Context, idx: list[int]) -> dict[str, torch.Tensor]:
+    items = ctx.splits["train"]
+    return {k: v.to(ctx.acc.device) for k, v in collate([items[j] for j in idx], ctx.tokenizer.pad_token_id).items()}
 
 
 def _eval(ctx: _Context, split: str) -> dict[str, float]:
@@ -373,7 +443,14 @@ def _restore(acc: Accelerator, path: Path, trainable, optimizer, scheduler) -> L
     return LoopState(**ckpt["loop"])
 
 
-def _results(cfg, spec, data, model, state: LoopState, test, adapter, hashes, acc, seconds, resumed) -> dict:
+def _results(cfg, spec, data, model, state: LoopState, test, adapter, hashes, acc, seconds, resumed,
+             schedule) -> dict:
+    prog = None
+    if schedule.stages > 1:
+        t = cfg.train
+        prog = {**schedule.describe(), "boundary": t.progressive_boundary,
+                "reset_optimizer": t.progressive_reset_optimizer, "order_by": t.progressive_order, "pilot": state.pilot,
+                "per_stage": [{**s, "seconds": round(s["seconds"], 3)} for s in state.stages]}
     return {
         "status": "complete",
         "config": cfg.to_dict(),
@@ -392,6 +469,9 @@ def _results(cfg, spec, data, model, state: LoopState, test, adapter, hashes, ac
         "method": model.ailora_state.metadata() if hasattr(model, "ailora_state") else {},
         "adapter": {"dir": record.ADAPTER, **{k: v for k, v in adapter.items() if k != "targets"}},
         "wall_seconds": round(seconds, 3),
+        "updated_parameters": sum(s["updated_parameters"] for s in state.stages),  # summed over optimizer steps
+        "train_seconds": round(sum(s["seconds"] for s in state.stages), 3),  # inside optimizer steps only
+        "progressive": prog,
         "resumed": bool(resumed),
         "peak_memory": record.peak_memory(),
         "distributed": {"num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
