@@ -466,7 +466,7 @@ def _results(cfg, spec, data, model, state: LoopState, test, adapter, hashes, ac
         "steps": state.step,
         "seed": cfg.train.seed,
         "parameters": record.parameter_counts(model),
-        "method": model.ailora_state.metadata() if hasattr(model, "ailora_state") else {},
+        "method": _method_metadata(model, cfg),
         "adapter": {"dir": record.ADAPTER, **{k: v for k, v in adapter.items() if k != "targets"}},
         "wall_seconds": round(seconds, 3),
         "updated_parameters": sum(s["updated_parameters"] for s in state.stages),  # summed over optimizer steps
@@ -480,3 +480,12 @@ def _results(cfg, spec, data, model, state: LoopState, test, adapter, hashes, ac
         "versions": record.package_versions(),
         "git": record.git_revision(),
     }
+
+
+def _method_metadata(model, cfg: RunConfig) -> dict:
+    """Provenance of what the method did: the LoRA family's AiloraState, a baseline's state, or its name."""
+    for attr in ("ailora_state", "ailora_baseline"):
+        state = getattr(model, attr, None)
+        if state is not None:
+            return state.metadata()
+    return {"method": cfg.method.name}
