@@ -15,7 +15,7 @@ import warnings
 from ailora.errors import AiloraError
 
 # Module names under ailora.cli, in the order `ailora --help` lists them.
-SUBCOMMANDS = ["ls", "init", "train", "convert", "merge", "extract", "analyze"]
+SUBCOMMANDS = ["ls", "init", "train", "convert", "merge", "extract", "analyze", "sweep", "report", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,9 +15,11 @@ def _registry_rows() -> dict[str, list[tuple[str, str]]]:
     from ailora.methods import METHODS
     from ailora.roles import ARCHITECTURES, ROLES
     from ailora.svd import SOLVERS
+    from ailora.train.prepare import METHODS as TRAIN_METHODS
 
     sections = {
-        "methods": [(m.name, f"{m.description}; targets {','.join(m.targets)}") for m in METHODS.values()],
+        "methods": [(m.name, f"{m.description}; targets {','.join(m.targets)}") for m in METHODS.values()]
+        + [(t.name, t.description) for t in TRAIN_METHODS.values() if t.name not in METHODS],
         "inits": [(i.name, i.description) for i in INITS.values()],
         "solvers": [(s.name, s.description) for s in SOLVERS.values()],
         "roles": [(r, "") for r in ROLES],
@@ -32,6 +34,10 @@ def _registry_rows() -> dict[str, list[tuple[str, str]]]:
         except (ImportError, AttributeError):
             continue
         sections[title] = [(name, getattr(spec, "description", "")) for name, spec in reg.items()]
+    from ailora.presets import PRESETS, run_count
+
+    sections["presets"] = [(p.name, f"{p.description} ({run_count(p.spec())} runs; ailora sweep --preset {p.name})")
+                           for p in PRESETS.values()]
     return sections
 
 
@@ -50,8 +56,9 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("ls", help="list methods, inits, solvers, roles, architectures and tasks",
+    p = sub.add_parser("ls", help="list methods, inits, solvers, roles, architectures, tasks and sweep presets",
                        description="List what ailora's registries hold.")
-    p.add_argument("what", nargs="?", choices=["methods", "inits", "solvers", "roles", "architectures", "tasks"],
+    p.add_argument("what", nargs="?", choices=["methods", "inits", "solvers", "roles", "architectures", "tasks",
+                                                  "presets"],
                    help="one registry only")
     p.set_defaults(func=run)

@@ -1,0 +1,119 @@
+"""``ailora sweep``: methods x tasks x seeds x a learning-rate grid, resumable; the lr is selected on
+validation per method and task, test scores are reported as mean ± std over seeds.
+
+A sweep comes from a preset (``--preset``, see ``ailora ls presets``), a JSON spec (``--spec``;
+format in ``ailora.sweep``) or flags alone; flags and ``KEY=VALUE`` overrides apply on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ailora.errors import AiloraError
+
+DEFAULT_DIR = "runs/{preset}"
+
+
+def _list(kind):
+    def parse(text: str):
+        try:
+            return [kind(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s") from None
+    return parse
+
+
+def build_spec(args):
+    """The sweep the arguments describe: preset or spec file, then flags, then overrides."""
+    from ailora.presets import get_preset
+    from ailora.sweep import compose
+
+    if args.preset and args.spec:
+        raise AiloraError("give --preset or --spec, not both")
+    if args.preset:
+        base = get_preset(args.preset).spec(args.model, args.tasks[0] if args.tasks else None)
+    elif args.spec:
+        try:
+            base = json.loads(open(args.spec).read())
+        except OSError as exc:
+            raise AiloraError(f"cannot read sweep spec {args.spec}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise AiloraError(f"sweep spec {args.spec} is not valid JSON: {exc}") from None
+    else:
+        base = {}
+    overrides = list(args.overrides) + (["train.progress=false"] if args.no_progress else [])
+    return compose(base, model=args.model, tasks=args.tasks, methods=args.methods, seeds=args.seeds, lrs=args.lrs,
+                   overrides=overrides)
+
+
+def sweep_dir(args) -> str:
+    if args.dir:
+        return args.dir
+    if args.preset:
+        return DEFAULT_DIR.format(preset=args.preset)
+    raise AiloraError("give the sweep directory (--dir DIR)")
+
+
+def print_table(summary: dict) -> None:
+    from ailora.report import build_table, to_markdown
+
+    print(to_markdown(build_table(summary)), end="")
+
+
+def dry_run(spec, where: str) -> int:
+    from collections import Counter
+
+    from ailora.sweep import plan, run_state
+
+    runs = plan(spec, where)
+    states = Counter(run_state(cfg.run_dir) for _, cfg in runs)
+    print(json.dumps(spec.to_dict(), indent=2))
+    print(f"{len(runs)} runs in {where}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    return 0
+
+
+def run(args) -> int:
+    from ailora.sweep import SUMMARY, run_sweep
+
+    spec = build_spec(args)
+    if args.print_spec:
+        sys.stdout.write(json.dumps(spec.to_dict(), indent=2) + "\n")
+        return 0
+    where = sweep_dir(args)
+    if args.dry_run:
+        return dry_run(spec, where)
+    summary = run_sweep(spec, where, overwrite=args.overwrite, log=print)
+    print_table(summary)
+    print(f"wrote {where}/{SUMMARY}; tables and plots: ailora report {where}")
+    return 0
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``ailora sweep`` and ``ailora demo``."""
+    p.add_argument("--dir", default=None, help="sweep directory (default for a preset: runs/PRESET)")
+    p.add_argument("--overwrite", action="store_true", help="replace a sweep directory that holds a different spec")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (train.progress=false)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config keys for every run, e.g. train.epochs=2 (see `ailora train --help`)")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="methods x tasks x seeds x lr grid; lr selected on validation, test mean ± std",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Finished runs are not redone and a killed sweep continues where it stopped: run the same "
+        "command again. Layout: DIR/sweep.json, DIR/<task>/<method>/lr<lr>/seed<s>/, DIR/summary.json.")
+    p.add_argument("--preset", default=None, help="a preset sweep (see `ailora ls presets`)")
+    p.add_argument("--spec", default=None, help="JSON sweep spec (model, tasks, methods, seeds, lrs, options)")
+    p.add_argument("--model", default=None, help="model name or directory (default minilm)")
+    p.add_argument("--tasks", type=_list(str), default=None, help="comma-separated tasks")
+    p.add_argument("--methods", type=_list(str), default=None,
+                   help="comma-separated method labels: a preset's/spec's entries, or method names")
+    p.add_argument("--seeds", type=_list(int), default=None, help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--lrs", type=_list(float), default=None, help="lr grid for every method, e.g. 2e-4,5e-4")
+    p.add_argument("--dry-run", action="store_true", help="print the spec and how many runs are done/left")
+    p.add_argument("--print-spec", action="store_true", help="print the resolved spec and exit")
+    add_common(p)
+    p.set_defaults(func=run)

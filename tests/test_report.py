@@ -1,0 +1,82 @@
+"""Reports: Table 1 shape (bold best per column in the metric's direction, Params, lr), md/html/png files."""
+
+from __future__ import annotations
+
+from ailora.cli import main
+from ailora.metrics import METRICS, Metric, register_metric
+from ailora.report import build_table, fmt_lr, fmt_params, progressive_pairs, to_markdown, write_report
+from ailora.sweep import SweepSpec, run_sweep, summarize
+from ailora.tasks import TaskSpec, register_task
+from tests.test_sweep import FakeTrain, _sentiment
+
+if "toy_error" not in METRICS:
+    register_metric(Metric("toy_error", False, lambda p, r: sum(a != b for a, b in zip(p, r)) / len(r),
+                           "fraction wrong (a lower-is-better metric for tests)"))
+register_task(TaskSpec("report-error", "synthetic, scored by an error rate", "classification", ("toy_error",),
+                       _sentiment, label_names=("negative", "positive")), replace=True)
+register_task(TaskSpec("report-acc", "synthetic, scored by accuracy", "classification", ("accuracy",),
+                       _sentiment, label_names=("negative", "positive")), replace=True)
+
+# Test scores per (task, method); lora is best on accuracy, ailora on the lower-is-better error.
+SCORES = {("report-acc", "lora"): 0.9, ("report-acc", "ailora"): 0.8,
+          ("report-error", "lora"): 0.3, ("report-error", "ailora"): 0.1}
+
+
+def _sweep(tmp_path, tasks=("report-acc", "report-error"), methods=None):
+    spec = SweepSpec.from_dict({"model": "minilm", "tasks": list(tasks), "seeds": [0, 1], "lrs": [1e-3, 2e-3],
+                                "methods": methods or ["lora", {"method": "ailora", "options": {"method.rank": 4}}]})
+    fake = FakeTrain(lambda cfg: (0.5 + (cfg.train.lr == 2e-3) * 0.1,
+                                  SCORES.get((cfg.task.name, cfg.method.name), 0.5) + 0.02 * cfg.train.seed))
+    run_sweep(spec, tmp_path / "s", train_fn=fake)
+    return tmp_path / "s"
+
+
+def test_table_bolds_the_best_per_column_in_the_metrics_direction(tmp_path):
+    table = build_table(summarize(_sweep(tmp_path)))
+    assert table["header"] == ["Method", "Params", "report-acc accuracy", "report-error toy_error",
+                               "lr (report-acc / report-error)"]  # no Avg. over opposite directions
+    lora, ailora = table["rows"]
+    assert lora == ["lora", "8.0K", "91.00 ± 1.41", "31.00 ± 1.41", "2e-3 / 1e-3"]  # error: lower validation wins
+    assert ailora[:2] == ["ailora", "4.0K"]
+    assert table["bold"][0][2] and not table["bold"][1][2]  # accuracy: higher wins
+    assert table["bold"][1][3] and not table["bold"][0][3]  # toy_error: lower wins
+    assert not any(table["bold"][0][:2])
+    md = to_markdown(table)
+    assert "| lora | 8.0K | **91.00 ± 1.41** | 31.00 ± 1.41 | 2e-3 / 1e-3 |" in md
+
+
+def test_average_column_and_formats(tmp_path):
+    register_task(TaskSpec("report-acc2", "synthetic", "classification", ("accuracy",), _sentiment,
+                           label_names=("negative", "positive")), replace=True)
+    table = build_table(summarize(_sweep(tmp_path, tasks=("report-acc", "report-acc2"))))
+    assert table["header"][-2] == "Avg."
+    assert table["rows"][0][-2] == "71.00" and table["bold"][0][-2]  # (91 + 51) / 2
+    assert fmt_lr(5e-4) == "5e-4" and fmt_lr(2.5e-4) == "2.5e-4" and fmt_lr(None) == "-"
+    assert fmt_params(1_234_567) == "1.23M" and fmt_params(999) == "999"
+
+
+def test_report_writes_markdown_html_and_plots(tmp_path, capsys):
+    where = _sweep(tmp_path)
+    out = write_report(where)
+    md, html = out["markdown"].read_text(), out["html"].read_text()
+    assert "| Method | Params |" in md and "**91.00 ± 1.41**" in md and "![curves-report-acc](curves-report-acc.png)" in md
+    assert "<b>91.00 ± 1.41</b>" in html and "<th>Params</th>" in html and 'src="curves-report-error.png"' in html
+    assert "**2e-3: 60.00 ± 0.00**" in md  # the lr search, selected lr in bold
+    for f in out["figures"]:
+        assert f.read_bytes()[:4] == b"\x89PNG"
+    assert [f.name for f in out["figures"]] == ["curves-report-acc.png", "curves-report-error.png"]
+    assert out["progressive"] is None and "Progtuning" not in md
+    assert main(["report", str(where), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert "| lora |" in capsys.readouterr().out and (tmp_path / "elsewhere" / "report.html").is_file()
+
+
+def test_progtuning_runs_are_compared_with_their_plain_twin(tmp_path):
+    methods = ["lora", {"method": "lora", "label": "lora-prog", "options": {"train.progressive_stages": 2}},
+               {"method": "ailora", "label": "ailora-prog", "options": {"train.progressive_stages": 2}}]
+    where = _sweep(tmp_path, tasks=("report-acc",), methods=methods)
+    assert progressive_pairs(where, summarize(where)) == [
+        ("report-acc", "lora-prog", "lora")]  # ailora-prog has no twin
+    out = write_report(where)
+    assert out["progressive"].startswith("| Task | Progtuning | Baseline |")
+    assert "| report-acc | lora-prog | lora | 2e-3 |" in out["progressive"]
+    assert "Progtuning against" in out["markdown"].read_text()

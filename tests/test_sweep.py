@@ -1,0 +1,229 @@
+"""Sweeps: lr selection on validation, test mean ± std, resumability, bad inputs, presets, one real tiny sweep."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+from ailora.cli import main
+from ailora.errors import AiloraError
+from ailora.presets import PRESETS, run_count
+from ailora.sweep import SweepSpec, compose, plan, run_state, run_sweep, select_lr
+from ailora.tasks import TaskSpec, get_task, register_task
+from ailora.train import record
+
+POS, NEG = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
+
+
+def _sentiment(spec, data_dir, n=96):
+    rng = random.Random(0)
+    rows = [{"text": f"the film was {rng.choice(POS if i % 2 else NEG)}", "label": i % 2} for i in range(n)]
+    return {"all": rows}
+
+
+register_task(TaskSpec("sweep-sentiment", "synthetic two-class sentiment", "classification", ("accuracy",),
+                       _sentiment, label_names=("negative", "positive"), validation_size=16, test_size=16),
+              replace=True)
+
+# Known validation and test accuracies per (method, lr); seed s adds 0.01 s and 0.04 s. Test favours
+# the lrs that validation rejects, so selecting on test would show.
+VAL = {("lora", 1e-3): 0.80, ("lora", 2e-3): 0.70, ("ailora", 1e-4): 0.75, ("ailora", 5e-4): 0.85}
+TEST = {("lora", 1e-3): 0.78, ("lora", 2e-3): 0.99, ("ailora", 1e-4): 0.99, ("ailora", 5e-4): 0.88}
+
+
+def fake_results(cfg, val: float, test: float) -> dict:
+    """What ``train`` writes, with the given scores (results.json, config.json, metrics.jsonl)."""
+    d = Path(cfg.run_dir)
+    if cfg.overwrite and d.exists():
+        shutil.rmtree(d)
+    task = get_task(cfg.task.name)
+    res = {"status": "complete", "config": cfg.to_dict(), "seed": cfg.train.seed, "selected": "last", "best": None,
+           "task": {"name": task.name, "kind": task.kind, "metrics": list(task.metrics), "main_metric": task.main_metric},
+           "validation": {m: val for m in task.metrics}, "test": {m: test for m in task.metrics}, "steps": 10,
+           "parameters": {"trainable": 1000 * cfg.method.rank, "total": 10**6, "trainable_percent": 0.1 * cfg.method.rank},
+           "wall_seconds": 2.0, "epochs": [{"epoch": e, "train_loss": 1 / e, "validation": {m: val for m in task.metrics}}
+                                           for e in (1, 2)]}
+    record.write_json(d / "config.json", res["config"])
+    record.write_jsonl(d / "metrics.jsonl", res["epochs"])
+    record.write_json(d / "results.json", res)
+    return res
+
+
+class FakeTrain:
+    def __init__(self, scores=None):
+        self.calls = []
+        self.scores = scores or (lambda cfg: (VAL[cfg.method.name, cfg.train.lr] + 0.01 * cfg.train.seed,
+                                              TEST[cfg.method.name, cfg.train.lr] + 0.04 * cfg.train.seed))
+
+    def __call__(self, cfg):
+        self.calls.append(cfg)
+        return fake_results(cfg, *self.scores(cfg))
+
+
+def _spec(**kw) -> SweepSpec:
+    data = {"model": "minilm", "tasks": ["sweep-sentiment"], "seeds": [0, 1], "options": {"train.epochs": 2},
+            "methods": [{"method": "lora", "lrs": [1e-3, 2e-3]}, {"method": "ailora", "lrs": [1e-4, 5e-4]}]}
+    return SweepSpec.from_dict({**data, **kw})
+
+
+def test_selects_lr_on_validation_and_reports_test_mean_std(tmp_path):
+    fake = FakeTrain()
+    summary = run_sweep(_spec(), tmp_path / "s", train_fn=fake)
+    assert len(fake.calls) == 8 and {c.train.seed for c in fake.calls} == {0, 1}
+    assert fake.calls[0].run_dir == str(tmp_path / "s" / "sweep-sentiment" / "lora" / "lr0.001" / "seed0")
+    assert all(c.train.epochs == 2 for c in fake.calls)
+    methods = summary["tasks"]["sweep-sentiment"]["methods"]
+    assert methods["lora"]["selected_lr"] == 1e-3 and methods["ailora"]["selected_lr"] == 5e-4
+    lora = methods["lora"]
+    assert lora["test"]["accuracy"]["mean"] == pytest.approx(0.80)
+    assert lora["test"]["accuracy"]["std"] == pytest.approx(statistics.stdev([0.78, 0.82]))
+    assert lora["test"]["accuracy"]["n"] == 2
+    assert lora["validation"]["mean"] == pytest.approx(0.805)
+    assert [g["validation"]["mean"] for g in lora["grid"]] == pytest.approx([0.805, 0.705])
+    assert methods["ailora"]["test"]["accuracy"]["mean"] == pytest.approx(0.90)
+    assert lora["params"]["trainable"] == 8000 and lora["complete"]
+    assert lora["wall_seconds"] == {"per_run_at_selected_lr": 2.0, "all_runs": 8.0}
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["tasks"] == summary["tasks"]
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text()) == _spec().to_dict()
+
+
+def test_selection_direction_nan_and_ties():
+    grid = [{"lr": lr, "validation": {"mean": v}} for lr, v in [(1, 0.3), (2, float("nan")), (3, 0.1), (4, 0.1)]]
+    assert select_lr(grid, higher_is_better=True)["lr"] == 1
+    assert select_lr(grid, higher_is_better=False)["lr"] == 3  # the tie keeps the earlier lr
+    assert select_lr([{"lr": 1, "validation": {"mean": None}}], True) is None
+
+
+def test_resumable(tmp_path):
+    where = tmp_path / "s"
+    run_sweep(_spec(), where, train_fn=FakeTrain())
+    again = FakeTrain()
+    run_sweep(_spec(), where, train_fn=again)
+    assert again.calls == []
+    (where / "sweep-sentiment" / "ailora" / "lr0.0001" / "seed1" / "results.json").unlink()
+    run_sweep(_spec(), where, train_fn=again)
+    assert [c.run_dir for c in again.calls] == [str(where / "sweep-sentiment/ailora/lr0.0001/seed1")]
+    assert not again.calls[0].resume and again.calls[0].overwrite  # partial, no checkpoint: start again
+    # A run killed after a checkpoint is resumed by the harness.
+    (where / "sweep-sentiment" / "lora" / "lr0.002" / "seed0" / "results.json").unlink()
+    record.write_json(where / "sweep-sentiment" / "lora" / "lr0.002" / "seed0" / "checkpoints" / "last.pt", {})
+    assert run_state(where / "sweep-sentiment" / "lora" / "lr0.002" / "seed0") == "resume"
+    run_sweep(_spec(), where, train_fn=again)
+    assert again.calls[-1].resume and not again.calls[-1].overwrite and len(again.calls) == 2
+    # Run-control options (progress bars) do not make a different sweep.
+    run_sweep(compose(_spec().to_dict(), overrides=["train.progress=false"]), where, train_fn=again)
+    assert len(again.calls) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": [{"method": "lora", "lrs": []}]}, "empty learning-rate grid"),
+    ({"methods": ["lora"]}, "empty learning-rate grid"),
+    ({"methods": [{"method": "lora", "lrs": [-1e-3]}]}, "positive numbers"),
+    ({"methods": [{"method": "nope", "lrs": [1e-3]}]}, "unknown method 'nope'"),
+    ({"tasks": ["sweep-sentiment", "no-such-task"]}, "no-such-task"),
+    ({"options": {"train.epoch": 2}}, "unknown config key train.epoch"),
+    ({"options": {"train.lr": 2e-4}}, "sets train.lr"),
+    ({"options": {"train.epochs": "two"}}, "train.epochs must be an integer"),
+    ({"seeds": []}, "seeds must be"),
+    ({"methods": ["lora", {"method": "lora", "lrs": [1e-3]}], "lrs": [1e-3]}, "twice"),
+    ({"methods": [{"method": "ailora", "lrs": [1e-3], "options": {"method.policy": "query=middle"}}]}, "unknown init"),
+    ({"colour": "blue"}, "unknown key 'colour'"),
+])
+def test_bad_specs_fail_before_anything_runs(tmp_path, change, message):
+    fake = FakeTrain()
+    with pytest.raises(AiloraError, match=message):
+        run_sweep(_spec(**change), tmp_path / "s", train_fn=fake)
+    assert fake.calls == [] and not (tmp_path / "s").exists()
+
+
+def test_a_directory_holding_another_sweep_is_refused_unless_overwrite(tmp_path):
+    where = tmp_path / "s"
+    run_sweep(_spec(), where, train_fn=FakeTrain())
+    other = _spec(seeds=[0])
+    with pytest.raises(AiloraError, match="holds a different sweep .*seeds.*--overwrite"):
+        run_sweep(other, where, train_fn=FakeTrain())
+    fake = FakeTrain()
+    run_sweep(other, where, overwrite=True, train_fn=fake)
+    assert len(fake.calls) == 4 and not (where / "sweep-sentiment" / "lora" / "lr0.001" / "seed1").exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(AiloraError, match="holds no sweep.json"):
+        run_sweep(other, tmp_path / "busy", overwrite=True, train_fn=fake)
+
+
+def test_compose_and_cli(tmp_path, monkeypatch, capsys):
+    spec = compose(PRESETS["demo"].spec(), methods=["lora", "reailora"], lrs=[3e-4], seeds=[1, 2],
+                   overrides=["train.epochs=1"])
+    assert [(m.label, m.lrs) for m in spec.methods] == [("lora", (3e-4,)), ("reailora", (3e-4,))]
+    assert spec.options["train.epochs"] == 1 and spec.seeds == (1, 2)
+    with pytest.raises(AiloraError, match="unknown config key"):
+        compose({}, tasks=["sweep-sentiment"], methods=["lora"], lrs=[1e-3], overrides=["train.nope=1"])
+
+    fake = FakeTrain(lambda cfg: (0.5, 0.6))
+    monkeypatch.setattr("ailora.sweep._default_train", fake)
+    where = str(tmp_path / "cli")
+    args = ["sweep", "--dir", where, "--tasks", "sweep-sentiment", "--methods", "lora,ailora", "--lrs", "1e-3",
+            "--seeds", "0", "train.epochs=1"]
+    assert main(args + ["--dry-run"]) == 0 and "2 runs" in capsys.readouterr().out and fake.calls == []
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert len(fake.calls) == 2 and "| lora | 8.0K | **60.00** | 1e-3 |" in out and "summary.json" in out
+    assert main(["sweep", "--dir", where, "--methods", "nope", "--tasks", "sweep-sentiment", "--lrs", "1"]) == 2
+    assert "error: " in capsys.readouterr().err
+
+
+def test_presets_plan_valid_runs(tmp_path):
+    for preset in PRESETS.values():
+        spec = compose(preset.spec())
+        runs = plan(spec, tmp_path / preset.name)  # builds and validates every run's config
+        assert len(runs) == run_count(preset.spec())
+    ranks = PRESETS["ranks"].spec()
+    assert [m["label"] for m in ranks["methods"]][:6] == [f"lora-r{r}" for r in (1, 2, 4, 8, 16, 32)]
+    modules = {m["label"]: m["options"] for m in PRESETS["modules"].spec()["methods"]}
+    assert modules["qv-r8"] == {"method.rank": 8, "method.targets": ["query", "value"]}
+    assert modules["qkvo-r4"]["method.policy"] == "key=lora,output=lora"
+    assert PRESETS["demo"].spec("mymodel", "trec")["tasks"] == ["trec"]
+    assert len(PRESETS["demo"].spec()["methods"]) == 4
+
+
+# One real sweep on a tiny BERT, interrupted and continued.
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    from ailora.models import minilm_dir
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    tok = T.AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(0)
+    T.BertModel(T.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=48, architectures=["BertModel"])).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_real_tiny_sweep_is_interrupted_and_continued(bert_dir, tmp_path):
+    data = {"model": str(bert_dir), "tasks": ["sweep-sentiment"], "seeds": [0, 1], "lrs": [3e-2],
+            "methods": ["lora", "ailora"],
+            "options": {"model.max_length": 16, "method.rank": 2, "train.epochs": 2, "train.batch_size": 16,
+                        "train.progress": False, "train.tensorboard": False}}
+    where = tmp_path / "real"
+    stopped = compose(data, overrides=["train.stop_after_steps=2"])
+    summary = run_sweep(stopped, where)
+    assert summary["runs"]["complete"] == 0
+    assert all(run_state(p) == "resume" for p in where.glob("sweep-sentiment/*/*/seed*"))
+    lines = []
+    summary = run_sweep(SweepSpec.from_dict(data), where, log=lines.append)
+    assert summary["runs"] == {"planned": 4, "complete": 4} and sum("resuming" in x for x in lines) == 4
+    for label in ("lora", "ailora"):
+        m = summary["tasks"]["sweep-sentiment"]["methods"][label]
+        assert m["selected_lr"] == 3e-2 and m["test"]["accuracy"]["n"] == 2 and m["params"]["trainable"] > 0
+        res = json.loads((where / m["runs"][0] / "results.json").read_text())
+        assert res["resumed"] and res["config"]["train"]["epochs"] == 2
