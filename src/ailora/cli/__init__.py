@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
+    # Loading a base model into a task class reports its new, randomly initialised head at warning
+    # level on every run; ailora says what it trains itself.
+    transformers.utils.logging.set_verbosity_error()
     try:
         return int(args.func(args) or 0)
     except AiloraError as exc:
