@@ -19,7 +19,7 @@ from ailora.train import METHODS, RunConfig, train
 from ailora.train.config import MethodConfig
 from ailora.train.prepare import prepare_model
 from tests import test_train  # noqa: F401  (registers the tiny-sentiment task)
-from tests.tiny_models import tiny
+from tests.tiny_models import save_tiny_bert, tiny
 
 LORA_FAMILY = ("lora", "ailora", "pissa", "milora")
 # Baselines may be registered under one of these names (skipped while none is).
@@ -225,15 +225,7 @@ def test_savings_of_two_records():
 @pytest.fixture(scope="module")
 def bert4_dir(tmp_path_factory):
     """A 4-layer hidden-32 BERT (dropout on) with the MiniLM tokenizer."""
-    from ailora.models import minilm_dir
-
-    d = tmp_path_factory.mktemp("tiny-bert4")
-    tok = T.AutoTokenizer.from_pretrained(minilm_dir())
-    torch.manual_seed(0)
-    T.BertModel(T.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                             intermediate_size=48, architectures=["BertModel"])).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert4"), 4)
 
 
 def _cfg(model_dir, run_dir, *overrides):

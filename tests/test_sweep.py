@@ -9,8 +9,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
-import transformers as T
 
 from ailora.cli import main
 from ailora.errors import AiloraError
@@ -18,6 +16,7 @@ from ailora.presets import PRESETS, run_count
 from ailora.sweep import SweepSpec, compose, plan, run_state, run_sweep, select_lr
 from ailora.tasks import TaskSpec, get_task, register_task
 from ailora.train import record
+from tests.tiny_models import save_tiny_bert
 
 POS, NEG = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
 
@@ -198,15 +197,7 @@ def test_presets_plan_valid_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
-    from ailora.models import minilm_dir
-
-    d = tmp_path_factory.mktemp("tiny-bert")
-    tok = T.AutoTokenizer.from_pretrained(minilm_dir())
-    torch.manual_seed(0)
-    T.BertModel(T.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=48, architectures=["BertModel"])).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), 2)
 
 
 def test_real_tiny_sweep_is_interrupted_and_continued(bert_dir, tmp_path):

@@ -16,6 +16,7 @@ from ailora.tasks import TaskSpec, register_task
 from ailora.train import RunConfig, load_config, train
 from ailora.train.data import IGNORE_INDEX, collate, encode_causal
 from ailora.train.loop import _trainable
+from tests.tiny_models import save_tiny_bert
 
 POS, NEG = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
 
@@ -48,15 +49,7 @@ register_task(TaskSpec("tiny-reverse", "reverse three digits", "generation", ("n
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory):
     """A 2-layer hidden-32 BERT with the MiniLM tokenizer, saved like a real checkpoint."""
-    from ailora.models import minilm_dir
-
-    d = tmp_path_factory.mktemp("tiny-bert")
-    tok = T.AutoTokenizer.from_pretrained(minilm_dir())
-    torch.manual_seed(0)
-    T.BertModel(T.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=48, architectures=["BertModel"])).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), 2)
 
 
 @pytest.fixture(scope="session")

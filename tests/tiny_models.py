@@ -39,3 +39,16 @@ BUILDERS = {
 def tiny(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return BUILDERS[name]().eval()
+
+
+def save_tiny_bert(directory, num_hidden_layers: int = 2):
+    """A hidden-32 BertModel with the real MiniLM tokenizer, saved like a checkpoint (for training tests)."""
+    from ailora.models import minilm_dir
+
+    tok = T.AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(0)
+    T.BertModel(T.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=num_hidden_layers,
+                             num_attention_heads=4, intermediate_size=48, architectures=["BertModel"])
+                ).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
