@@ -193,7 +193,9 @@ def _plan_all(model: nn.Module, tgts: list[Target], policy, rank: int, scaling: 
             store(i, j, res.A, res.B, None, time.perf_counter() - t0)
             bar.update(1)
     for (name, rows, cols, dev), members in groups.items():
-        per_batch = max(1, MAX_BATCH_ELEMENTS // (rows * cols))
+        # A batched full SVD is no faster than one matrix at a time (LAPACK runs them one by one) and
+        # measured slower for large matrices, so only the fast solver's small factorisations batch.
+        per_batch = max(1, MAX_BATCH_ELEMENTS // (rows * cols)) if solver == "fast" else 1
         for start in range(0, len(members), per_batch):
             chunk = members[start:start + per_batch]
             t0 = time.perf_counter()
