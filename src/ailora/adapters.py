@@ -34,7 +34,8 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 META_FILE = "ailora.json"
 
 
-def _scaling(rank: int, alpha: float, rslora: bool) -> float:
+def lora_scaling(rank: int, alpha: float, rslora: bool) -> float:
+    """LoRA's s: alpha / r, or alpha / sqrt(r) under rsLoRA."""
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
@@ -97,7 +98,7 @@ def to_plain_lora(sd: dict, cfg: peft.LoraConfig, initial: dict, rank: int | Non
         name = key[len(PREFIX):-len(".lora_A.weight")]
         a, b = sd[key].float(), sd[f"{PREFIX}{name}.lora_B.weight"].float()
         r, alpha = _module_rank_alpha(cfg, name)
-        s = _scaling(r, alpha, cfg.use_rslora)
+        s = lora_scaling(r, alpha, cfg.use_rslora)
         a0, b0 = initial.get(name, (None, None))
         if b0 is not None and b0.abs().max() > 0:  # trained on W0 - s B0 A0: express against W0
             if a0.shape != a.shape or b0.shape != b.shape:
@@ -140,8 +141,14 @@ def save(model: peft.PeftModel, out_dir, rank: int | None = None, overwrite: boo
         raise AiloraError(f"rank must be a positive integer, got {rank!r}")
     sd, cfg, modules = converted_state(model, rank)
     state = getattr(model, "ailora_state", None)
-    meta = {**(state.metadata() if state is not None else {}), "format": "plain-lora-on-original-base",
-            "compressed_rank": rank, "modules": modules,
+    meta = state.metadata() if state is not None else {}
+    return write_plain_adapter(out_dir, sd, cfg, meta, modules, rank, overwrite)
+
+
+def write_plain_adapter(out_dir, sd: dict, cfg: peft.LoraConfig, meta: dict, modules: dict,
+                        rank: int | None, overwrite: bool) -> dict:
+    """Write a plain-LoRA adapter directory atomically; ``ailora.json`` = ``meta`` + the conversion report."""
+    meta = {**meta, "format": "plain-lora-on-original-base", "compressed_rank": rank, "modules": modules,
             "max_relative_error": max((m["relative_error"] for m in modules.values()), default=0.0)}
 
     def write(tmp: Path) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ailora import __version__
+from ailora.adapters import lora_scaling
 from ailora.errors import AiloraError, ExactnessError
 from ailora.inits import INITS, InitConfig
 from ailora.methods import get_method, resolve_policy
@@ -80,9 +81,6 @@ class AiloraState:
     check: dict = field(default_factory=dict)
     total_seconds: float = 0.0
     version: str = __version__
-
-    def scaling(self, rank: int, alpha: float) -> float:
-        return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
 
     def metadata(self) -> dict:
         """The adapter's provenance, as written to ``ailora.json``."""
@@ -315,7 +313,7 @@ def apply(
     for t in tgts:
         _validate_weight(t.name, model.get_submodule(t.name), t, rank)
     head_names = _head_modules(model, head)
-    scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
+    scaling = lora_scaling(rank, alpha, use_rslora)
     dtype = model_dtype(model)
 
     probe = make_probe(model) if check else None

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import peft
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ailora.adapters import (
     META_FILE,
     PREFIX,
     WEIGHTS_FILE,
-    _atomic_dir,
     _module_rank_alpha,
-    _scaling,
     check_adapter_dir,
+    lora_scaling,
     read_adapter_config,
     to_plain_lora,
     verify,
+    write_plain_adapter,
 )
 from ailora.errors import AiloraError
 from ailora.roles import weight_of
@@ -52,7 +52,7 @@ def _residual_reference(base: torch.nn.Module, sd: dict, cfg, initial_sd: dict) 
         r, alpha = _module_rank_alpha(cfg, name)
         w = weight_of(module)
         with torch.no_grad():
-            w.sub_((_scaling(r, alpha, cfg.use_rslora) * (b0.float() @ a0.float())).to(w.dtype))
+            w.sub_((lora_scaling(r, alpha, cfg.use_rslora) * (b0.float() @ a0.float())).to(w.dtype))
     model = peft.get_peft_model(base, _plain_copy(cfg))
     peft.set_peft_model_state_dict(model, sd)
     return model
@@ -89,19 +89,10 @@ def convert_dir(adapter, out, rank: int | None = None, initial=None, base=None, 
         raise AiloraError(f"adapter {adapter} is already plain LoRA: give --rank to compress it, or --initial "
                           "for an adapter trained on a residual base")
     new_sd, new_cfg, modules = to_plain_lora(sd, cfg, init_factors, rank)
-    report = {**{k: v for k, v in meta.items() if k not in ("modules", "compressed_rank", "max_relative_error")},
-              "format": "plain-lora-on-original-base", "compressed_rank": rank, "modules": modules,
-              "max_relative_error": max((m["relative_error"] for m in modules.values()), default=0.0)}
+    provenance = {k: v for k, v in meta.items() if k not in ("modules", "compressed_rank", "max_relative_error")}
     if base is not None:
-        report["check"] = _check_against_base(base, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial)
-
-    def write(tmp: Path) -> None:
-        new_cfg.save_pretrained(tmp)
-        save_file(new_sd, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        (tmp / META_FILE).write_text(json.dumps(report, indent=2))
-
-    _atomic_dir(Path(out), overwrite, write)
-    return report
+        provenance["check"] = _check_against_base(base, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial)
+    return write_plain_adapter(out, new_sd, new_cfg, provenance, modules, rank, overwrite)
 
 
 def _check_against_base(base_path, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial) -> dict:
