@@ -5,7 +5,7 @@ Run in one process, so all rows share the machine's state:
     .venv/bin/python benchmarks/init_speed.py [--models minilm,llama2048x8,smollm2] [--repeats 2] [--device cpu]
 
 Each timing is the best of --repeats, the methods interleaved within a repeat. Ours includes the
-output check (two probe forward passes) that every ``ailora.apply`` call runs by default; PEFT has
+output check (two probe forward passes) that every ``ailora.core.apply`` call runs by default; PEFT has
 none, so its output difference is measured after the clock stops, and the row "check=False" shows
 our exact solver timed the same way. Ratios are PEFT full-SVD pissa seconds
 divided by each row's seconds (higher is faster).
@@ -25,8 +25,8 @@ import torch
 import transformers
 
 import ailora
-from ailora.models import load_model, minilm_dir, smollm2_dir
-from ailora.probe import make_probe, max_abs_diff, run_probe
+from ailora.core.models import load_model, minilm_dir, smollm2_dir
+from ailora.core.probe import make_probe, max_abs_diff, run_probe
 
 RANK = 8
 
@@ -45,7 +45,7 @@ def build(name: str) -> torch.nn.Module:
 
 
 def query_value_modules(model) -> list[str]:
-    from ailora.roles import find_targets
+    from ailora.core.roles import find_targets
 
     return [t.name for t in find_targets(model, ["query", "value"])]
 

@@ -6,7 +6,7 @@
 Runs four trainings of all-MiniLM-L6-v2 (finished ones are reused) and prints, per method, the
 test metric with and without Progtuning, and what it saved: trainable parameters updated summed
 over optimizer steps, time inside optimizer steps, and whole-run wall time
-(``ailora.progressive.savings``).
+(``ailora.train.progressive.savings``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from ailora.progressive import savings
 from ailora.train import train
 from ailora.train.config import RunConfig
+from ailora.train.progressive import savings
 
 LRS = {"ailora": 1e-3, "full": 5e-5}
 

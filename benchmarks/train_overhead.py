@@ -6,7 +6,7 @@ drifts of the machine hit all of them alike; the table gives each one's median s
 
 * hand: ``peft.get_peft_model`` + ``torch.optim.AdamW`` + a plain for-loop (tokenizer.pad, forward,
   backward, clip, step, schedule, zero_grad);
-* ours-lora / ours-ailora: ``ailora.apply`` + ``ailora.param_groups`` + Accelerate + the loop's own
+* ours-lora / ours-ailora: ``ailora.core.apply`` + ``ailora.param_groups`` + Accelerate + the loop's own
   step function (``ailora.train.loop._optimizer_step``: collate, forward, backward, clip, step).
 
     python benchmarks/train_overhead.py [--rounds 5] [--steps 10] [--batch-size 16]
@@ -24,7 +24,7 @@ import transformers
 from accelerate import Accelerator
 
 import ailora
-from ailora.models import load_model, minilm_dir
+from ailora.core.models import load_model, minilm_dir
 from ailora.tasks import get_task, load_task
 from ailora.train.config import RunConfig
 from ailora.train.data import encode_classification

@@ -9,12 +9,12 @@ OUT=${2:-docs/figures}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 A=.venv/bin/ailora
-BASE=$($PY -c "from ailora.models import minilm_dir; print(minilm_dir())")
+BASE=$($PY -c "from ailora.core.models import minilm_dir; print(minilm_dir())")
 TASK=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['tasks'][0])" "$SWEEP/sweep.json")
 # The run of each method at its selected learning rate, seed 0.
 run() { $PY -c "
 import json, sys
-from ailora.sweep import summarize
+from ailora.experiments.sweep import summarize
 row = summarize(sys.argv[1])['tasks'][sys.argv[2]]['methods'][sys.argv[3]]
 print(sys.argv[1] + '/' + sorted(row['runs'])[0])
 " "$SWEEP" "$TASK" "$1"; }

@@ -10,10 +10,10 @@ import torch
 from peft.optimizers import create_loraplus_optimizer
 
 import ailora
-from ailora import baselines
-from ailora.baselines.houlsby import HoulsbyAdapter, add_houlsby
-from ailora.baselines.select import prepare_bitfit
+from ailora import methods as baselines
 from ailora.errors import AiloraError
+from ailora.methods.houlsby import HoulsbyAdapter, add_houlsby
+from ailora.methods.select import prepare_bitfit
 from ailora.train import RunConfig, get_method, train
 from ailora.train.config import MethodConfig
 from ailora.train.record import parameter_counts
@@ -189,7 +189,7 @@ TRAINED = [  # method, overrides, trainable parameters (the head always included
 
 @pytest.mark.parametrize("name, overrides, expected", TRAINED, ids=[t[0] for t in TRAINED])
 def test_each_method_trains_and_records_its_trainable_count(bert_dir, tmp_path, name, overrides, expected):  # noqa: F811
-    from ailora.models import load_model
+    from ailora.core.models import load_model
 
     base = load_model(bert_dir, kind="seq-cls", num_labels=2)
     if name == "full":

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ailora.cli import main
-from ailora.probe import make_probe, run_probe
+from ailora.core.probe import make_probe, run_probe
 from tests.tiny_models import tiny
 
 

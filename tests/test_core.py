@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import ailora
+from ailora.core.probe import make_probe, run_probe
+from ailora.core.roles import find_targets, weight_of
 from ailora.errors import AiloraError
-from ailora.probe import make_probe, run_probe
-from ailora.roles import find_targets, weight_of
 from tests.tiny_models import BUILDERS, tiny
 
 METHODS = ["lora", "pissa", "milora", "ailora", "reailora"]

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ailora.errors import AiloraError
-from ailora.metrics import (
+from ailora.tasks.metrics import (
     METRICS,
     Metric,
     compute_metrics,

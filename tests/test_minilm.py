@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import ailora
-from ailora.models import load_model, minilm_dir
-from ailora.probe import make_probe, run_probe
+from ailora.core.models import load_model, minilm_dir
+from ailora.core.probe import make_probe, run_probe
 
 pytestmark = pytest.mark.slow
 

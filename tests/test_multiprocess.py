@@ -19,7 +19,7 @@ RUNNER = "import sys\nfrom ailora.train import load_config, train\ntrain(load_co
 
 def _setup(tmp_path):
     """A dropout-free tiny BERT, a JSON-lines sentiment task, and a config that uses them."""
-    from ailora.models import minilm_dir
+    from ailora.core.models import minilm_dir
 
     model_dir = tmp_path / "bert"
     tok = T.AutoTokenizer.from_pretrained(minilm_dir())

@@ -13,11 +13,11 @@ import transformers as T
 from safetensors.torch import load_file
 
 import ailora
-from ailora import progressive as prog
 from ailora.errors import AiloraError
+from ailora.methods.registry import prepare_model
 from ailora.train import METHODS, RunConfig, train
+from ailora.train import progressive as prog
 from ailora.train.config import MethodConfig
-from ailora.train.prepare import prepare_model
 from tests import test_train  # noqa: F401  (registers the tiny-sentiment task)
 from tests.tiny_models import save_tiny_bert, tiny
 

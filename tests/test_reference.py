@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import ailora
-from ailora.probe import make_probe, run_probe
-from ailora.roles import weight_of
-from ailora.svd import fix_signs
+from ailora.core.probe import make_probe, run_probe
+from ailora.core.roles import weight_of
+from ailora.core.svd import fix_signs
 from tests.tiny_models import tiny
 
 

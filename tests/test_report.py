@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from ailora.cli import main
-from ailora.metrics import METRICS, Metric, register_metric
-from ailora.report import build_table, fmt_lr, fmt_params, progressive_pairs, to_markdown, write_report
-from ailora.sweep import SweepSpec, run_sweep, summarize
+from ailora.experiments.report import (
+    build_table,
+    fmt_lr,
+    fmt_params,
+    progressive_pairs,
+    to_markdown,
+    write_report,
+)
+from ailora.experiments.sweep import SweepSpec, run_sweep, summarize
 from ailora.tasks import TaskSpec, register_task
+from ailora.tasks.metrics import METRICS, Metric, register_metric
 from tests.test_sweep import FakeTrain, _sentiment
 
 if "toy_error" not in METRICS:

@@ -12,8 +12,8 @@ import pytest
 
 from ailora.cli import main
 from ailora.errors import AiloraError
-from ailora.presets import PRESETS, run_count
-from ailora.sweep import SweepSpec, compose, plan, run_state, run_sweep, select_lr
+from ailora.experiments.presets import PRESETS, run_count
+from ailora.experiments.sweep import SweepSpec, compose, plan, run_state, run_sweep, select_lr
 from ailora.tasks import TaskSpec, get_task, register_task
 from ailora.train import record
 from tests.tiny_models import save_tiny_bert
@@ -166,7 +166,7 @@ def test_compose_and_cli(tmp_path, monkeypatch, capsys):
         compose({}, tasks=["sweep-sentiment"], methods=["lora"], lrs=[1e-3], overrides=["train.nope=1"])
 
     fake = FakeTrain(lambda cfg: (0.5, 0.6))
-    monkeypatch.setattr("ailora.sweep._default_train", fake)
+    monkeypatch.setattr("ailora.experiments.sweep._default_train", fake)
     where = str(tmp_path / "cli")
     args = ["sweep", "--dir", where, "--tasks", "sweep-sentiment", "--methods", "lora,ailora", "--lrs", "1e-3",
             "--seeds", "0", "train.epochs=1"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ailora.errors import AiloraError
-from ailora.metrics import compute_metrics, extract_number
 from ailora.tasks import TASKS, TaskSpec, benchmarks, get_task, load_task, task_from_dict, task_from_json
+from ailora.tasks.metrics import compute_metrics, extract_number
 
 BUNDLED = ["movie-sentiment", "movie-score", "trec", "boolq", "sms-spam", "bbc-news", "asdiv", "xsum"]
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]

@@ -97,7 +97,7 @@ def test_trains_and_writes_a_complete_record(bert_dir, tmp_path):
     assert list((run / "tb").iterdir())
     # The adapter reproduces the trained model on the ORIGINAL base.
     import ailora
-    from ailora.models import load_model
+    from ailora.core.models import load_model
 
     base = load_model(bert_dir, kind="seq-cls", num_labels=2)
     loaded = ailora.load(base, run / "adapter")

@@ -43,7 +43,7 @@ def tiny(name: str, seed: int = 0) -> torch.nn.Module:
 
 def save_tiny_bert(directory, num_hidden_layers: int = 2):
     """A hidden-32 BertModel with the real MiniLM tokenizer, saved like a checkpoint (for training tests)."""
-    from ailora.models import minilm_dir
+    from ailora.core.models import minilm_dir
 
     tok = T.AutoTokenizer.from_pretrained(minilm_dir())
     torch.manual_seed(0)

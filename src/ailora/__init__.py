@@ -6,14 +6,13 @@
     ailora.save(model, "adapter/")   # plain PEFT LoRA that loads on the ORIGINAL base
 """
 
-__version__ = "0.1.0"
-
-from ailora.adapters import load, merge, merge_to_dir, save, unmerge, verify  # noqa: E402
-from ailora.apply import AiloraState, apply  # noqa: E402
-from ailora.errors import AiloraError, ExactnessError  # noqa: E402
-from ailora.optim import param_groups  # noqa: E402
+from ailora.core.adapters import load, merge, merge_to_dir, save, unmerge, verify
+from ailora.core.apply import AiloraState, apply
+from ailora.core.optim import param_groups
+from ailora.errors import AiloraError, ExactnessError
+from ailora.version import __version__
 
 __all__ = [
-    "AiloraError", "AiloraState", "ExactnessError", "apply", "load", "merge", "merge_to_dir",
+    "__version__", "AiloraError", "AiloraState", "ExactnessError", "apply", "load", "merge", "merge_to_dir",
     "param_groups", "save", "unmerge", "verify",
 ]

@@ -1,7 +1,7 @@
 """Finding the attention projections of a state dict, and pairing names across checkpoints.
 
 `split_roles` is the one place that decides which weight is W^Q, W^K or W^V (by the last
-component of the module name), so that it can later be replaced by ``ailora.roles``.
+component of the module name), so that it can later be replaced by ``ailora.core.roles``.
 """
 
 from __future__ import annotations

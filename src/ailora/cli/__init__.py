@@ -19,7 +19,7 @@ SUBCOMMANDS = ["ls", "init", "train", "convert", "merge", "extract", "analyze", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ailora import __version__
+    from ailora.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="ailora",

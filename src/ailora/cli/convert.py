@@ -8,7 +8,7 @@ from pathlib import Path
 
 def run(args) -> int:
     import ailora
-    from ailora.convert import convert_dir
+    from ailora.core.convert import convert_dir
 
     report = convert_dir(args.adapter, args.out, rank=args.rank, initial=args.initial, base=args.base,
                          overwrite=args.overwrite)

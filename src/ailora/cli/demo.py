@@ -10,9 +10,9 @@ import time
 
 
 def run(args) -> int:
-    from ailora.presets import get_preset
-    from ailora.report import write_report
-    from ailora.sweep import compose, run_sweep
+    from ailora.experiments.presets import get_preset
+    from ailora.experiments.report import write_report
+    from ailora.experiments.sweep import compose, run_sweep
 
     t0 = time.perf_counter()
     overrides = list(args.overrides) + (["train.progress=false"] if args.no_progress else [])

@@ -10,8 +10,8 @@ from ailora.cli.common import add_method_args, parse_modules
 
 def run(args) -> int:
     import ailora
-    from ailora.methods import resolve_policy
-    from ailora.models import load_model, resolve_model_path
+    from ailora.core.models import load_model, resolve_model_path
+    from ailora.core.policies import resolve_policy
 
     resolve_policy(args.method, args.targets, args.policy)  # fail on a bad method or role before loading
     path = resolve_model_path(args.model)

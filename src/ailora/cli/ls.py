@@ -11,11 +11,11 @@ def _section(title: str, rows: list[tuple[str, str]]) -> str:
 
 
 def _registry_rows() -> dict[str, list[tuple[str, str]]]:
-    from ailora.inits import INITS
-    from ailora.methods import METHODS
-    from ailora.roles import ARCHITECTURES, ROLES
-    from ailora.svd import SOLVERS
-    from ailora.train.prepare import METHODS as TRAIN_METHODS
+    from ailora.core.inits import INITS
+    from ailora.core.policies import METHODS
+    from ailora.core.roles import ARCHITECTURES, ROLES
+    from ailora.core.svd import SOLVERS
+    from ailora.methods.registry import METHODS as TRAIN_METHODS
 
     sections = {
         "methods": [(m.name, f"{m.description}; targets {','.join(m.targets)}") for m in METHODS.values()]
@@ -34,7 +34,7 @@ def _registry_rows() -> dict[str, list[tuple[str, str]]]:
         except (ImportError, AttributeError):
             continue
         sections[title] = [(name, getattr(spec, "description", "")) for name, spec in reg.items()]
-    from ailora.presets import PRESETS, run_count
+    from ailora.experiments.presets import PRESETS, run_count
 
     sections["presets"] = [(p.name, f"{p.description} ({run_count(p.spec())} runs; ailora sweep --preset {p.name})")
                            for p in PRESETS.values()]

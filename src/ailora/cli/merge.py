@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def run(args) -> int:
     import ailora
-    from ailora.models import load_model, resolve_model_path
+    from ailora.core.models import load_model, resolve_model_path
 
     base_path = resolve_model_path(args.base)
     base = load_model(base_path, kind=args.kind, dtype=args.dtype, trust_remote_code=args.trust_remote_code)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from ailora.report import write_report
+    from ailora.experiments.report import write_report
 
     out = write_report(args.dir, args.out)
     print(out["table"], end="")

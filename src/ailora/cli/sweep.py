@@ -2,7 +2,7 @@
 validation per method and task, test scores are reported as mean ± std over seeds.
 
 A sweep comes from a preset (``--preset``, see ``ailora ls presets``), a JSON spec (``--spec``;
-format in ``ailora.sweep``) or flags alone; flags and ``KEY=VALUE`` overrides apply on top.
+format in ``ailora.experiments.sweep``) or flags alone; flags and ``KEY=VALUE`` overrides apply on top.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def _list(kind):
 
 def build_spec(args):
     """The sweep the arguments describe: preset or spec file, then flags, then overrides."""
-    from ailora.presets import get_preset
-    from ailora.sweep import compose
+    from ailora.experiments.presets import get_preset
+    from ailora.experiments.sweep import compose
 
     if args.preset and args.spec:
         raise AiloraError("give --preset or --spec, not both")
@@ -57,7 +57,7 @@ def sweep_dir(args) -> str:
 
 
 def print_table(summary: dict) -> None:
-    from ailora.report import build_table, to_markdown
+    from ailora.experiments.report import build_table, to_markdown
 
     print(to_markdown(build_table(summary)), end="")
 
@@ -65,7 +65,7 @@ def print_table(summary: dict) -> None:
 def dry_run(spec, where: str) -> int:
     from collections import Counter
 
-    from ailora.sweep import plan, run_state
+    from ailora.experiments.sweep import plan, run_state
 
     runs = plan(spec, where)
     states = Counter(run_state(cfg.run_dir) for _, cfg in runs)
@@ -75,7 +75,7 @@ def dry_run(spec, where: str) -> int:
 
 
 def run(args) -> int:
-    from ailora.sweep import SUMMARY, run_sweep
+    from ailora.experiments.sweep import SUMMARY, run_sweep
 
     spec = build_spec(args)
     if args.print_spec:

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ailora.errors import AiloraError
-from ailora.metrics import get_metric
+from ailora.tasks.metrics import get_metric
 
 Kind = Literal["classification", "regression", "generation", "extractive_qa"]
 KINDS: tuple[str, ...] = ("classification", "regression", "generation", "extractive_qa")
@@ -56,7 +56,7 @@ class TaskSpec:
     kind: Kind
     """classification, regression, generation or extractive_qa."""
     metrics: tuple[str, ...]
-    """Registered metric names (see ``ailora.metrics``), all logged at evaluation."""
+    """Registered metric names (see ``ailora.tasks.metrics``), all logged at evaluation."""
     loader: Loader = field(repr=False, compare=False)
     """``loader(spec, data_dir) -> RawSplits``; ``data_dir`` is None unless the user gave one."""
     text_fields: tuple[str, ...] = ("text",)

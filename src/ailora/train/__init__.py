@@ -6,9 +6,9 @@
     results = train(cfg)   # also in runs/a/results.json
 """
 
+from ailora.methods.registry import METHODS, TrainMethod, get_method, prepare_model, register_method
 from ailora.train.config import RunConfig, all_help, apply_overrides, load_config
 from ailora.train.loop import train
-from ailora.train.prepare import METHODS, TrainMethod, get_method, prepare_model, register_method
 
 __all__ = [
     "METHODS", "RunConfig", "TrainMethod", "all_help", "apply_overrides", "get_method", "load_config",

@@ -75,7 +75,7 @@ class MethodConfig:
     """Rank of VeRA's shared frozen random matrices (vera only; the paper uses 256)."""
 
     def validate(self) -> None:
-        from ailora.train.prepare import check_options
+        from ailora.methods.registry import check_options
 
         check_options(self)  # an unknown method, or an option it does not read
         _positive("method.rank", self.rank)
@@ -183,7 +183,7 @@ class TrainConfig:
         self._validate_progressive()
 
     def _validate_progressive(self) -> None:
-        from ailora import progressive as prog
+        from ailora.train import progressive as prog
 
         if self.progressive_stages < 0:
             raise AiloraError(f"train.progressive_stages must be >= 0, got {self.progressive_stages}")

@@ -11,7 +11,7 @@ import math
 import torch
 from accelerate.utils import gather_object
 
-from ailora.metrics import compute_metrics, get_metric
+from ailora.tasks.metrics import compute_metrics, get_metric
 from ailora.train.data import Encoded, collate, eval_batches
 
 

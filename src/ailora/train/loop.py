@@ -7,7 +7,7 @@ $(which ailora) train ...`` (gloo). Checkpoints gather the trainable weights fro
 model, which fits DDP; FSDP/DeepSpeed sharded checkpoints are not handled yet.
 
 Several processes, one set of starting factors: every process loads the model and runs the
-method's preparation (``ailora.apply``: the SVDs), then process 0's parameters, buffers and
+method's preparation (``ailora.core.apply``: the SVDs), then process 0's parameters, buffers and
 recorded starting factors are broadcast to all others (``_sync_from_main``). GPU SVDs are not
 bit-reproducible across devices, so this, not a shared seed, is what makes the factors and
 residuals identical; it costs one redundant decomposition per process and one broadcast.
@@ -18,7 +18,7 @@ process's RNG states, the step and the position inside the epoch; an epoch's bat
 function of (seed, epoch); so a resumed run replays exactly what the interrupted one would have
 done next.
 
-Progtuning (``train.progressive_stages`` > 1, ``ailora.progressive``): before each optimizer step
+Progtuning (``train.progressive_stages`` > 1, ``ailora.train.progressive``): before each optimizer step
 the loop enters the step's stage (freezing the parts below it and cutting the backward pass at
 the lowest active block) and counts the step's updated parameters and seconds under that stage;
 the stage follows from (epoch, step), and the per-stage counters and the pilot's scores are in
@@ -41,14 +41,13 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from tqdm.auto import tqdm
 
 import ailora
-from ailora import progressive
+from ailora.core.models import load_model, resolve_model_path
 from ailora.errors import AiloraError
-from ailora.models import load_model, resolve_model_path
-from ailora.train import record
+from ailora.methods.registry import get_method, prepare_model, synced_tensors
+from ailora.train import progressive, record
 from ailora.train.config import RunConfig
 from ailora.train.data import IGNORE_INDEX, collate, encode_causal, encode_classification, train_batches
 from ailora.train.evaluate import evaluate, is_better
-from ailora.train.prepare import get_method, prepare_model, synced_tensors
 
 LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates (each one syncs)
 

@@ -29,11 +29,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import ailora
-from ailora.adapters import META_FILE, _atomic_dir
-from ailora.baselines.houlsby import add_houlsby
-from ailora.baselines.select import train_only
+from ailora.core.adapters import META_FILE, _atomic_dir
+from ailora.core.adapters import load as load_adapter
 from ailora.errors import AiloraError
+from ailora.methods.houlsby import add_houlsby
+from ailora.methods.select import train_only
+from ailora.version import __version__
 
 TENSORS_FILE = "trained.safetensors"
 
@@ -41,7 +42,7 @@ TENSORS_FILE = "trained.safetensors"
 def _meta(model: nn.Module, fmt: str, **extra) -> dict:
     state = getattr(model, "ailora_baseline", None)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"ailora_version": ailora.__version__, "format": fmt,
+    return {"ailora_version": __version__, "format": fmt,
             **(state.metadata() if state is not None else {}), "trainable_parameters": trainable, **extra}
 
 
@@ -134,7 +135,7 @@ def load(base: nn.Module, path, trainable: bool = False) -> nn.Module:
     meta = read_meta(d)
     fmt = meta.get("format")
     if fmt == "plain-lora-on-original-base":
-        return ailora.load(base, d, trainable=trainable)
+        return load_adapter(base, d, trainable=trainable)
     if fmt == "peft-vera":
         return peft.PeftModel.from_pretrained(base, str(d), is_trainable=trainable)
     if fmt == "full":

@@ -24,14 +24,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ailora import __version__
-from ailora.adapters import lora_scaling
+from ailora.core.adapters import lora_scaling
+from ailora.core.inits import INITS, InitConfig
+from ailora.core.policies import get_method, resolve_policy
+from ailora.core.probe import make_probe, max_abs_diff, model_dtype, run_probe, tolerance_for
+from ailora.core.roles import Target, find_targets, weight_of
+from ailora.core.svd import SOLVERS
 from ailora.errors import AiloraError, ExactnessError
-from ailora.inits import INITS, InitConfig
-from ailora.methods import get_method, resolve_policy
-from ailora.probe import make_probe, max_abs_diff, model_dtype, run_probe, tolerance_for
-from ailora.roles import Target, find_targets, weight_of
-from ailora.svd import SOLVERS
+from ailora.version import __version__
 
 # Task-head modules that PEFT should train and save in full (``modules_to_save``).
 HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classification_head")
@@ -282,7 +282,7 @@ def apply(
     """Wrap ``model`` in a ``peft.PeftModel`` whose LoRA adapters start as ``method`` says.
 
     Args:
-        method: a name in ``ailora.methods.METHODS`` (lora, pissa, milora, ailora, reailora).
+        method: a name in ``ailora.core.policies.METHODS`` (lora, pissa, milora, ailora, reailora).
         rank: r of every adapted block. alpha: LoRA alpha (default: r for the SVD starts, 2r for lora).
         targets: roles to adapt (default: the method's, query and value), e.g. ``["query", "value"]``.
         policy: per-role starts overriding the method's, e.g. ``"query=principal,value=minor,key=lora"``.

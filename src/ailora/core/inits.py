@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ailora.svd import singular_slice
+from ailora.core.svd import singular_slice
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ truncated normal with std 1e-3 (the paper's "near-identity" initialisation, as i
 code's ``adapter_init_scale``) and the biases at zero, so the model starts within ~1e-6 of the base.
 LayerNorms and the task head train too.
 
-Insertion points come from ``ailora.roles``: role ``output`` (BERT's ``attention.output.dense``,
+Insertion points come from ``ailora.core.roles``: role ``output`` (BERT's ``attention.output.dense``,
 LLaMA's ``o_proj``) and role ``down`` (BERT's ``layer.N.output.dense``, LLaMA's ``down_proj``).
 Wrapping those modules puts the adapter on their output, which in BERT's ``BertSelfOutput`` and
 ``BertOutput`` (dense -> dropout -> LayerNorm(x + input)) is before the residual add, as in the
@@ -25,9 +25,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ailora.baselines.select import BaselineState, head_modules, head_parameters, is_norm, train_only
+from ailora.core.roles import find_targets, weight_of
 from ailora.errors import AiloraError
-from ailora.roles import find_targets, weight_of
+from ailora.methods.select import BaselineState, head_modules, head_parameters, is_norm, train_only
 
 ROLES = ("output", "down")  # attention output projection, FFN output projection
 INIT_STD = 1e-3  # the paper's near-identity init scale (truncated at two standard deviations)

@@ -1,14 +1,14 @@
 """The report of a sweep: the paper's Table 1 in Markdown and HTML, and its Figure 3 as PNGs.
 
 Table: one row per method label, one column per (task, metric) with the TEST mean ± standard
-deviation over seeds at the learning rate selected on validation (``ailora.sweep``), the best
+deviation over seeds at the learning rate selected on validation (``ailora.experiments.sweep``), the best
 mean of each column in bold (the metric's ``higher_is_better`` decides), a Params column
 (trainable parameters, adapters and task head, as in the paper's Table 4), an Avg. column over
 tasks' main metrics when there are several, and the selected lr. Scores are printed x 100.
 Figures: training loss and validation main metric per epoch, per task, one line per method
 (mean over seeds, each seed faint), drawn by ``ailora.analysis`` (``read_run``, ``plot_curves``).
 Runs with Progtuning (``train.progressive_stages`` > 1) are compared with the run of the
-same config without it when the sweep has one (``ailora.progressive.savings``, seed by seed).
+same config without it when the sweep has one (``ailora.train.progressive.savings``, seed by seed).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from ailora.sweep import summarize, task_dir
+from ailora.experiments.sweep import summarize, task_dir
 from ailora.train import record
 from ailora.train.config import RUN_CONTROL_KEYS, flatten
 
@@ -180,11 +180,11 @@ def progressive_pairs(sweep_dir, summary: dict) -> list[tuple[str, str, str]]:
 def progressive_table(sweep_dir, summary: dict) -> dict | None:
     """Each Progtuning label against its twin without it, seed by seed at the Progtuning label's
     selected lr (the twin's own selected lr when it has no runs there): mean savings over seeds
-    (``ailora.progressive.savings``) and the test difference of the main metric (x 100)."""
+    (``ailora.train.progressive.savings``) and the test difference of the main metric (x 100)."""
     pairs = progressive_pairs(sweep_dir, summary)
     if not pairs:
         return None
-    from ailora.progressive import savings
+    from ailora.train.progressive import savings
 
     header = ["Task", "Progtuning", "Baseline", "lr", "Updated params saved", "Train time saved",
               "Wall time saved", "Test delta", "Also differs in"]

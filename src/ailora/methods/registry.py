@@ -1,10 +1,10 @@
 """Method dispatch for training: a method is one registry entry (prepare the model, save the result).
 
-The LoRA family (``ailora.methods.METHODS``) goes through ``ailora.apply`` and ``ailora.save``.
+The LoRA family (``ailora.core.policies.METHODS``) goes through ``ailora.core.apply`` and ``ailora.save``.
 A new method (full fine-tuning, BitFit, DoRA...) is ``register_method(TrainMethod(...))``: a
 function that freezes/wraps the base model and returns it with only its trainable weights
 requiring gradients, and one that writes what it trained to a directory. The paper's Table 4
-baselines (full, bitfit, houlsby, dora, rslora, vera, loraplus) are registered from ``ailora.baselines``;
+baselines (full, bitfit, houlsby, dora, rslora, vera, loraplus) are registered from ``ailora.methods``;
 each method declares the MethodConfig options it reads, and any other option set is refused.
 """
 
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 import ailora
-from ailora.baselines.options import LORA_OPTIONS, refuse_unused
+from ailora.core.policies import METHODS as LORA_FAMILY
 from ailora.errors import AiloraError
-from ailora.methods import METHODS as LORA_FAMILY
+from ailora.methods.options import LORA_OPTIONS, refuse_unused
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ def synced_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _register_baselines() -> None:
-    # Imported here: ailora.baselines.registry builds its entries with TrainMethod from this module.
-    from ailora.baselines.registry import baseline_methods
+    # Imported here: ailora.methods.baselines builds its entries with TrainMethod from this module.
+    from ailora.methods.baselines import baseline_methods
 
     for method in baseline_methods():
         register_method(method)

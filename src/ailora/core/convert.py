@@ -9,7 +9,7 @@ import peft
 import torch
 from safetensors.torch import load_file
 
-from ailora.adapters import (
+from ailora.core.adapters import (
     META_FILE,
     PREFIX,
     WEIGHTS_FILE,
@@ -21,8 +21,8 @@ from ailora.adapters import (
     verify,
     write_plain_adapter,
 )
+from ailora.core.roles import weight_of
 from ailora.errors import AiloraError
-from ailora.roles import weight_of
 
 
 def read_adapter(path) -> tuple[dict, peft.LoraConfig, dict]:
@@ -96,7 +96,7 @@ def convert_dir(adapter, out, rank: int | None = None, initial=None, base=None, 
 
 
 def _check_against_base(base_path, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial) -> dict:
-    from ailora.models import load_model, resolve_model_path
+    from ailora.core.models import load_model, resolve_model_path
 
     path = resolve_model_path(base_path)
     fresh = load_model(path)

@@ -266,7 +266,7 @@ def run_config(spec: SweepSpec, run: PlannedRun, sweep_dir) -> RunConfig:
 
 def _check_policy(cfg: RunConfig) -> None:
     """Targets and policy of the LoRA family, which the config alone does not check."""
-    from ailora.methods import METHODS, resolve_policy
+    from ailora.core.policies import METHODS, resolve_policy
 
     if cfg.method.name in METHODS:
         resolve_policy(cfg.method.name, cfg.method.targets, cfg.method.policy)
@@ -274,7 +274,7 @@ def _check_policy(cfg: RunConfig) -> None:
 
 def plan(spec: SweepSpec, sweep_dir) -> list[tuple[PlannedRun, RunConfig]]:
     """Every run with its validated config; the first bad one is an AiloraError naming it."""
-    from ailora.models import resolve_model_path
+    from ailora.core.models import resolve_model_path
 
     resolve_model_path(spec.model)
     out = []
@@ -401,7 +401,7 @@ def summarize(sweep_dir) -> dict:
     Reads ``sweep.json`` and whatever ``results.json`` files exist, so it also summarises a sweep
     still under way (``complete`` false, ``n`` below the number of seeds).
     """
-    from ailora.metrics import get_metric
+    from ailora.tasks.metrics import get_metric
 
     d = Path(sweep_dir)
     spec = load_spec(d / SPEC)

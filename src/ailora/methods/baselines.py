@@ -1,7 +1,7 @@
 """The Table 4 baselines as training methods: how each prepares a model and saves what it trained.
 
 Where PEFT implements a method faithfully it is used: DoRA (``use_dora``) and rsLoRA
-(``use_rslora``) are PEFT LoRA layers through ``ailora.apply``, so they combine with the SVD starts;
+(``use_rslora``) are PEFT LoRA layers through ``ailora.core.apply``, so they combine with the SVD starts;
 VeRA is PEFT's ``VeraConfig``. LoRA+ is PEFT-faithful in its layers (plain LoRA) but not in its
 optimizer: ``peft.optimizers.create_loraplus_optimizer`` puts every 1-D trainable tensor in the
 lora_B group, so the classifier's bias and DoRA's magnitudes would get ratio x lr while the
@@ -16,12 +16,12 @@ import dataclasses
 import peft
 from torch import nn
 
-from ailora.baselines import io
-from ailora.baselines.houlsby import prepare_houlsby
-from ailora.baselines.options import HOULSBY_OPTIONS, LORA_OPTIONS, NO_OPTIONS, VERA_OPTIONS
-from ailora.baselines.select import BaselineState, head_modules, prepare_bitfit, prepare_full
+from ailora.core.roles import find_targets
 from ailora.errors import AiloraError
-from ailora.roles import find_targets
+from ailora.methods import saving as io
+from ailora.methods.houlsby import prepare_houlsby
+from ailora.methods.options import HOULSBY_OPTIONS, LORA_OPTIONS, NO_OPTIONS, VERA_OPTIONS
+from ailora.methods.select import BaselineState, head_modules, prepare_bitfit, prepare_full
 
 LORAPLUS_RATIO = 16.0  # LoRA+'s default ratio lr_B / lr_A (PEFT's example and the paper's suggestion)
 VERA_TARGETS = ("query", "value")
@@ -51,13 +51,13 @@ def _lora_variant(**forced):
     """Prepare and save as plain LoRA with some options forced (dora: use_dora, rslora: use_rslora...)."""
 
     def prepare(model: nn.Module, cfg, seed: int) -> nn.Module:
-        from ailora.train.prepare import get_method
+        from ailora.methods.registry import get_method
 
         values = {k: (v(cfg) if callable(v) else v) for k, v in forced.items()}
         return get_method("lora").prepare(model, dataclasses.replace(cfg, name="lora", **values), seed)
 
     def save(model: nn.Module, out_dir) -> dict:
-        from ailora.train.prepare import get_method
+        from ailora.methods.registry import get_method
 
         return get_method("lora").save(model, out_dir)
 
@@ -65,8 +65,8 @@ def _lora_variant(**forced):
 
 
 def baseline_methods() -> list:
-    """The ``TrainMethod`` entries of the paper's Table 4 baselines (registered by ailora.train.prepare)."""
-    from ailora.train.prepare import TrainMethod
+    """The ``TrainMethod`` entries of the paper's Table 4 baselines (registered by ailora.methods.registry)."""
+    from ailora.methods.registry import TrainMethod
 
     dora, rslora = _lora_variant(use_dora=True), _lora_variant(use_rslora=True)
     loraplus = _lora_variant(loraplus_ratio=lambda c: c.loraplus_ratio or LORAPLUS_RATIO)

@@ -1,6 +1,6 @@
 """Sweep presets: the paper's comparisons as sweep specs (``ailora sweep --preset NAME``).
 
-Each preset is a function ``(model, task) -> spec data`` (see ``ailora.sweep``), so any model
+Each preset is a function ``(model, task) -> spec data`` (see ``ailora.experiments.sweep``), so any model
 and task can stand in; the defaults, all-MiniLM-L6-v2 on ``movie-sentiment``, run on a laptop CPU.
 The training settings (``CPU_SCALE``) are a CPU-sized stand-in for the paper's GLUE runs: 2,000
 training sentences, 64 tokens, batch 32, at most 1,000 validation and test sentences. Every key
@@ -102,6 +102,6 @@ def get_preset(name: str) -> Preset:
 
 def run_count(spec: dict) -> int:
     """How many runs a spec's data plans: tasks x seeds x the sum of the methods' grid sizes."""
-    from ailora.sweep import SweepSpec, planned_runs
+    from ailora.experiments.sweep import SweepSpec, planned_runs
 
     return len(planned_runs(SweepSpec.from_dict(spec)))

@@ -1,6 +1,6 @@
 """The SVD-initialised LoRA family as data: each method is a per-role policy and its defaults.
 
-A policy maps a role to an initialisation name from ``ailora.inits.INITS``. A user policy such as
+A policy maps a role to an initialisation name from ``ailora.core.inits.INITS``. A user policy such as
 ``"query=principal,value=minor,key=lora"`` gives any role any start; its roles become the targets.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ailora.core.inits import INITS
+from ailora.core.roles import ROLES
 from ailora.errors import AiloraError
-from ailora.inits import INITS
-from ailora.roles import ROLES
 
 
 @dataclass(frozen=True)

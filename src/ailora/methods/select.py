@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ailora.apply import HEAD_NAMES
+from ailora.core.apply import HEAD_NAMES
 from ailora.errors import AiloraError
 
 

@@ -25,8 +25,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ailora.core.probe import make_probe, max_abs_diff, run_probe, tolerance_for
 from ailora.errors import AiloraError, ExactnessError
-from ailora.probe import make_probe, max_abs_diff, run_probe, tolerance_for
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -136,7 +136,7 @@ def save(model: peft.PeftModel, out_dir, rank: int | None = None, overwrite: boo
     the relative error of the compression (0 when uncompressed).
     """
     if not isinstance(model, peft.PeftModel):
-        raise AiloraError("save expects the PeftModel returned by ailora.apply")
+        raise AiloraError("save expects the PeftModel returned by ailora.core.apply")
     if rank is not None and (not isinstance(rank, int) or rank <= 0):
         raise AiloraError(f"rank must be a positive integer, got {rank!r}")
     sd, cfg, modules = converted_state(model, rank)
@@ -177,7 +177,7 @@ def read_adapter_config(adapter_dir) -> tuple[Path, peft.LoraConfig]:
 def check_adapter_dir(base: torch.nn.Module, adapter_dir) -> peft.LoraConfig:
     """Validate an adapter directory against a base model; a one-line error names what is wrong."""
     d, cfg = read_adapter_config(adapter_dir)
-    from ailora.roles import weight_of
+    from ailora.core.roles import weight_of
 
     with safe_open(d / WEIGHTS_FILE, framework="pt") as f:
         for key in f.keys():

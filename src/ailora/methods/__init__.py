@@ -9,8 +9,8 @@ name       what trains                                          implementation
 full       every weight                                         ``select.prepare_full``
 bitfit     bias vectors + task head                             ``select.prepare_bitfit``
 houlsby    bottleneck adapters + LayerNorms + task head         ``houlsby.py`` (PEFT has none)
-dora       LoRA factors + per-row magnitude                     PEFT ``use_dora`` via ailora.apply
-rslora     LoRA factors, scaling alpha / sqrt(r)                PEFT ``use_rslora`` via ailora.apply
+dora       LoRA factors + per-row magnitude                     PEFT ``use_dora`` via ailora.core.apply
+rslora     LoRA factors, scaling alpha / sqrt(r)                PEFT ``use_rslora`` via ailora.core.apply
 vera       vectors d, b on shared frozen random A, B            PEFT ``VeraConfig``
 loraplus   LoRA factors, lr of B = ratio x lr of A              ``ailora.param_groups``
 =========  ===================================================  ===============================
@@ -19,10 +19,10 @@ The task head trains in every method. ``options.py`` holds which options each me
 combination table); ``io.py`` the save formats and ``load``.
 """
 
-from ailora.baselines.houlsby import HoulsbyAdapter, add_houlsby, insertion_points
-from ailora.baselines.io import load
-from ailora.baselines.options import refuse_unused
-from ailora.baselines.select import BaselineState, bias_parameters, head_modules
+from ailora.methods.houlsby import HoulsbyAdapter, add_houlsby, insertion_points
+from ailora.methods.options import refuse_unused
+from ailora.methods.saving import load
+from ailora.methods.select import BaselineState, bias_parameters, head_modules
 
 __all__ = [
     "BaselineState", "HoulsbyAdapter", "add_houlsby", "bias_parameters", "head_modules", "insertion_points",
