@@ -1,0 +1,124 @@
+"""Atomic writing: a file or a directory appears whole under its final name, or not at all.
+
+Every writer in ailora goes through these three functions, so they agree on what a reader can
+see after a crash:
+
+- ``atomic_file(path)`` yields a temporary sibling to write; on success it is flushed to disk
+  (``fsync``) and renamed over ``path``; on failure it is removed.
+- ``atomic_dir(out, overwrite)`` yields a temporary sibling directory to fill; on success an
+  existing ``out`` is first renamed aside (``.NAME.old-*``), the new one renamed into place, then
+  the old one removed, so ``out`` never exists half-written. A non-empty ``out`` is refused
+  unless ``overwrite``.
+- ``remove_stale(out)`` deletes the ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings a killed process
+  left behind (a resumed run calls it before writing again).
+
+Temporary names start with a dot and carry the final name, so ``ls`` hides them and a person
+can tell what they were for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ailora.errors import AiloraError
+
+STAGING_TAGS = ("tmp", "old")
+
+
+def _staging_prefix(path: Path, tag: str) -> str:
+    return f".{path.name}.{tag}-"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (not possible on every platform; best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_staging_prefix(path, "tmp"))
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj, sort_keys: bool = False) -> Path:
+    """``obj`` as indented JSON with a final newline, atomically."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def check_empty_or_overwrite(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (or a file in its place) unless ``overwrite``."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise AiloraError(f"output {out} already exists and is not empty; choose another or allow overwrite")
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory of ``out`` to fill; it becomes ``out`` on success."""
+    out = Path(out)
+    check_empty_or_overwrite(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out, "tmp")))
+    try:
+        yield tmp
+        if out.exists() or out.is_symlink():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out, "old")))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(out: str | os.PathLike) -> list[Path]:
+    """Delete the staging siblings of ``out`` that an interrupted writer left; returns them."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    stale = [p for tag in STAGING_TAGS for p in out.parent.glob(_staging_prefix(out, tag) + "*")]
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
