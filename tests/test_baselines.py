@@ -12,9 +12,10 @@ from peft.optimizers import create_loraplus_optimizer
 import ailora
 from ailora import methods as baselines
 from ailora.errors import AiloraError
+from ailora.methods import get_method
 from ailora.methods.houlsby import HoulsbyAdapter, add_houlsby
 from ailora.methods.select import prepare_bitfit
-from ailora.train import RunConfig, get_method, train
+from ailora.train import RunConfig, check_run, train
 from ailora.train.config import MethodConfig
 from ailora.train.record import parameter_counts
 from tests.test_train import bert_dir  # noqa: F401  (fixture; importing also registers tiny-sentiment)
@@ -48,7 +49,7 @@ def _perturb(model, scale=0.05):
 def _prepare(name, **options):
     cfg = MethodConfig(name=name, **options)
     cfg.validate()
-    return get_method(name).prepare(tiny("bert"), cfg, 0)
+    return get_method(name).prepare(tiny("bert"), cfg, 0)  # a Prepared: the model and what was done
 
 
 def test_houlsby_adapter_has_2md_d_m_parameters_and_starts_near_identity():
@@ -68,7 +69,7 @@ def test_houlsby_adapter_has_2md_d_m_parameters_and_starts_near_identity():
 
 
 def test_houlsby_trains_adapters_layernorms_and_head():
-    model = _prepare("houlsby", bottleneck=8)
+    model = _prepare("houlsby", bottleneck=8).model
     names = set(_trainable(model))
     assert all(".houlsby_" in n or "LayerNorm" in n or n.startswith("classifier.") for n in names)
     assert sum(p.numel() for p in _trainable(model).values()) == 4 * (2 * 8 * D + D + 8) + 5 * 2 * D + HEAD
@@ -77,15 +78,25 @@ def test_houlsby_trains_adapters_layernorms_and_head():
 def test_bitfit_trains_only_biases_and_the_head():
     model = tiny("bert")
     names = [n for n, _ in model.named_parameters()]
-    model = _prepare("bitfit")
+    model = _prepare("bitfit").model
     want = {n for n in names if n.endswith(".bias") or n.startswith("classifier.")}
     assert set(_trainable(model)) == want and "classifier.weight" in want
     with pytest.raises(AiloraError, match="no bias vectors"):
         prepare_bitfit(tiny("llama"), MethodConfig(name="bitfit"), 0)
 
 
+def test_baseline_groups_its_own_weights_at_lr_and_the_head_at_head_lr():
+    prepared = _prepare("bitfit")
+    state = prepared.state
+    groups = ailora.param_groups(prepared.model, 1e-3, head_lr=5e-3, head=state.head, own_group=state.method)
+    lr_of = {id(p): (g["name"], g["lr"]) for g in groups for p in g["params"]}
+    for name, p in _trainable(prepared.model).items():
+        expected = ("head", 5e-3) if name.startswith("classifier.") else ("bitfit", 1e-3)
+        assert lr_of[id(p)][1] == expected[1] and lr_of[id(p)][0].startswith(expected[0]), name
+
+
 def test_vera_counts_match_peft_and_leave_out_the_shared_matrices():
-    model = _prepare("vera", vera_rank=16)
+    model = _prepare("vera", vera_rank=16).model
     ours = parameter_counts(model)["trainable"]
     reference = peft.get_peft_model(tiny("bert"), peft.VeraConfig(r=16, target_modules=["query", "value"],
                                                                    modules_to_save=["classifier"]))
@@ -134,10 +145,11 @@ ROUND_TRIPS = [
 @pytest.mark.parametrize("name, options", ROUND_TRIPS, ids=[r[0] + ("+" if r[1].get("use_dora") else "")
                                                             for r in ROUND_TRIPS])
 def test_save_and_load_on_the_original_base_round_trips(name, options, tmp_path):
-    model = _prepare(name, **options)
+    prepared = _prepare(name, **options)
+    model = prepared.model
     _perturb(model)
     model.eval()
-    report = get_method(name).save(model, tmp_path / "out")
+    report = get_method(name).save(prepared, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "ailora.json").read_text())["format"] == report["format"]
     loaded = baselines.load(tiny("bert"), tmp_path / "out").eval()
     assert (_out(loaded) - _out(model)).abs().max() < 1e-5
@@ -163,16 +175,17 @@ REFUSED = [
 @pytest.mark.parametrize("name, option, reason", REFUSED, ids=[f"{n}-{o.split('=')[0][7:]}" for n, o, _ in REFUSED])
 def test_meaningless_combinations_are_refused_with_the_reason(name, option, reason):
     with pytest.raises(AiloraError, match=reason) as err:
-        RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r", "method": {"name": name}}, [option])
+        check_run(RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r", "method": {"name": name}},
+                                      [option]))
     assert "\n" not in str(err.value) and f"method {name}" in str(err.value)
 
 
 def test_sensible_combinations_validate():
-    RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r"},
-                        ["method.name=ailora", "method.use_dora=true", "method.use_rslora=true",
-                         "method.loraplus_ratio=16"])
-    RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r"},
-                        ["method.name=vera", "method.vera_rank=64", "method.targets=query,value,key"])
+    check_run(RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r"},
+                                  ["method.name=ailora", "method.use_dora=true", "method.use_rslora=true",
+                                   "method.loraplus_ratio=16"]))
+    check_run(RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r"},
+                                  ["method.name=vera", "method.vera_rank=64", "method.targets=query,value,key"]))
 
 
 LORA = 4 * 8 * (D + D)  # 2 layers x (query, value) at the default rank 8

@@ -11,14 +11,12 @@ import torch
 
 from ailora.cli import main
 from ailora.core.probe import make_probe, run_probe
-from tests.tiny_models import tiny
+from tests.tiny_models import save_tiny
 
 
 @pytest.fixture
 def bert_dir(tmp_path):
-    model = tiny("bert")
-    model.save_pretrained(tmp_path / "bert", safe_serialization=True)
-    return tmp_path / "bert"
+    return save_tiny("bert", tmp_path / "bert")
 
 
 def test_init_writes_adapter_and_report(bert_dir, tmp_path, capsys):
@@ -96,10 +94,7 @@ def test_bad_input_one_line_error_nothing_written(argv, message, bert_dir, tmp_p
 
 
 def test_pickle_only_model_is_refused(tmp_path, capsys):
-    model = tiny("bert")
-    model.save_pretrained(tmp_path / "pt", safe_serialization=False)
-    for f in (tmp_path / "pt").glob("*.safetensors"):
-        f.unlink()
+    save_tiny("bert", tmp_path / "pt", safetensors=False)
     assert main(["init", "--model", str(tmp_path / "pt"), "--out", str(tmp_path / "x")]) == 2
     assert "pickle checkpoints are refused" in capsys.readouterr().err
 
@@ -107,3 +102,16 @@ def test_pickle_only_model_is_refused(tmp_path, capsys):
 def test_rank_flag_rejects_non_positive(bert_dir, tmp_path):
     with pytest.raises(SystemExit):
         main(["init", "--model", str(bert_dir), "--out", str(tmp_path / "x"), "--rank", "0"])
+
+
+def test_init_refuses_a_non_empty_out_unless_overwrite(bert_dir, tmp_path, capsys):
+    out = tmp_path / "a"
+    argv = ["init", "--model", str(bert_dir), "--out", str(out), "--quiet", "--rank", "2"]
+    assert main(argv) == 0
+    assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "ailora.json",
+                                             "report.json"}
+    assert main(argv) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert main(argv + ["--overwrite", "--method", "pissa"]) == 0
+    assert json.loads((out / "report.json").read_text())["method"] == "pissa"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".a.")]

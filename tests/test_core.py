@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import ailora
+from ailora.core.apply import ApplyOptions, apply_with, state_of
 from ailora.core.probe import make_probe, run_probe
 from ailora.core.roles import find_targets, weight_of
 from ailora.errors import AiloraError
-from tests.tiny_models import BUILDERS, tiny
+from tests.tiny_models import BUILDERS, tiny, tiny_unknown_architecture, tiny_with_linear
 
 METHODS = ["lora", "pissa", "milora", "ailora", "reailora"]
 ARCHS = list(BUILDERS)
@@ -199,8 +200,7 @@ def test_per_role_policy_gives_any_role_any_start():
 
 
 def test_unknown_architecture_by_naming_modules():
-    base = tiny("bert")
-    base.config.model_type = "mystery"
+    base = tiny_unknown_architecture("bert")
     with pytest.raises(AiloraError, match="not known for model type 'mystery'.*attention.self.query"):
         ailora.apply(copy.deepcopy(base), method="ailora")
     model = ailora.apply(base, method="ailora", rank=2,
@@ -262,7 +262,39 @@ def test_adapter_dir_errors(tmp_path):
         ailora.load(copy.deepcopy(original), tmp_path / "partial")
     with pytest.raises(AiloraError, match="does not exist"):
         ailora.load(copy.deepcopy(original), tmp_path / "nope")
-    other = tiny("bert")
-    other.bert.encoder.layer[0].attention.self.query = torch.nn.Linear(32, 16)
+    other = tiny_with_linear("bert", "bert.encoder.layer.0.attention.self.query", 32, 16)
     with pytest.raises(AiloraError, match="shape .* expected .* layer bert.encoder.layer.0.attention.self.query"):
         ailora.load(other, tmp_path / "ok")
+
+
+def test_state_of_is_the_attached_state_and_state_arguments_override_it(tmp_path):
+    assert state_of(tiny("bert")) is None
+    model = ailora.apply(tiny("bert"), method="ailora", rank=2)
+    state = state_of(model)
+    assert state is model.ailora_state and ailora.state_of(model) is state
+    lrs = {g["name"]: g["lr"] for g in ailora.param_groups(model, lr=1e-3)}
+    delattr(model, "ailora_state")
+    assert {g["name"]: g["lr"] for g in ailora.param_groups(model, lr=1e-3, state=state)} == lrs
+    assert "value" not in {g["name"] for g in ailora.param_groups(model, lr=1e-3)}  # no state: no roles
+    meta = ailora.save(model, tmp_path / "a", state=state)
+    assert meta["method"] == "ailora" and all(m["rank"] == 4 for m in meta["modules"].values())
+
+
+def test_loraplus_ratio_comes_only_from_the_argument():
+    model = ailora.apply(tiny("bert"), method="ailora", rank=2)
+    assert not any(g["name"].endswith(".lora_B") for g in ailora.param_groups(model, lr=1e-3))
+    groups = {g["name"]: g["lr"] for g in ailora.param_groups(model, lr=1e-3, loraplus_ratio=4)}
+    assert groups["value.lora_B"] == pytest.approx(8e-3) and groups["value"] == pytest.approx(2e-3)
+    assert "loraplus_ratio" not in state_of(model).metadata()
+
+
+def test_apply_options_are_checked_when_built_and_apply_with_matches_apply():
+    with pytest.raises(AiloraError, match="residual_dtype must be auto, model or float32"):
+        ApplyOptions(residual_dtype="half")
+    with pytest.raises(AiloraError, match="unknown method 'qlora'"):
+        ApplyOptions(method="qlora")
+    a = ailora.apply(tiny("gpt2"), method="ailora", rank=2, solver="fast", seed=3)
+    b = apply_with(tiny("gpt2"), ApplyOptions(method="ailora", rank=2, solver="fast", seed=3))
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb), na
+    assert state_of(b).report()["layers"][0]["inits"] == ["principal", "minor"]

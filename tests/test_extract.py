@@ -13,6 +13,7 @@ import torch
 from ailora.analysis import energy_rank, extract_adapter_dir, extract_lora, peft_adapter, truncated_lora
 from ailora.cli import extract as extract_cli
 from ailora.errors import AiloraError
+from tests import tiny_models
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
 TARGETS = ("query.weight", "value.weight", "q_proj.weight", "v_proj.weight")
@@ -184,6 +185,23 @@ def test_extract_grouped_query_llama(tmp_path):
     report = extract_adapter_dir(tmp_path / "base", tmp_path / "ft", tmp_path / "a", rank=2)
     assert report["layers"]["model.layers.0.self_attn.v_proj"]["rank"] == 2
     assert report["probe"]["max_abs_diff"] < 1e-5
+
+
+def test_extract_gpt2_fused_qkv_rows(tmp_path):
+    """Only the query and value rows of GPT-2's fused c_attn are extracted; the adapter reproduces them."""
+    tiny_models.tiny("gpt2").save_pretrained(tmp_path / "base")
+    ft = tiny_models.tiny("gpt2")
+    with torch.no_grad():
+        for i, block in enumerate(ft.transformer.h):
+            w = block.attn.c_attn.weight  # Conv1D: (in, 3 * 32), columns = query, key, value
+            w[:, :32] += _rank_r((32, 32), 2, seed=i).T
+            w[:, 64:] += _rank_r((32, 32), 2, seed=10 + i).T
+    ft.save_pretrained(tmp_path / "ft")
+    report = extract_adapter_dir(tmp_path / "base", tmp_path / "ft", tmp_path / "a", rank=4)
+    layer = report["layers"]["transformer.h.0.attn.c_attn"]
+    assert layer["role"] == "query,value" and layer["energy_retained"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["fan_in_fan_out"]
+    assert report["probe"]["max_abs_diff"] < 1e-5 and report["other_changed_tensors"]["count"] == 0
 
 
 def _cli(argv):

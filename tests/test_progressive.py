@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import ailora
 from ailora.errors import AiloraError
-from ailora.methods.registry import prepare_model
-from ailora.train import METHODS, RunConfig, train
+from ailora.methods import METHODS, get_method
+from ailora.train import RunConfig, train
 from ailora.train import progressive as prog
 from ailora.train.config import MethodConfig
 from tests import test_train  # noqa: F401  (registers the tiny-sentiment task)
@@ -188,7 +188,7 @@ def test_baseline_methods(kind):
     if name is None:
         pytest.skip(f"no {kind} method registered yet (looked for {', '.join(BASELINES[kind])})")
     for build in (_bert4, _gpt2_4):  # a decoder with biases, for BitFit
-        model = prepare_model(build(), MethodConfig(name=name), 0)
+        model = get_method(name).prepare(build(), MethodConfig(name=name), 0).model
         _check_every_stage(model, prog.Schedule(model, 3))
 
 
@@ -203,10 +203,10 @@ def test_order_from_scores_and_custom_order():
 
 
 def test_savings_of_two_records():
-    base = {"config": {"train": {"progressive_stages": 0, "lr": 1.0}, "run_dir": "a"}, "updated_parameters": 1000,
+    base = {"config": {"train": {"lr": 1.0}, "progressive": {"stages": 0}, "run_dir": "a"}, "updated_parameters": 1000,
             "train_seconds": 10.0, "wall_seconds": 20.0, "task": {"main_metric": "accuracy"},
             "test": {"accuracy": 0.9}}
-    run = {**base, "config": {"train": {"progressive_stages": 3, "lr": 1.0}, "run_dir": "b"},
+    run = {**base, "config": {"train": {"lr": 1.0}, "progressive": {"stages": 3}, "run_dir": "b"},
            "updated_parameters": 600, "train_seconds": 7.5, "wall_seconds": 18.0, "test": {"accuracy": 0.85}}
     out = prog.savings(run, base)
     assert out["updated_parameter_saving"] == pytest.approx(0.4) and out["train_time_saving"] == pytest.approx(0.25)
@@ -232,7 +232,7 @@ def _cfg(model_dir, run_dir, *overrides):
     base = {"model": {"name": str(model_dir), "max_length": 16}, "task": {"name": "tiny-sentiment"},
             "run_dir": str(run_dir), "method": {"name": "ailora", "rank": 4},
             "train": {"lr": 3e-2, "epochs": 3, "batch_size": 16, "warmup_ratio": 0.1, "progress": False,
-                      "tensorboard": False, "progressive_stages": 3}}
+                      "tensorboard": False}, "progressive": {"stages": 3}}
     return RunConfig.from_dict(base, list(overrides))
 
 
@@ -246,7 +246,7 @@ def _changed_blocks(a: dict, b: dict, path: str) -> set:
 
 
 def test_run_follows_the_schedule_and_resumes_mid_stage(bert4_dir, tmp_path):
-    over = ["method.dropout=0.1", "train.progressive_reset_optimizer=true"]
+    over = ["method.dropout=0.1", "progressive.reset_optimizer=true"]
     full = train(_cfg(bert4_dir, tmp_path / "full", *over))
     per_stage = full["progressive"]["per_stage"]
     spe = per_stage[0]["steps"]
@@ -277,8 +277,8 @@ def test_run_follows_the_schedule_and_resumes_mid_stage(bert4_dir, tmp_path):
 
 
 def test_pilot_scores_are_recorded_and_order_the_blocks(bert4_dir, tmp_path):
-    over = ["train.progressive_order=grad-norm", "train.progressive_pilot_batches=2", "train.epochs=2",
-            "train.progressive_stages=2", "task.max_train_samples=48"]
+    over = ["progressive.order=grad-norm", "progressive.pilot_batches=2", "train.epochs=2",
+            "progressive.stages=2", "task.max_train_samples=48"]
     res = train(_cfg(bert4_dir, tmp_path / "run", *over))
     p = res["progressive"]
     scores = p["pilot"]["scores"]
@@ -295,9 +295,9 @@ def test_pilot_scores_are_recorded_and_order_the_blocks(bert4_dir, tmp_path):
 
 
 def test_savings_against_the_same_run_without_progtuning(bert4_dir, tmp_path):
-    over = ["train.epochs=2", "train.progressive_boundary=steps", "task.max_train_samples=64"]  # 8 steps
-    base = train(_cfg(bert4_dir, tmp_path / "base", *over, "train.progressive_stages=0"))
-    run = train(_cfg(bert4_dir, tmp_path / "prog", *over, "train.progressive_stages=4"))
+    over = ["train.epochs=2", "progressive.boundary=steps", "task.max_train_samples=64"]  # 8 steps
+    base = train(_cfg(bert4_dir, tmp_path / "base", *over, "progressive.stages=0"))
+    run = train(_cfg(bert4_dir, tmp_path / "prog", *over, "progressive.stages=4"))
     assert base["progressive"] is None and base["updated_parameters"] == base["parameters"]["trainable"] * base["steps"]
     out = prog.savings(run, base)
     blocks = run["progressive"]["trainable_parameters"]["blocks"]
@@ -309,20 +309,20 @@ def test_savings_against_the_same_run_without_progtuning(bert4_dir, tmp_path):
 def test_config_and_cli(tmp_path):
     ok = {"task": {"name": "tiny-sentiment"}, "run_dir": str(tmp_path)}
     for overrides, message in [
-        (["train.progressive_stages=4"], r"progressive_stages \(4\) exceeds train.epochs \(3\)"),
-        (["train.progressive_stages=-1"], "must be >= 0"),
-        (["train.progressive_order=random"], "progressive_order must be one of depth, grad-norm"),
-        (["train.progressive_embeddings=yes"], "progressive_embeddings must be one of"),
-        (["train.progressive_remainder=middle"], "progressive_remainder must be one of"),
+        (["progressive.stages=4"], r"progressive.stages \(4\) exceeds train.epochs \(3\)"),
+        (["progressive.stages=-1"], "must be >= 0"),
+        (["progressive.order=random"], "progressive.order must be one of depth, grad-norm"),
+        (["progressive.embeddings=yes"], "progressive.embeddings must be one of"),
+        (["progressive.remainder=middle"], "progressive.remainder must be one of"),
     ]:
         with pytest.raises(AiloraError, match=message):
             RunConfig.from_dict(ok, overrides)
-    cfg = RunConfig.from_dict(ok, ["train.progressive_stages=4", "train.progressive_boundary=steps"])
-    assert cfg.train.progressive_stages == 4
+    cfg = RunConfig.from_dict(ok, ["progressive.stages=4", "progressive.boundary=steps"])
+    assert cfg.progressive.stages == 4
     from ailora.cli.train import add_parser, build_config
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--task", "tiny-sentiment", "--run-dir", str(tmp_path),
                               "--progressive-stages", "3"])
-    assert build_config(args).train.progressive_stages == 3
+    assert build_config(args).progressive.stages == 3

@@ -78,8 +78,8 @@ def test_report_writes_markdown_html_and_plots(tmp_path, capsys):
 
 
 def test_progtuning_runs_are_compared_with_their_plain_twin(tmp_path):
-    methods = ["lora", {"method": "lora", "label": "lora-prog", "options": {"train.progressive_stages": 2}},
-               {"method": "ailora", "label": "ailora-prog", "options": {"train.progressive_stages": 2}}]
+    methods = ["lora", {"method": "lora", "label": "lora-prog", "options": {"progressive.stages": 2}},
+               {"method": "ailora", "label": "ailora-prog", "options": {"progressive.stages": 2}}]
     where = _sweep(tmp_path, tasks=("report-acc",), methods=methods)
     assert progressive_pairs(where, summarize(where)) == [
         ("report-acc", "lora-prog", "lora")]  # ailora-prog has no twin

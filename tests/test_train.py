@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from ailora.errors import AiloraError
 from ailora.tasks import TaskSpec, register_task
-from ailora.train import RunConfig, load_config, train
+from ailora.train import RunConfig, check_run, load_config, train
 from ailora.train.data import IGNORE_INDEX, collate, encode_causal
 from ailora.train.loop import _trainable
 from tests.tiny_models import save_tiny_bert
@@ -156,7 +156,7 @@ def test_config_errors(tmp_path):
     ]
     for overrides, message in cases:
         with pytest.raises(AiloraError, match=message):
-            RunConfig.from_dict(ok, overrides)
+            check_run(RunConfig.from_dict(ok, overrides))
     with pytest.raises(AiloraError, match="train.lr must be a number"):
         RunConfig.from_dict({**ok, "train": {"lr": "3e-4"}})
     with pytest.raises(AiloraError, match="unknown config key train.rate"):

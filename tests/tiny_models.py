@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers as T
 
@@ -52,3 +54,28 @@ def save_tiny_bert(directory, num_hidden_layers: int = 2):
                 ).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+def save_tiny(name: str, directory, safetensors: bool = True):
+    """tiny(name) saved like a checkpoint; ``safetensors=False`` leaves only a pickle checkpoint."""
+    directory = Path(directory)
+    tiny(name).save_pretrained(directory, safe_serialization=safetensors)
+    if not safetensors:
+        for f in directory.glob("*.safetensors"):
+            f.unlink()
+    return directory
+
+
+def tiny_unknown_architecture(name: str = "bert") -> torch.nn.Module:
+    """tiny(name) under a model type ailora has no table for: roles must be named by module patterns."""
+    model = tiny(name)
+    model.config.model_type = "mystery"
+    return model
+
+
+def tiny_with_linear(name: str, path: str, in_features: int, out_features: int) -> torch.nn.Module:
+    """tiny(name) with the module at ``path`` replaced by a fresh Linear(in_features, out_features)."""
+    model = tiny(name)
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent), attr, torch.nn.Linear(in_features, out_features))
+    return model

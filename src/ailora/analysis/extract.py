@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from peft import LoraConfig
 
+from ailora.core.svd import fix_signs
 from ailora.errors import AiloraError
 
 
@@ -41,14 +43,6 @@ def check_rank_or_energy(rank: int | None, energy: float | None) -> None:
         raise AiloraError(f"energy must be in (0, 1], got {energy!r}")
 
 
-def _fix_signs(u: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # scikit-learn's u-based svd_flip, so the same weights always give the same adapter.
-    idx = u.abs().argmax(dim=0)
-    signs = torch.sign(u.gather(0, idx.unsqueeze(0))).squeeze(0)
-    signs[signs == 0] = 1
-    return u * signs, vh * signs.unsqueeze(1)
-
-
 def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     """Smallest k with sum_{i<k} sigma_i^2 >= energy * sum sigma^2 (at least 1). sigma: (n,) descending."""
     sq = singular_values.double().pow(2)
@@ -66,7 +60,7 @@ def truncated_lora(delta: torch.Tensor, rank: int | None = None, energy: float |
     """
     check_rank_or_energy(rank, energy)
     u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
-    u, vh = _fix_signs(u, vh)
+    u, vh = fix_signs(u, vh)  # the same weights always give the same adapter
     k = min(rank, s.numel()) if rank is not None else energy_rank(s, energy)
     root = s[:k].sqrt()
     total = float(s.pow(2).sum())
@@ -87,17 +81,18 @@ def extract_lora(
 
 
 def peft_adapter(
-    factors: Mapping[str, LoraFactors], base_model_name_or_path: str | None = None
+    factors: Mapping[str, LoraFactors],
+    base_model_name_or_path: str | None = None,
+    fan_in_fan_out: bool = False,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """PEFT LoRA files for `factors`: (adapter_config.json dict, adapter_model.safetensors dict).
 
     The global r is the most common rank (the larger on a tie); modules of another rank get
     rank_pattern and alpha_pattern entries (their full module names), so that alpha = r and the
     scaling is 1 everywhere. Keys are
-    ``base_model.model.<module>.lora_A.weight`` (k, in) and ``...lora_B.weight`` (out, k).
+    ``base_model.model.<module>.lora_A.weight`` (k, in) and ``...lora_B.weight`` (out, k), in the
+    (out, in) orientation even for GPT-2's transposed Conv1D weights (then `fan_in_fan_out`).
     """
-    from peft import LoraConfig
-
     counts = Counter(f.rank for f in factors.values())
     r = max(counts, key=lambda k: (counts[k], k))
     pattern = {name: f.rank for name, f in factors.items() if f.rank != r}
@@ -109,6 +104,7 @@ def peft_adapter(
         alpha_pattern=dict(pattern),
         lora_dropout=0.0,
         bias="none",
+        fan_in_fan_out=fan_in_fan_out,
         base_model_name_or_path=base_model_name_or_path,
     ).to_dict()
     config["target_modules"] = sorted(factors)  # LoraConfig stores a set; keep a stable list.

@@ -15,9 +15,11 @@ import os
 from pathlib import Path
 
 import torch
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from ailora.analysis.forgetting import combine_forgetting, forgetting_loss, mlm_positions
-from ailora.analysis.io import model_dir
+from ailora.analysis.weights import load_checkpoint
+from ailora.core.models import resolve_model_path
 from ailora.errors import AiloraError
 
 OBJECTIVES = ("auto", "mlm", "causal")
@@ -25,38 +27,26 @@ OBJECTIVES = ("auto", "mlm", "causal")
 
 def detect_objective(path: str | os.PathLike) -> str:
     """``"causal"`` for decoder checkpoints (``*ForCausalLM``, ``*LMHeadModel``, is_decoder), else ``"mlm"``."""
-    config = json.loads((model_dir(path) / "config.json").read_text())
+    config = json.loads((resolve_model_path(str(path)) / "config.json").read_text())
     archs = " ".join(config.get("architectures") or [])
     if "CausalLM" in archs or "LMHeadModel" in archs or config.get("is_decoder"):
         return "causal"
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as MLM
-
-    return "mlm" if config.get("model_type") in MLM else "causal"
+    return "mlm" if config.get("model_type") in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal"
 
 
 def load_lm_pair(base: str | os.PathLike, finetuned: str | os.PathLike, objective: str, seed: int = 0):
-    """Load (base_model, finetuned_model, shared_random_head_keys) with a masked-LM or causal-LM head."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    """Load (base_model, finetuned_model, shared_random_head_keys) with a masked-LM or causal-LM head.
 
+    base, finetuned: model directories or short names (minilm, smollm2).
+    """
     if objective not in ("mlm", "causal"):
         raise AiloraError(f"objective must be mlm or causal, got {objective!r}")
-    auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    kind = "masked-lm" if objective == "mlm" else "causal-lm"
     models, missing = [], []
     for path in (base, finetuned):
         torch.manual_seed(seed)
-        try:
-            model, info = auto.from_pretrained(
-                str(model_dir(path)),
-                use_safetensors=True,
-                dtype=torch.float32,
-                output_loading_info=True,
-                trust_remote_code=False,
-            )
-        except ValueError as exc:
-            raise AiloraError(
-                f"{path}: cannot build a {objective} model: {str(exc).splitlines()[0]}"
-            ) from None
-        models.append(model.eval())
+        model, info = load_checkpoint(path, kind=kind, info=True)
+        models.append(model)
         missing.append(set(info.get("missing_keys", ())))
     base_model, ft_model = models
     shared = sorted(missing[0])

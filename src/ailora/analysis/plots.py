@@ -1,17 +1,27 @@
 """Figures of the analyses, drawn on matplotlib's Agg canvas (no pyplot, no global state).
 
-Each function takes the JSON-ready result of an analysis and returns a Figure; `io.save_figure`
+Each function takes the JSON-ready result of an analysis and returns a Figure; `save_figure`
 writes it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ailora.analysis._weights import layer_index
+from ailora.analysis.weights import layer_index
+from ailora.core.files import atomic_file
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Save a Figure as PNG, atomically (``ailora.core.files.atomic_file``)."""
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return Path(path)
 
 
 def _figure(ncols: int, width: float = 5.0, height: float = 4.0):

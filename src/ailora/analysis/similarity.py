@@ -6,13 +6,17 @@ Hu et al. 2021, sec. 7; AILoRA paper, sec. 5.3, Figures 4a and 7).
 
 from __future__ import annotations
 
-import math
+import os
 import re
 from collections.abc import Mapping
 
+import peft
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-from ailora.analysis._weights import align_names
+from ailora.analysis.weights import align_names
+from ailora.core.adapters import WEIGHTS_FILE, lora_scaling, module_rank_alpha, read_adapter_config
 from ailora.errors import AiloraError
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
@@ -48,20 +52,21 @@ def update_similarity(delta_a: torch.Tensor, delta_b: torch.Tensor, rank: int) -
     )
 
 
-def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:
-    # PEFT's get_pattern_key: a pattern key matches a module name ending in it (after a dot).
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+def read_adapter(path: str | os.PathLike) -> tuple[peft.LoraConfig, dict[str, torch.Tensor]]:
+    """A PEFT LoRA adapter directory: its LoraConfig and adapter_model.safetensors (on CPU)."""
+    directory, config = read_adapter_config(path)
+    try:
+        return config, load_file(directory / WEIGHTS_FILE)
+    except (SafetensorError, OSError) as exc:
+        raise AiloraError(f"cannot read {directory / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from None
 
 
-def lora_deltas(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
-    """The weight update scaling * B @ A of each module of a PEFT LoRA adapter (LoRA paper, eq. 3).
+def lora_deltas(state: Mapping[str, torch.Tensor], config: peft.LoraConfig) -> dict[str, torch.Tensor]:
+    """The weight update s * B @ A of each module of a PEFT LoRA adapter (LoRA paper, eq. 3).
 
     state: adapter_model.safetensors, keys ``base_model.model.<module>.lora_A.weight`` (r, in) and
-    ``...lora_B.weight`` (out, r). config: adapter_config.json; scaling = alpha / r (alpha / sqrt(r)
-    with use_rslora), r and alpha per module from rank_pattern / alpha_pattern.
+    ``...lora_B.weight`` (out, r). config: its LoraConfig; r, alpha and s per module as
+    `ailora.core.adapters` reads them (rank_pattern / alpha_pattern, rsLoRA).
     Returns ``{module: delta (out, in) float32}``. For an SVD-initialised adapter saved unconverted,
     this is its modules' weight product (what the AILoRA paper compares), not the change from W_0.
     """
@@ -72,17 +77,14 @@ def lora_deltas(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str,
             factors.setdefault(m["module"], {})[m["ab"]] = tensor
     if not factors:
         raise AiloraError("adapter has no lora_A / lora_B weights")
-    rank_pattern = config.get("rank_pattern") or {}
-    alpha_pattern = config.get("alpha_pattern") or {}
     deltas = {}
     for module, ab in factors.items():
         if set(ab) != {"A", "B"}:
             raise AiloraError(f"adapter module {module} has lora_{next(iter(ab))} but not its partner")
-        r = int(_pattern_value(rank_pattern, module, config.get("r", ab["A"].shape[0])))
+        r, alpha = module_rank_alpha(config, module)
         if r != ab["A"].shape[0]:
             raise AiloraError(f"adapter module {module}: lora_A has rank {ab['A'].shape[0]}, config says {r}")
-        alpha = float(_pattern_value(alpha_pattern, module, config.get("lora_alpha", r)))
-        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        scaling = lora_scaling(r, alpha, config.use_rslora)
         deltas[module] = (scaling * ab["B"].double() @ ab["A"].double()).float()
     return deltas
 
@@ -94,7 +96,8 @@ def similarity_by_layer(
 
     learned: ``{module: (out, in)}``, e.g. from `lora_deltas`; full: ``{module: dW (out, in)}``; names
     are paired by `align_names`. rank: r, by default each learned update's numerical rank (float32
-    tolerance), which is the adapter's r once trained (a LoRA update at init, B = 0, gets r = 1). Returns ``{full_module_name: {"phi": float, "rank": r}}``.
+    tolerance), which is the adapter's r once trained (a LoRA update at init, B = 0, gets r = 1).
+    Returns ``{full_module_name: {"phi": float, "rank": r}}``.
     """
     out = {}
     for full_name, learned_name in align_names(full, learned):

@@ -28,7 +28,7 @@ def default_perplexity(n_points: int) -> float:
 
 def tsne_embedding(points: torch.Tensor, perplexity: float | None = None, seed: int = 0) -> np.ndarray:
     """2-D t-SNE (scikit-learn, exact method, PCA initialisation) of points (n, d). Returns (n, 2)."""
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # here, not at the top: importing scikit-learn takes ~1.3 s
 
     x = points.detach().double().cpu().numpy()
     n = x.shape[0]

@@ -12,15 +12,16 @@ import os
 import sys
 import warnings
 
+import transformers
+
 from ailora.errors import AiloraError
+from ailora.version import __version__
 
 # Module names under ailora.cli, in the order `ailora --help` lists them.
 SUBCOMMANDS = ["ls", "init", "train", "convert", "merge", "extract", "analyze", "sweep", "report", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ailora.version import __version__
-
     parser = argparse.ArgumentParser(
         prog="ailora",
         description="AILoRA and the SVD-initialised LoRA family: exact, PEFT-compatible fine-tuning.",
@@ -38,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     args = build_parser().parse_args(argv)
     # Weight-loading bars from transformers would drown our own output (and one-line errors).
-    import transformers
-
     transformers.utils.logging.disable_progress_bar()
     # Loading a base model into a task class reports its new, randomly initialised head at warning
     # level on every run; ailora says what it trains itself.

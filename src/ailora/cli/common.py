@@ -1,11 +1,14 @@
-"""Argument helpers shared by subcommands."""
+"""Argument helpers shared by subcommands: argument groups, and turning parsed groups into the
+library's arguments."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 
+from ailora.core.apply import ApplyOptions
 from ailora.errors import AiloraError
 
 
@@ -32,25 +35,84 @@ def parse_modules(items: list[str] | None) -> dict[str, list[str]] | None:
     return out
 
 
-def add_method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="ailora", help="lora, pissa, milora, ailora (default), reailora; see `ailora ls`")
-    p.add_argument("--rank", type=positive_int, default=8, help="rank r of each adapted block (default 8)")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default r for SVD starts, 2r for lora)")
-    p.add_argument("--targets", default=None, help="roles to adapt, comma-separated (default: query,value)")
-    p.add_argument("--policy", default=None,
-                   help="per-role starts overriding the method, e.g. query=principal,value=minor,key=lora")
-    p.add_argument("--modules", action="append", metavar="ROLE=PATTERN",
-                   help="module-name regex for a role on an architecture ailora does not know (repeatable)")
-    p.add_argument("--solver", default="exact", choices=["exact", "fast"],
-                   help="exact: full SVD; fast: randomised SVD (principal) / Gram eigh (minor); outputs stay exact")
-    p.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
-    p.add_argument("--seed", type=int, default=0, help="seed of random starts (lora) and the probe batch")
+Argument = tuple[tuple[str, ...], dict]  # (flags, keywords of ArgumentParser.add_argument)
 
 
-def emit(obj, path: str | None = None) -> None:
-    text = json.dumps(obj, indent=2)
-    if path:
-        with open(path, "w") as f:
-            f.write(text + "\n")
-    else:
-        sys.stdout.write(text + "\n")
+def arg(*flags: str, **kwargs) -> Argument:
+    """One row of a subcommand's table of arguments."""
+    return flags, kwargs
+
+
+def add_command(sub, name: str, run, arguments: Iterable[Argument], help: str,
+                description: str) -> argparse.ArgumentParser:
+    """Register subcommand ``name`` with its table of ``arguments``; ``run(args) -> int`` handles it."""
+    p = sub.add_parser(name, help=help, description=description)
+    for flags, kwargs in arguments:
+        p.add_argument(*flags, **kwargs)
+    p.set_defaults(func=run)
+    return p
+
+
+def say(args: argparse.Namespace, *lines: str) -> int:
+    """Print ``lines`` unless --quiet; returns the exit status, 0."""
+    if not args.quiet:
+        print("\n".join(lines))
+    return 0
+
+
+def print_json(obj) -> int:
+    """Write ``obj`` to stdout as indented JSON; returns the exit status, 0."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    return 0
+
+
+def model_args(flag: str, help: str) -> list[Argument]:
+    """``flag`` (a model directory or minilm / smollm2) and how to load it: --kind, --dtype, --trust-remote-code."""
+    return [
+        arg(flag, required=True, help=f"{help} (config.json + safetensors), or minilm / smollm2"),
+        arg("--kind", default="auto",
+            help="model class: auto (the checkpoint's architecture), base, seq-cls, causal-lm, seq2seq-lm"),
+        arg("--dtype", default=None, help="float32 (default), bfloat16 or float16"),
+        arg("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)"),
+    ]
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """The loading arguments of ``model_args`` as keywords of ``ailora.core.models.load_model``."""
+    return {"kind": args.kind, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
+
+
+def output_args(help: str) -> list[Argument]:
+    """--out (``help`` says what goes there), --overwrite and --quiet."""
+    return [
+        arg("--out", required=True, help=help),
+        arg("--overwrite", action="store_true", help="replace a non-empty --out directory"),
+        arg("--quiet", action="store_true", help="no progress bar or summary line"),
+    ]
+
+
+METHOD_ARGS = [
+    arg("--method", default="ailora", help="lora, pissa, milora, ailora (default), reailora; see `ailora ls`"),
+    arg("--rank", type=positive_int, default=8, help="rank r of each adapted block (default 8)"),
+    arg("--alpha", type=float, default=None, help="LoRA alpha (default r for SVD starts, 2r for lora)"),
+    arg("--targets", default=None, help="roles to adapt, comma-separated (default: query,value)"),
+    arg("--policy", default=None,
+        help="per-role starts overriding the method, e.g. query=principal,value=minor,key=lora"),
+    arg("--modules", action="append", metavar="ROLE=PATTERN",
+        help="module-name regex for a role on an architecture ailora does not know (repeatable)"),
+    arg("--solver", default="exact", choices=["exact", "fast"],
+        help="exact: full SVD; fast: randomised SVD (principal) / Gram eigh (minor); outputs stay exact"),
+    arg("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r"),
+    arg("--seed", type=int, default=0, help="seed of random starts (lora) and the probe batch"),
+    arg("--device", default=None, help="where the SVDs run, e.g. cuda (default: the weights' device)"),
+    arg("--no-head", action="store_true", help="do not train/save a task head even if the model has one"),
+]
+
+
+def apply_options(args: argparse.Namespace) -> ApplyOptions:
+    """The options of ``METHOD_ARGS`` (and --quiet) as ``ApplyOptions``, validated."""
+    return ApplyOptions(
+        method=args.method, rank=args.rank, alpha=args.alpha, targets=args.targets, policy=args.policy,
+        modules=parse_modules(args.modules), solver=args.solver, seed=args.seed, use_rslora=args.rslora,
+        device=args.device, head=None if args.no_head else "auto", progress=not args.quiet,
+    )

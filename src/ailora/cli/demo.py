@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from ailora.cli.sweep import add_common, common_overrides
+
 
 def run(args) -> int:
     from ailora.experiments.presets import get_preset
@@ -15,8 +17,7 @@ def run(args) -> int:
     from ailora.experiments.sweep import compose, run_sweep
 
     t0 = time.perf_counter()
-    overrides = list(args.overrides) + (["train.progress=false"] if args.no_progress else [])
-    spec = compose(get_preset("demo").spec(), overrides=overrides)
+    spec = compose(get_preset("demo").spec(), overrides=common_overrides(args))
     where = args.dir or "runs/demo"
     print(f"ailora demo: {', '.join(m.label for m in spec.methods)} on {spec.tasks[0]} with {spec.model}, "
           f"writing {where}/")
@@ -32,8 +33,6 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from ailora.cli.sweep import add_common
-
     p = sub.add_parser("demo", help="LoRA, PiSSA, MiLoRA, AILoRA on MiniLM / movie-sentiment in minutes, with a report",
                        description=__doc__)
     add_common(p)

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import argparse
 
+from ailora.analysis import extract_adapter_dir
+
+
+def summary(report: dict) -> str:
+    """The lines ``ailora extract`` prints about an extraction report."""
+    ranks = [layer["rank"] for layer in report["layers"].values()]
+    energy = min(layer["energy_retained"] for layer in report["layers"].values())
+    lines = [
+        f"wrote {report['out']}: {len(ranks)} modules, ranks {min(ranks)}-{max(ranks)}, "
+        f"{report['adapter_parameters']} parameters, min energy retained {energy:.4f}, "
+        f"probe max |diff| {report['probe']['max_abs_diff']:.3g}"
+    ]
+    if report["other_changed_tensors"]["count"]:
+        lines.append(
+            f"note: {report['other_changed_tensors']['count']} other tensors changed in fine-tuning "
+            "and are not in the adapter (see extract_report.json)"
+        )
+    return "\n".join(lines)
+
 
 def _run(args) -> int:
-    from ailora.analysis import extract_adapter_dir
-
     report = extract_adapter_dir(
         args.base,
         args.finetuned,
@@ -18,18 +35,7 @@ def _run(args) -> int:
         overwrite=args.overwrite,
         seed=args.seed,
     )
-    ranks = [layer["rank"] for layer in report["layers"].values()]
-    energy = min(layer["energy_retained"] for layer in report["layers"].values())
-    print(
-        f"wrote {args.out}: {len(ranks)} modules, ranks {min(ranks)}-{max(ranks)}, "
-        f"{report['adapter_parameters']} parameters, min energy retained {energy:.4f}, "
-        f"probe max |diff| {report['probe']['max_abs_diff']:.3g}"
-    )
-    if report["other_changed_tensors"]["count"]:
-        print(
-            f"note: {report['other_changed_tensors']['count']} other tensors changed in fine-tuning "
-            "and are not in the adapter (see extract_report.json)"
-        )
+    print(summary(report))
     return 0
 
 
@@ -41,7 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "target projection; writes adapter_config.json, adapter_model.safetensors and extract_report.json.",
     )
     parser.add_argument(
-        "--base", required=True, help="base model directory (config.json + model.safetensors)"
+        "--base",
+        required=True,
+        help="base model directory (config.json + model.safetensors), or minilm / smollm2",
     )
     parser.add_argument("--finetuned", required=True, help="fully fine-tuned model directory")
     size = parser.add_mutually_exclusive_group(required=True)

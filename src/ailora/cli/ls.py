@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
+from ailora.cli.common import add_command, arg
+from ailora.core.inits import INITS
+from ailora.core.policies import METHODS
+from ailora.core.roles import ARCHITECTURES, ROLES
+from ailora.core.svd import SOLVERS
+from ailora.experiments.presets import PRESETS, run_count
+from ailora.methods.registry import METHODS as TRAIN_METHODS
+from ailora.tasks import TASKS
+
+REGISTRIES = ["methods", "inits", "solvers", "roles", "architectures", "tasks", "presets"]
 
 
 def _section(title: str, rows: list[tuple[str, str]]) -> str:
@@ -11,13 +20,7 @@ def _section(title: str, rows: list[tuple[str, str]]) -> str:
 
 
 def _registry_rows() -> dict[str, list[tuple[str, str]]]:
-    from ailora.core.inits import INITS
-    from ailora.core.policies import METHODS
-    from ailora.core.roles import ARCHITECTURES, ROLES
-    from ailora.core.svd import SOLVERS
-    from ailora.methods.registry import METHODS as TRAIN_METHODS
-
-    sections = {
+    return {
         "methods": [(m.name, f"{m.description}; targets {','.join(m.targets)}") for m in METHODS.values()]
         + [(t.name, t.description) for t in TRAIN_METHODS.values() if t.name not in METHODS],
         "inits": [(i.name, i.description) for i in INITS.values()],
@@ -26,19 +29,10 @@ def _registry_rows() -> dict[str, list[tuple[str, str]]]:
         "architectures": [(a, ", ".join(sorted(set(arch.roles) | {r for lay in arch.fused_layouts().values()
                                                                    for r, _ in lay(_Any())})))
                           for a, arch in sorted(ARCHITECTURES.items())],
+        "tasks": [(name, getattr(spec, "description", "")) for name, spec in TASKS.items()],
+        "presets": [(p.name, f"{p.description} ({run_count(p.spec())} runs; ailora sweep --preset {p.name})")
+                    for p in PRESETS.values()],
     }
-    # Optional registries: present once their packages exist.
-    for module, attr, title in [("ailora.tasks", "TASKS", "tasks")]:
-        try:
-            reg = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        sections[title] = [(name, getattr(spec, "description", "")) for name, spec in reg.items()]
-    from ailora.experiments.presets import PRESETS, run_count
-
-    sections["presets"] = [(p.name, f"{p.description} ({run_count(p.spec())} runs; ailora sweep --preset {p.name})")
-                           for p in PRESETS.values()]
-    return sections
 
 
 class _Any:
@@ -56,9 +50,6 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("ls", help="list methods, inits, solvers, roles, architectures, tasks and sweep presets",
-                       description="List what ailora's registries hold.")
-    p.add_argument("what", nargs="?", choices=["methods", "inits", "solvers", "roles", "architectures", "tasks",
-                                                  "presets"],
-                   help="one registry only")
-    p.set_defaults(func=run)
+    add_command(sub, "ls", run, [arg("what", nargs="?", choices=REGISTRIES, help="one registry only")],
+                help="list methods, inits, solvers, roles, architectures, tasks and sweep presets",
+                description="List what ailora's registries hold.")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from ailora.cli.common import print_json
 from ailora.errors import AiloraError
 
 DEFAULT_DIR = "runs/{preset}"
@@ -43,9 +43,13 @@ def build_spec(args):
             raise AiloraError(f"sweep spec {args.spec} is not valid JSON: {exc}") from None
     else:
         base = {}
-    overrides = list(args.overrides) + (["train.progress=false"] if args.no_progress else [])
     return compose(base, model=args.model, tasks=args.tasks, methods=args.methods, seeds=args.seeds, lrs=args.lrs,
-                   overrides=overrides)
+                   overrides=common_overrides(args))
+
+
+def common_overrides(args) -> list[str]:
+    """The ``KEY=VALUE`` overrides of ``add_common``'s arguments, --no-progress included."""
+    return list(args.overrides) + (["train.progress=false"] if args.no_progress else [])
 
 
 def sweep_dir(args) -> str:
@@ -69,7 +73,7 @@ def dry_run(spec, where: str) -> int:
 
     runs = plan(spec, where)
     states = Counter(run_state(cfg.run_dir) for _, cfg in runs)
-    print(json.dumps(spec.to_dict(), indent=2))
+    print_json(spec.to_dict())
     print(f"{len(runs)} runs in {where}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     return 0
 
@@ -79,8 +83,7 @@ def run(args) -> int:
 
     spec = build_spec(args)
     if args.print_spec:
-        sys.stdout.write(json.dumps(spec.to_dict(), indent=2) + "\n")
-        return 0
+        return print_json(spec.to_dict())
     where = sweep_dir(args)
     if args.dry_run:
         return dry_run(spec, where)

@@ -8,8 +8,8 @@ Several processes or GPUs: ``accelerate launch --multi_gpu --num_processes N $(w
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from ailora.cli.common import print_json
 
 # flag -> dotted config key; their help is the key's field docstring.
 SHORTCUTS = {
@@ -17,7 +17,7 @@ SHORTCUTS = {
     "--alpha": "method.alpha", "--lr": "train.lr", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
     "--grad-accum": "train.grad_accum", "--seed": "train.seed", "--mixed-precision": "train.mixed_precision",
     "--max-train-samples": "task.max_train_samples", "--max-eval-samples": "task.max_eval_samples",
-    "--data-dir": "task.data_dir", "--run-dir": "run_dir", "--progressive-stages": "train.progressive_stages",
+    "--data-dir": "task.data_dir", "--run-dir": "run_dir", "--progressive-stages": "progressive.stages",
 }
 SWITCHES = {"--resume": "resume", "--overwrite": "overwrite", "--no-progress": "train.progress"}
 
@@ -36,10 +36,11 @@ def overrides_from_args(args) -> list[str]:
 
 
 def build_config(args):
-    from ailora.train import RunConfig, load_config
+    """The run config the arguments describe, checked against the method and task registries."""
+    from ailora.train import RunConfig, check_run, load_config
 
     overrides = overrides_from_args(args)
-    return load_config(args.config, overrides) if args.config else RunConfig.from_dict({}, overrides)
+    return check_run(load_config(args.config, overrides) if args.config else RunConfig.from_dict({}, overrides))
 
 
 def run(args) -> int:
@@ -47,8 +48,7 @@ def run(args) -> int:
 
     cfg = build_config(args)
     if args.print_config:
-        sys.stdout.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        return 0
+        return print_json(cfg.to_dict())
     results = train(cfg)
     if results.get("status") != "complete":
         print(f"stopped after {results['step']} steps; continue with --resume (run dir {results['run_dir']})")

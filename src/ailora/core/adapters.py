@@ -11,21 +11,23 @@ SVD computed from the factors (never the full matrix), with the relative error r
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import re
 import shutil
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import peft
 import torch
 from peft.utils import get_peft_model_state_dict
+from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ailora.core.probe import make_probe, max_abs_diff, run_probe, tolerance_for
+from ailora.core.files import atomic_dir, write_json
+from ailora.core.probe import compare_outputs, make_probe, run_probe
+from ailora.core.roles import weight_of
+from ailora.core.state import AiloraState, state_of
 from ailora.errors import AiloraError, ExactnessError
 
 PREFIX = "base_model.model."
@@ -60,28 +62,11 @@ def compress(b: torch.Tensor, a: torch.Tensor, k: int) -> tuple[torch.Tensor, to
     return b_k.to(b.dtype), a_k.to(a.dtype), err
 
 
-def _module_rank_alpha(cfg: peft.LoraConfig, name: str) -> tuple[int, float]:
-    from peft.utils.other import get_pattern_key
-
+def module_rank_alpha(cfg: peft.LoraConfig, name: str) -> tuple[int, float]:
+    """The rank and alpha that ``cfg`` gives module ``name`` (its rank/alpha pattern, else r and lora_alpha)."""
     r = cfg.rank_pattern.get(get_pattern_key(cfg.rank_pattern.keys(), name), cfg.r)
     alpha = cfg.alpha_pattern.get(get_pattern_key(cfg.alpha_pattern.keys(), name), cfg.lora_alpha)
     return r, alpha
-
-
-def _atomic_dir(out_dir: Path, overwrite: bool, write) -> None:
-    """Write a directory through a temporary sibling and a rename: no partial directory survives."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise AiloraError(f"output directory {out_dir} is not empty; choose another or allow overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        write(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def to_plain_lora(sd: dict, cfg: peft.LoraConfig, initial: dict, rank: int | None = None):
@@ -97,7 +82,7 @@ def to_plain_lora(sd: dict, cfg: peft.LoraConfig, initial: dict, rank: int | Non
     for key in [k for k in sd if k.endswith(".lora_A.weight")]:
         name = key[len(PREFIX):-len(".lora_A.weight")]
         a, b = sd[key].float(), sd[f"{PREFIX}{name}.lora_B.weight"].float()
-        r, alpha = _module_rank_alpha(cfg, name)
+        r, alpha = module_rank_alpha(cfg, name)
         s = lora_scaling(r, alpha, cfg.use_rslora)
         a0, b0 = initial.get(name, (None, None))
         if b0 is not None and b0.abs().max() > 0:  # trained on W0 - s B0 A0: express against W0
@@ -120,18 +105,26 @@ def to_plain_lora(sd: dict, cfg: peft.LoraConfig, initial: dict, rank: int | Non
     return sd, cfg, modules
 
 
-def converted_state(model: peft.PeftModel, rank: int | None = None):
-    """The plain-LoRA tensors and config of an ailora-applied PeftModel, and a per-module report."""
-    state = getattr(model, "ailora_state", None)
+def converted_state(model: peft.PeftModel, rank: int | None = None, state: AiloraState | None = None):
+    """The plain-LoRA tensors and config of an ailora-applied PeftModel, and a per-module report.
+
+    ``state``: the model's AiloraState (default: ``state_of(model)``); without one the adapter is
+    taken to be plain LoRA already.
+    """
+    state = state if state is not None else state_of(model)
     sd = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
     return to_plain_lora(sd, model.peft_config["default"], state.initial if state is not None else {}, rank)
 
 
-def save(model: peft.PeftModel, out_dir, rank: int | None = None, overwrite: bool = False) -> dict:
+def save(model: peft.PeftModel, out_dir, rank: int | None = None, overwrite: bool = False,
+         state: AiloraState | None = None, extra_json: Mapping[str, object] | None = None) -> dict:
     """Write a standard PEFT LoRA adapter that reproduces ``model`` on the original base weights.
 
     Args:
         rank: compress every module to at most this rank (SVD of the delta; errors reported).
+        overwrite: replace a non-empty ``out_dir`` (refused otherwise).
+        state: the model's AiloraState (default: ``state_of(model)``).
+        extra_json: file name -> object, further JSON files written into the same directory.
     Returns the report also written as ``ailora.json``: provenance and, per module, its rank and
     the relative error of the compression (0 when uncompressed).
     """
@@ -139,25 +132,28 @@ def save(model: peft.PeftModel, out_dir, rank: int | None = None, overwrite: boo
         raise AiloraError("save expects the PeftModel returned by ailora.core.apply")
     if rank is not None and (not isinstance(rank, int) or rank <= 0):
         raise AiloraError(f"rank must be a positive integer, got {rank!r}")
-    sd, cfg, modules = converted_state(model, rank)
-    state = getattr(model, "ailora_state", None)
-    meta = state.metadata() if state is not None else {}
-    return write_plain_adapter(out_dir, sd, cfg, meta, modules, rank, overwrite)
+    state = state if state is not None else state_of(model)
+    sd, cfg, modules = converted_state(model, rank, state)
+    meta = plain_adapter_meta(state.metadata() if state is not None else {}, modules, rank)
+    write_adapter_dir(out_dir, sd, cfg, meta, overwrite, extra_json)
+    return meta
 
 
-def write_plain_adapter(out_dir, sd: dict, cfg: peft.LoraConfig, meta: dict, modules: dict,
-                        rank: int | None, overwrite: bool) -> dict:
-    """Write a plain-LoRA adapter directory atomically; ``ailora.json`` = ``meta`` + the conversion report."""
-    meta = {**meta, "format": "plain-lora-on-original-base", "compressed_rank": rank, "modules": modules,
+def plain_adapter_meta(meta: dict, modules: dict, rank: int | None) -> dict:
+    """``ailora.json`` of a plain-LoRA adapter: provenance ``meta`` plus the conversion report."""
+    return {**meta, "format": "plain-lora-on-original-base", "compressed_rank": rank, "modules": modules,
             "max_relative_error": max((m["relative_error"] for m in modules.values()), default=0.0)}
 
-    def write(tmp: Path) -> None:
+
+def write_adapter_dir(out_dir, sd: dict, cfg: peft.LoraConfig, meta: dict, overwrite: bool,
+                      extra_json: Mapping[str, object] | None = None) -> None:
+    """Write an adapter directory atomically: PEFT's two files, ``ailora.json`` = ``meta``, and
+    ``extra_json`` (file name -> object). A non-empty ``out_dir`` is refused unless ``overwrite``."""
+    with atomic_dir(out_dir, overwrite) as tmp:
         cfg.save_pretrained(tmp)
         save_file(sd, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-
-    _atomic_dir(Path(out_dir), overwrite, write)
-    return meta
+        for name, obj in {META_FILE: meta, **(extra_json or {})}.items():
+            write_json(tmp / name, obj)
 
 
 def read_adapter_config(adapter_dir) -> tuple[Path, peft.LoraConfig]:
@@ -177,8 +173,6 @@ def read_adapter_config(adapter_dir) -> tuple[Path, peft.LoraConfig]:
 def check_adapter_dir(base: torch.nn.Module, adapter_dir) -> peft.LoraConfig:
     """Validate an adapter directory against a base model; a one-line error names what is wrong."""
     d, cfg = read_adapter_config(adapter_dir)
-    from ailora.core.roles import weight_of
-
     with safe_open(d / WEIGHTS_FILE, framework="pt") as f:
         for key in f.keys():
             if ".lora_A." not in key and ".lora_B." not in key:
@@ -190,7 +184,7 @@ def check_adapter_dir(base: torch.nn.Module, adapter_dir) -> peft.LoraConfig:
                 raise AiloraError(f"adapter layer {name} is not in the base model") from None
             out_f, in_f = weight_of(module).shape
             shape = tuple(f.get_slice(key).get_shape())
-            r, _ = _module_rank_alpha(cfg, name)
+            r, _ = module_rank_alpha(cfg, name)
             want = (r, in_f) if ".lora_A." in key else (out_f, r)
             if shape != want:
                 raise AiloraError(f"adapter tensor {key} has shape {shape}, expected {want} for layer {name}")
@@ -206,25 +200,32 @@ def load(base: torch.nn.Module, adapter_dir, trainable: bool = False) -> peft.Pe
 def verify(reference: torch.nn.Module, loaded: torch.nn.Module, probe=None) -> dict:
     """Largest output difference between two models on a probe batch, and whether it is in tolerance."""
     probe = probe or make_probe(reference)
-    ref = run_probe(reference, probe)
-    diff = max_abs_diff(run_probe(loaded, probe), ref)
-    tol = tolerance_for(next(reference.parameters()).dtype, ref)
-    return {"max_abs_diff": diff, "tolerance": tol, "passed": diff <= tol}
+    return compare_outputs(loaded, probe, run_probe(reference, probe), next(reference.parameters()).dtype)
+
+
+def _merge_checked(model: peft.PeftModel, merge_fn) -> tuple[torch.nn.Module, dict]:
+    """Run ``merge_fn(model) -> merged`` and compare the merged model's outputs with the adapted one's."""
+    probe = make_probe(model)
+    before = run_probe(model, probe)
+    merged = merge_fn(model)
+    check = compare_outputs(merged, probe, before, next(merged.parameters()).dtype)
+    if check["max_abs_diff"] > check["tolerance"]:
+        raise ExactnessError(f"merging changed outputs by {check['max_abs_diff']:.3g} "
+                             f"(tolerance {check['tolerance']:.1g})")
+    return merged, check
+
+
+def _merge_in_place(model: peft.PeftModel) -> peft.PeftModel:
+    model.merge_adapter()
+    return model
 
 
 def merge(model: peft.PeftModel, check: bool = True) -> dict:
     """Merge the adapters into the base weights in place (PEFT's merge_adapter), output-checked."""
-    probe = make_probe(model) if check else None
-    before = run_probe(model, probe) if check else None
-    model.merge_adapter()
     if not check:
+        model.merge_adapter()
         return {}
-    after = run_probe(model, probe)
-    diff = max_abs_diff(after, before)
-    tol = tolerance_for(next(model.parameters()).dtype, before)
-    if diff > tol:
-        raise ExactnessError(f"merging changed outputs by {diff:.3g} (tolerance {tol:.1g})")
-    return {"max_abs_diff": diff, "tolerance": tol, "passed": True}
+    return _merge_checked(model, _merge_in_place)[1]
 
 
 def unmerge(model: peft.PeftModel) -> None:
@@ -232,24 +233,18 @@ def unmerge(model: peft.PeftModel) -> None:
     model.unmerge_adapter()
 
 
-def merge_to_dir(model: peft.PeftModel, out_dir, overwrite: bool = False, tokenizer_from=None) -> dict:
-    """Merge and write a full transformers model (safetensors), checked against the adapted model."""
-    probe = make_probe(model)
-    before = run_probe(model, probe)
-    merged = model.merge_and_unload()
-    after = run_probe(merged, probe)
-    diff = max_abs_diff(after, before)
-    tol = tolerance_for(next(merged.parameters()).dtype, before)
-    if diff > tol:
-        raise ExactnessError(f"merging changed outputs by {diff:.3g} (tolerance {tol:.1g})")
+def _is_tokenizer_file(f: Path) -> bool:
+    return f.is_file() and ("tokenizer" in f.name or f.name in ("vocab.txt", "merges.txt", "special_tokens_map.json"))
 
-    def write(tmp: Path) -> None:
+
+def merge_to_dir(model: peft.PeftModel, out_dir, overwrite: bool = False, tokenizer_from=None) -> dict:
+    """Merge and write a full transformers model (safetensors), checked against the adapted model.
+
+    ``tokenizer_from``: a model directory whose tokenizer files are copied along."""
+    merged, check = _merge_checked(model, lambda m: m.merge_and_unload())
+    with atomic_dir(out_dir, overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         if tokenizer_from is not None:
-            for f in Path(tokenizer_from).iterdir():
-                if f.is_file() and ("tokenizer" in f.name or f.name in ("vocab.txt", "merges.txt",
-                                                                        "special_tokens_map.json")):
-                    shutil.copy2(f, tmp / f.name)
-
-    _atomic_dir(Path(out_dir), overwrite, write)
-    return {"max_abs_diff": diff, "tolerance": tol, "passed": True}
+            for f in filter(_is_tokenizer_file, Path(tokenizer_from).iterdir()):
+                shutil.copy2(f, tmp / f.name)
+    return check

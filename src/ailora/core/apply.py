@@ -9,6 +9,11 @@ Fused projections (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``): one PEFT LoRA layer of
 adapted block (rank 2r for Q and V), A stacked by block and B block-structured (the Q rows of B
 only use the Q columns, ...). A gradient mask keeps B's off-block entries at zero during
 training, so the blocks stay separate, and the trained layer is still a plain PEFT LoRA.
+
+``apply`` gathers its keywords in an ``ApplyOptions`` (checked when built) and ``apply_with`` runs
+the steps in order: validate the model, plan every start (all decompositions, before the model is
+touched), wrap it in PEFT, write the factors and residuals, check the outputs. What was done is an
+``AiloraState`` (``ailora.core.state``), attached to the PeftModel and read back by ``state_of``.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import peft
 import torch
@@ -25,13 +30,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ailora.core.adapters import lora_scaling
-from ailora.core.inits import INITS, InitConfig
-from ailora.core.policies import get_method, resolve_policy
-from ailora.core.probe import make_probe, max_abs_diff, model_dtype, run_probe, tolerance_for
+from ailora.core.inits import INITS, InitConfig, InitFn
+from ailora.core.policies import get_policy_method, resolve_policy
+from ailora.core.probe import compare_outputs, make_probe, model_dtype, run_probe
 from ailora.core.roles import Target, find_targets, weight_of
+from ailora.core.state import AiloraState, LayerRecord, attach_state, state_of
 from ailora.core.svd import SOLVERS
 from ailora.errors import AiloraError, ExactnessError
-from ailora.version import __version__
+
+__all__ = ["HEAD_NAMES", "AiloraState", "ApplyOptions", "LayerRecord", "apply", "apply_with", "state_of"]
 
 # Task-head modules that PEFT should train and save in full (``modules_to_save``).
 HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classification_head")
@@ -39,63 +46,49 @@ HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classifica
 PROGRESS_MIN_LAYERS = 24
 # A residual stays in a half-precision model's dtype only if rounding it moves no weight by more.
 RESIDUAL_TOLERANCE = 1e-4
+RESIDUAL_DTYPES = ("auto", "model", "float32")
 
 
-@dataclass
-class LayerRecord:
-    """What one adapted module got: a row in the init report."""
+@dataclass(frozen=True)
+class ApplyOptions:
+    """Every option of ``apply`` (documented there), checked when built: a bad method, rank,
+    solver or residual dtype fails before any model is loaded or touched."""
 
-    name: str
-    roles: list[str]
-    inits: list[str]
-    shape: list[int]  # (out, in)
-    rank: int  # total rank of the PEFT layer (r per adapted block)
-    singular_values: dict[str, list[float]]  # role -> the values moved into the adapter
-    residual_dtype: str
-    seconds: float
-
-
-@dataclass
-class AiloraState:
-    """What ailora knows about an applied model, kept on the PeftModel as ``model.ailora_state``.
-
-    ``initial`` holds each module's starting (A0, B0) on the CPU: saving needs them to express the
-    trained adapter against the original weights (B' = [B, -B0], A' = [A; A0]).
-    """
-
-    method: str
-    policy: dict[str, str]
-    rank: int
-    alpha: float
-    use_rslora: bool
-    solver: str
-    seed: int
-    dtype: str
-    lr_ratios: dict[str, float]
-    head: list[str]
-    targets: dict[str, Target]
-    initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+    method: str = "ailora"
+    rank: int = 8
+    alpha: float | None = None
+    targets: list[str] | str | None = None
+    policy: str | Mapping[str, str] | None = None
+    modules: Mapping[str, list[str]] | None = None
+    solver: str = "exact"
+    seed: int = 0
+    head: object = "auto"
+    dropout: float = 0.0
+    use_rslora: bool = False
     use_dora: bool = False
-    loraplus_ratio: float | None = None  # LoRA+: lr of lora_B / lr of its role (param_groups reads it)
-    layers: list[LayerRecord] = field(default_factory=list)
-    check: dict = field(default_factory=dict)
-    total_seconds: float = 0.0
-    version: str = __version__
+    residual_dtype: str = "auto"
+    device: str | torch.device | None = None
+    check: bool = True
+    progress: bool | None = None
 
-    def metadata(self) -> dict:
-        """The adapter's provenance, as written to ``ailora.json``."""
-        return {
-            "ailora_version": self.version, "peft_version": peft.__version__, "method": self.method,
-            "policy": self.policy, "rank": self.rank, "alpha": self.alpha, "use_rslora": self.use_rslora,
-            "solver": self.solver, "seed": self.seed, "dtype": self.dtype, "lr_ratios": self.lr_ratios,
-            "head": self.head, "use_dora": self.use_dora, "loraplus_ratio": self.loraplus_ratio,
-            "targets": {n: [asdict(b) for b in t.blocks] for n, t in self.targets.items()},
-        }
+    def __post_init__(self) -> None:
+        get_policy_method(self.method)
+        if not isinstance(self.rank, int) or self.rank <= 0:
+            raise AiloraError(f"rank must be a positive integer, got {self.rank!r}")
+        if self.solver not in SOLVERS:
+            raise AiloraError(f"unknown solver {self.solver!r}; solvers are: {', '.join(SOLVERS)}")
+        if self.residual_dtype not in RESIDUAL_DTYPES:
+            raise AiloraError(f"residual_dtype must be auto, model or float32, got {self.residual_dtype!r}")
 
-    def report(self) -> dict:
-        """Per-layer records, total seconds and the output check (the JSON of ``ailora init``)."""
-        return {**self.metadata(), "layers": [asdict(r) for r in self.layers],
-                "total_seconds": self.total_seconds, "output_check": self.check}
+    def resolved_policy(self) -> dict[str, str]:
+        """role -> init name: the method's starts, restricted to ``targets``, overridden by ``policy``."""
+        return resolve_policy(self.method, self.targets, self.policy)
+
+    def lora_alpha(self) -> float:
+        """LoRA alpha: as given, else the method's alpha per rank times r."""
+        if self.alpha is not None:
+            return float(self.alpha)
+        return float(get_policy_method(self.method).alpha_per_rank * self.rank)
 
 
 def _validate_weight(name: str, module: nn.Module, target: Target, rank: int) -> None:
@@ -130,80 +123,154 @@ def _head_modules(model: nn.Module, head) -> list[str]:
     return head
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What ``apply`` resolved against the model before touching it."""
+
+    policy: dict[str, str]  # role -> init name
+    alpha: float
+    scaling: float
+    targets: list[Target]
+    head: list[str]
+    dtype: torch.dtype
+
+
+def _layout(model: nn.Module, options: ApplyOptions) -> _Layout:
+    """Validate ``model`` against ``options``: its targets, their weights and the task head."""
+    if isinstance(model, peft.PeftModel):
+        raise AiloraError("the model already has PEFT adapters; pass the base transformers model")
+    policy = options.resolved_policy()
+    alpha = options.lora_alpha()
+    targets = find_targets(model, list(policy), options.modules)
+    for t in targets:
+        _validate_weight(t.name, model.get_submodule(t.name), t, options.rank)
+    head = _head_modules(model, options.head)
+    return _Layout(policy, alpha, lora_scaling(options.rank, alpha, options.use_rslora), targets, head,
+                   model_dtype(model))
+
+
 @dataclass
 class _Plan:
-    """Starting factors of one target, stacked over its blocks."""
+    """Starting factors of one target, stacked over its blocks, filled in block by block."""
 
     target: Target
+    module: nn.Module  # the target in the unwrapped model
+    device: torch.device  # where its decompositions run
+    rank: int  # r per block
     A: torch.Tensor  # (k*r, in) float32
     B: torch.Tensor  # (out, k*r) float32, block-structured
     record: LayerRecord
+
+    @classmethod
+    def empty(cls, model: nn.Module, t: Target, policy: dict[str, str], rank: int, device) -> _Plan:
+        module = model.get_submodule(t.name)
+        dev = torch.device(device) if device is not None else weight_of(module).device
+        k = len(t.blocks)
+        record = LayerRecord(name=t.name, roles=list(t.roles), inits=[policy[r] for r in t.roles],
+                             shape=[t.out_features, t.in_features], rank=k * rank, singular_values={},
+                             residual_dtype="", seconds=0.0)
+        return cls(t, module, dev, rank, torch.zeros(k * rank, t.in_features, device=dev),
+                   torch.zeros(t.out_features, k * rank, device=dev), record)
+
+    def block(self, j: int) -> torch.Tensor:
+        """Block j's rows of the weight: (rows, in) float32 on the plan's device."""
+        blk = self.target.blocks[j]
+        return weight_of(self.module).detach()[blk.start:blk.stop].to(device=self.device, dtype=torch.float32)
+
+    def store(self, j: int, a: torch.Tensor, b: torch.Tensor, svals, seconds: float) -> None:
+        """Put block j's factors A: (r, in), B: (rows, r) in place; record its singular values and time."""
+        blk = self.target.blocks[j]
+        cols = slice(j * self.rank, (j + 1) * self.rank)
+        self.A[cols], self.B[blk.start:blk.stop, cols] = a, b
+        if svals is not None:
+            self.record.singular_values[blk.role] = svals.tolist()
+        self.record.seconds += seconds
+
+
+class _InitConfigs:
+    """InitConfigs whose generator is seeded once per device and shared by every init run there."""
+
+    def __init__(self, solver: str, seed: int):
+        self.solver, self.seed, self.generators = solver, seed, {}
+
+    def on(self, device: torch.device) -> InitConfig:
+        if device not in self.generators:
+            self.generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return InitConfig(solver=self.solver, generator=self.generators[device])
 
 
 # Same-shape blocks with the same start are decomposed in one batched call (far fewer, larger
 # LAPACK calls); a batch holds at most this many float32 weight entries (256 MB).
 MAX_BATCH_ELEMENTS = 2**26
 
+_Batch = tuple[InitFn, list[tuple[_Plan, int]], bool]  # (init, [(plan, block index)], stacked)
 
-def _plan_all(model: nn.Module, tgts: list[Target], policy, rank: int, scaling: float, solver: str,
-              seed: int, device, show: bool) -> list[_Plan]:
-    """Starting factors of every target. Each layer's ``seconds`` is its share of its batch's time."""
-    plans, weights, generators = [], {}, {}
-    for t in tgts:
-        module = model.get_submodule(t.name)
-        dev = torch.device(device) if device is not None else weight_of(module).device
-        weights[t.name] = (module, dev)
-        plans.append(_Plan(t, torch.zeros(len(t.blocks) * rank, t.in_features, device=dev),
-                           torch.zeros(t.out_features, len(t.blocks) * rank, device=dev), LayerRecord(
-            name=t.name, roles=list(t.roles), inits=[policy[r] for r in t.roles],
-            shape=[t.out_features, t.in_features], rank=len(t.blocks) * rank, singular_values={},
-            residual_dtype="", seconds=0.0)))
 
-    def block(i: int, j: int) -> torch.Tensor:
-        module, dev = weights[tgts[i].name]
-        blk = tgts[i].blocks[j]
-        return weight_of(module).detach()[blk.start:blk.stop].to(device=dev, dtype=torch.float32)
-
-    def cfg_for(dev: torch.device) -> InitConfig:
-        if dev not in generators:
-            generators[dev] = torch.Generator(device=dev).manual_seed(seed)
-        return InitConfig(solver=solver, generator=generators[dev])
-
-    def store(i: int, j: int, a, b, svals, seconds: float) -> None:
-        plan, blk = plans[i], tgts[i].blocks[j]
-        cols = slice(j * rank, (j + 1) * rank)
-        plan.A[cols], plan.B[blk.start:blk.stop, cols] = a, b
-        if svals is not None:
-            plan.record.singular_values[blk.role] = svals.tolist()
-        plan.record.seconds += seconds
-
-    groups: dict[tuple, list[tuple[int, int]]] = {}
-    bar = tqdm(total=sum(len(t.blocks) for t in tgts), desc="decompose", unit="block", disable=not show)
-    for i, t in enumerate(tgts):
-        for j, blk in enumerate(t.blocks):
+def _batches(plans: list[_Plan], policy: dict[str, str], solver: str) -> Iterator[_Batch]:
+    """The blocks in the order they are decomposed: every non-SVD start one by one (in target order,
+    so the seeded generators draw in a fixed order), then the SVD starts grouped by shape."""
+    groups: dict[tuple, list[tuple[_Plan, int]]] = {}
+    for plan in plans:
+        for j, blk in enumerate(plan.target.blocks):
             init = INITS[policy[blk.role]]
-            dev = weights[t.name][1]
             if init.uses_svd:
-                groups.setdefault((init.name, blk.stop - blk.start, t.in_features, dev), []).append((i, j))
-                continue
-            t0 = time.perf_counter()
-            res = init.fn(block(i, j), rank, scaling, cfg_for(dev))
-            store(i, j, res.A, res.B, None, time.perf_counter() - t0)
-            bar.update(1)
-    for (name, rows, cols, dev), members in groups.items():
+                key = (init.name, blk.stop - blk.start, plan.target.in_features, plan.device)
+                groups.setdefault(key, []).append((plan, j))
+            else:
+                yield init, [(plan, j)], False
+    for (name, rows, cols, _), members in groups.items():
         # A batched full SVD is no faster than one matrix at a time (LAPACK runs them one by one) and
         # measured slower for large matrices, so only the fast solver's small factorisations batch.
         per_batch = max(1, MAX_BATCH_ELEMENTS // (rows * cols)) if solver == "fast" else 1
         for start in range(0, len(members), per_batch):
-            chunk = members[start:start + per_batch]
-            t0 = time.perf_counter()
-            res = INITS[name].fn(torch.stack([block(i, j) for i, j in chunk]), rank, scaling, cfg_for(dev))
-            share = (time.perf_counter() - t0) / len(chunk)
-            for n, (i, j) in enumerate(chunk):
-                store(i, j, res.A[n], res.B[n], res.singular_values[n], share)
-            bar.update(len(chunk))
-    bar.close()
+            yield INITS[name], members[start:start + per_batch], True
+
+
+def _run_batch(batch: _Batch, rank: int, scaling: float, cfg: InitConfig) -> None:
+    """Run one init on its blocks and store the factors; each block is charged its share of the time."""
+    init, members, stacked = batch
+    t0 = time.perf_counter()
+    if not stacked:
+        ((plan, j),) = members
+        res = init.fn(plan.block(j), rank, scaling, cfg)
+        plan.store(j, res.A, res.B, None, time.perf_counter() - t0)
+        return
+    res = init.fn(torch.stack([plan.block(j) for plan, j in members]), rank, scaling, cfg)
+    share = (time.perf_counter() - t0) / len(members)
+    for n, (plan, j) in enumerate(members):
+        plan.store(j, res.A[n], res.B[n], res.singular_values[n], share)
+
+
+def _plan_all(model: nn.Module, layout: _Layout, options: ApplyOptions) -> list[_Plan]:
+    """Starting factors of every target. Each layer's ``seconds`` is its share of its batch's time."""
+    plans = [_Plan.empty(model, t, layout.policy, options.rank, options.device) for t in layout.targets]
+    configs = _InitConfigs(options.solver, options.seed)
+    show = options.progress if options.progress is not None else len(plans) >= PROGRESS_MIN_LAYERS
+    total = sum(len(t.blocks) for t in layout.targets)
+    with tqdm(total=total, desc="decompose", unit="block", disable=not show) as bar:
+        for batch in _batches(plans, layout.policy, options.solver):
+            plan = batch[1][0][0]
+            _run_batch(batch, options.rank, layout.scaling, configs.on(plan.device))
+            bar.update(len(batch[1]))
     return plans
+
+
+def _lora_config(layout: _Layout, options: ApplyOptions) -> peft.LoraConfig:
+    """PEFT's config for the targets: a fused target of k blocks gets rank k*r at the same scaling."""
+    rank, alpha = options.rank, layout.alpha
+    rank_pattern, alpha_pattern = {}, {}
+    for t in layout.targets:
+        k = len(t.blocks)
+        if k > 1:
+            rank_pattern[re.escape(t.name)] = k * rank
+            # keep s = alpha / r (or alpha / sqrt(r)) for the stacked layer
+            alpha_pattern[re.escape(t.name)] = alpha * (math.sqrt(k) if options.use_rslora else k)
+    return peft.LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=options.dropout, use_rslora=options.use_rslora,
+        use_dora=options.use_dora, target_modules=[t.name for t in layout.targets], rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern, fan_in_fan_out=all(t.fan_in_fan_out for t in layout.targets),
+        modules_to_save=layout.head or None, init_lora_weights=True,
+    )
 
 
 def _block_mask(target: Target, rank: int) -> torch.Tensor:
@@ -225,39 +292,75 @@ def _run_in_float32(layer: nn.Module) -> None:
     layer.register_forward_hook(lambda m, args, out: out.to(m._ailora_input_dtype))
 
 
+def _replace_with_residual(base: nn.Module, t: Target, a: torch.Tensor, b: torch.Tensor, scaling: float,
+                           residual_dtype: str) -> torch.dtype:
+    """W <- W - s B A in ``base`` (A: (k*r, in), B: (out, k*r)); returns the dtype the residual is kept in."""
+    w = weight_of(base)
+    w0 = w.detach().float()
+    delta = scaling * (b @ a)
+    res = w0 - delta
+    keep = w.dtype
+    if residual_dtype == "float32" or (
+        residual_dtype == "auto" and w.dtype != torch.float32
+        and (res.to(w.dtype).float() + delta - w0).abs().max().item() > RESIDUAL_TOLERANCE
+    ):
+        keep = torch.float32
+    new = res.T if t.fan_in_fan_out else res
+    base.weight = nn.Parameter(new.to(keep).contiguous(), requires_grad=False)
+    if keep != w.dtype:
+        _run_in_float32(base)
+    return keep
+
+
+def _keep_blocks_apart(layer: nn.Module, t: Target, rank: int) -> None:
+    """Mask the gradient of a fused layer's B (and DoRA magnitude) so off-block entries stay zero."""
+    mask = _block_mask(t, rank).to(layer.lora_B["default"].weight.device)
+    layer.lora_B["default"].weight.register_hook(lambda g, m=mask: g * m.to(g.dtype))
+    if "default" in getattr(layer, "lora_magnitude_vector", {}):  # DoRA: unadapted rows keep ||W0||
+        rows = mask.amax(dim=1)
+        layer.lora_magnitude_vector["default"].weight.register_hook(lambda g, r=rows: g * r.to(g.dtype))
+
+
 def _write_layer(peft_model, plan: _Plan, scaling: float, residual_dtype: str, rank: int) -> None:
+    """Copy a plan's factors into its PEFT layer; an SVD start also replaces W by its residual."""
     t = plan.target
     layer = peft_model.base_model.model.get_submodule(t.name)
     base = layer.get_base_layer()
-    w = weight_of(base)
-    w0 = w.detach().float()
-    a, b = plan.A.to(w0.device), plan.B.to(w0.device)
+    device = weight_of(base).device
+    a, b = plan.A.to(device), plan.B.to(device)
     lora_dtype = layer.lora_A["default"].weight.dtype
     with torch.no_grad():
         layer.lora_A["default"].weight.copy_(a.to(lora_dtype))
         layer.lora_B["default"].weight.copy_(b.to(lora_dtype))
         if plan.record.singular_values:  # an SVD start: the residual replaces W
-            delta = scaling * (b @ a)
-            res = w0 - delta
-            keep = w.dtype
-            if residual_dtype == "float32" or (
-                residual_dtype == "auto" and w.dtype != torch.float32
-                and (res.to(w.dtype).float() + delta - w0).abs().max().item() > RESIDUAL_TOLERANCE
-            ):
-                keep = torch.float32
-            new = res.T if t.fan_in_fan_out else res
-            base.weight = nn.Parameter(new.to(keep).contiguous(), requires_grad=False)
-            if keep != w.dtype:
-                _run_in_float32(base)
+            keep = _replace_with_residual(base, t, a, b, scaling, residual_dtype)
             plan.record.residual_dtype = str(keep).removeprefix("torch.")
         else:
             plan.record.residual_dtype = "unchanged"
     if t.fused:
-        mask = _block_mask(t, rank).to(layer.lora_B["default"].weight.device)
-        layer.lora_B["default"].weight.register_hook(lambda g, m=mask: g * m.to(g.dtype))
-        if "default" in getattr(layer, "lora_magnitude_vector", {}):  # DoRA: unadapted rows keep ||W0||
-            rows = mask.amax(dim=1)
-            layer.lora_magnitude_vector["default"].weight.register_hook(lambda g, r=rows: g * r.to(g.dtype))
+        _keep_blocks_apart(layer, t, rank)
+
+
+def _new_state(layout: _Layout, options: ApplyOptions, plans: list[_Plan]) -> AiloraState:
+    return AiloraState(
+        method=options.method, policy=layout.policy, rank=options.rank, alpha=layout.alpha,
+        use_rslora=options.use_rslora, solver=options.solver, seed=options.seed,
+        dtype=str(layout.dtype).removeprefix("torch."),
+        lr_ratios=dict(get_policy_method(options.method).lr_ratios),
+        head=layout.head, targets={t.name: t for t in layout.targets}, use_dora=options.use_dora,
+        initial={p.target.name: (p.A.detach().cpu().clone(), p.B.detach().cpu().clone()) for p in plans},
+        layers=[p.record for p in plans],
+    )
+
+
+def _check_outputs(peft_model: peft.PeftModel, state: AiloraState, probe: dict, reference: torch.Tensor,
+                   dtype: torch.dtype) -> None:
+    """Record the output check in ``state.check``; raise ExactnessError past tolerance."""
+    state.check = {**compare_outputs(peft_model, probe, reference, dtype),
+                   "probe": {k: list(v.shape) for k, v in probe.items()}}
+    diff, tol = state.check["max_abs_diff"], state.check["tolerance"]
+    if diff > tol:
+        raise ExactnessError(f"outputs changed by {diff:.3g} after {state.method} init (tolerance {tol:.1g})")
 
 
 def apply(
@@ -295,65 +398,32 @@ def apply(
             no weight by more than 1e-4, else keeps that residual in float32; "model" or "float32" force.
         device: where the decompositions run (default: where each weight is; "cuda" to use a GPU).
         check: compare outputs on a probe batch before and after; raise ExactnessError past tolerance.
-    Returns the PeftModel, with ``model.ailora_state`` (an AiloraState) describing what was done.
+    Returns the PeftModel, with ``model.ailora_state`` (an AiloraState, also ``state_of(model)``)
+    describing what was done.
     """
+    options = ApplyOptions(
+        method=method, rank=rank, alpha=alpha, targets=targets, policy=policy, modules=modules, solver=solver,
+        seed=seed, head=head, dropout=dropout, use_rslora=use_rslora, use_dora=use_dora,
+        residual_dtype=residual_dtype, device=device, check=check, progress=progress,
+    )
+    return apply_with(model, options)
+
+
+def apply_with(model: nn.Module, options: ApplyOptions) -> peft.PeftModel:
+    """``apply`` with its options gathered in an ``ApplyOptions`` (validated when it was built):
+    validate the model, plan every start, wrap it in PEFT, write the factors, check the outputs."""
     t_start = time.perf_counter()
-    m = get_method(method)
-    if not isinstance(rank, int) or rank <= 0:
-        raise AiloraError(f"rank must be a positive integer, got {rank!r}")
-    if solver not in SOLVERS:
-        raise AiloraError(f"unknown solver {solver!r}; solvers are: {', '.join(SOLVERS)}")
-    if residual_dtype not in ("auto", "model", "float32"):
-        raise AiloraError(f"residual_dtype must be auto, model or float32, got {residual_dtype!r}")
-    if isinstance(model, peft.PeftModel):
-        raise AiloraError("the model already has PEFT adapters; pass the base transformers model")
-    pol = resolve_policy(method, targets, policy)
-    alpha = float(alpha if alpha is not None else m.alpha_per_rank * rank)
-    tgts = find_targets(model, list(pol), modules)
-    for t in tgts:
-        _validate_weight(t.name, model.get_submodule(t.name), t, rank)
-    head_names = _head_modules(model, head)
-    scaling = lora_scaling(rank, alpha, use_rslora)
-    dtype = model_dtype(model)
-
-    probe = make_probe(model) if check else None
-    reference = run_probe(model, probe) if check else None
-
+    layout = _layout(model, options)
+    probe = make_probe(model) if options.check else None
+    reference = run_probe(model, probe) if options.check else None
     # All decompositions first, before the model is touched: a failure leaves it as it was.
-    show = progress if progress is not None else len(tgts) >= PROGRESS_MIN_LAYERS
-    plans = _plan_all(model, tgts, pol, rank, scaling, solver, seed, device, show)
-
-    rank_pattern, alpha_pattern = {}, {}
-    for t in tgts:
-        k = len(t.blocks)
-        if k > 1:
-            rank_pattern[re.escape(t.name)] = k * rank
-            # keep s = alpha / r (or alpha / sqrt(r)) for the stacked layer
-            alpha_pattern[re.escape(t.name)] = alpha * (math.sqrt(k) if use_rslora else k)
-    config = peft.LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, use_rslora=use_rslora, use_dora=use_dora,
-        target_modules=[t.name for t in tgts], rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
-        fan_in_fan_out=all(t.fan_in_fan_out for t in tgts), modules_to_save=head_names or None,
-        init_lora_weights=True,
-    )
-    peft_model = peft.get_peft_model(model, config)
+    plans = _plan_all(model, layout, options)
+    peft_model = peft.get_peft_model(model, _lora_config(layout, options))
     for plan in plans:
-        _write_layer(peft_model, plan, scaling, residual_dtype, rank)
-
-    state = AiloraState(
-        method=method, policy=pol, rank=rank, alpha=alpha, use_rslora=use_rslora, solver=solver, seed=seed,
-        dtype=str(dtype).removeprefix("torch."), lr_ratios=dict(m.lr_ratios), head=head_names,
-        targets={t.name: t for t in tgts}, use_dora=use_dora,
-        initial={p.target.name: (p.A.detach().cpu().clone(), p.B.detach().cpu().clone()) for p in plans},
-        layers=[p.record for p in plans],
-    )
-    peft_model.ailora_state = state
-    if check:
-        diff = max_abs_diff(run_probe(peft_model, probe), reference)
-        tol = tolerance_for(dtype, reference)
-        state.check = {"max_abs_diff": diff, "tolerance": tol, "passed": diff <= tol,
-                       "probe": {k: list(v.shape) for k, v in probe.items()}}
-        if diff > tol:
-            raise ExactnessError(f"outputs changed by {diff:.3g} after {method} init (tolerance {tol:.1g})")
+        _write_layer(peft_model, plan, layout.scaling, options.residual_dtype, options.rank)
+    state = _new_state(layout, options, plans)
+    attach_state(peft_model, state)
+    if options.check:
+        _check_outputs(peft_model, state, probe, reference, layout.dtype)
     state.total_seconds = time.perf_counter() - t_start
     return peft_model

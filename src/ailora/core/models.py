@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import transformers
 from torch import nn
 
+from ailora.core.files import atomic_dir, write_json
 from ailora.errors import AiloraError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -103,17 +102,13 @@ def smollm2_dir() -> Path:
         del config.quantization_config
     clean = transformers.LlamaForCausalLM(config)
     clean.load_state_dict(model.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".smollm2-"))
-    try:
+    # overwrite: a directory here without model.safetensors is incomplete (checked above).
+    with atomic_dir(out, overwrite=True) as tmp:
         clean.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         cfg = json.loads((tmp / "config.json").read_text())
         cfg.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(tmp / "config.json", cfg)
     return out
 
 

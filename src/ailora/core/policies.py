@@ -31,20 +31,10 @@ METHODS: dict[str, Method] = {
         Method("lora", "LoRA: A random, B = 0 (Hu et al. 2021)", "lora", alpha_per_rank=2.0),
         Method("pissa", "PiSSA: principal components on every target (Meng et al. 2024)", "principal"),
         Method("milora", "MiLoRA: minor components on every target (Wang et al. 2024)", "minor"),
-        Method(
-            "ailora",
-            "AILoRA: principal on query, minor on value, value lr x2 (arXiv 2510.08034)",
-            "principal",
-            {"query": "principal", "value": "minor"},
-            lr_ratios={"value": 2.0},
-        ),
-        Method(
-            "reailora",
-            "reAILoRA: minor on query, principal on value (the AILoRA paper's control)",
-            "principal",
-            {"query": "minor", "value": "principal"},
-            lr_ratios={"value": 2.0},
-        ),
+        Method("ailora", "AILoRA: principal on query, minor on value, value lr x2 (arXiv 2510.08034)",
+               "principal", {"query": "principal", "value": "minor"}, lr_ratios={"value": 2.0}),
+        Method("reailora", "reAILoRA: minor on query, principal on value (the AILoRA paper's control)",
+               "principal", {"query": "minor", "value": "principal"}, lr_ratios={"value": 2.0}),
     ]
 }
 
@@ -72,7 +62,7 @@ def parse_policy(text: str | Mapping[str, str]) -> dict[str, str]:
     return policy
 
 
-def get_method(name: str) -> Method:
+def get_policy_method(name: str) -> Method:
     if name not in METHODS:
         raise AiloraError(f"unknown method {name!r}; methods are: {', '.join(METHODS)}")
     return METHODS[name]
@@ -87,7 +77,7 @@ def resolve_policy(
     ``targets`` replaces the method's target roles (the method's policy or default start applies
     to each); ``policy`` then sets the start of named roles, adding them to the targets.
     """
-    m = get_method(method)
+    m = get_policy_method(method)
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     roles = list(targets) if targets is not None else list(m.targets)

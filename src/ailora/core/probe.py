@@ -69,3 +69,12 @@ def run_probe(model: nn.Module, probe: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
+
+
+def compare_outputs(model: nn.Module, probe: dict[str, torch.Tensor], reference: torch.Tensor,
+                    dtype: torch.dtype) -> dict:
+    """``model``'s output on ``probe`` against ``reference`` (its output before a change):
+    {"max_abs_diff", "tolerance" (for a model of ``dtype``), "passed"}."""
+    diff = max_abs_diff(run_probe(model, probe), reference)
+    tol = tolerance_for(dtype, reference)
+    return {"max_abs_diff": diff, "tolerance": tol, "passed": diff <= tol}

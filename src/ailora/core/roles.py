@@ -235,14 +235,3 @@ def weight_of(module: nn.Module) -> torch.Tensor:
     """The module's weight as (out, in), a view (transposed for Conv1D)."""
     w = module.weight
     return w.T if type(module).__name__ == "Conv1D" else w
-
-
-def role_weights(model: nn.Module, roles: Iterable[str] = ("query", "value"),
-                 modules: Mapping[str, Iterable[str]] | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """role -> {module name: weight block (rows, in) in float32}, fused blocks split out. For analyses."""
-    result: dict[str, dict[str, torch.Tensor]] = {}
-    for t in find_targets(model, roles, modules):
-        w = weight_of(model.get_submodule(t.name)).detach().float()
-        for b in t.blocks:
-            result.setdefault(b.role, {})[t.name] = w[b.start:b.stop].clone()
-    return result

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ailora.errors import AiloraError
+from ailora.experiments.sweep import SweepSpec, planned_runs
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_TASK = "movie-sentiment"
@@ -102,6 +103,4 @@ def get_preset(name: str) -> Preset:
 
 def run_count(spec: dict) -> int:
     """How many runs a spec's data plans: tasks x seeds x the sum of the methods' grid sizes."""
-    from ailora.experiments.sweep import SweepSpec, planned_runs
-
     return len(planned_runs(SweepSpec.from_dict(spec)))

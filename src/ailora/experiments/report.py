@@ -7,7 +7,7 @@ mean of each column in bold (the metric's ``higher_is_better`` decides), a Param
 tasks' main metrics when there are several, and the selected lr. Scores are printed x 100.
 Figures: training loss and validation main metric per epoch, per task, one line per method
 (mean over seeds, each seed faint), drawn by ``ailora.analysis`` (``read_run``, ``plot_curves``).
-Runs with Progtuning (``train.progressive_stages`` > 1) are compared with the run of the
+Runs with Progtuning (``progressive.stages`` > 1) are compared with the run of the
 same config without it when the sweep has one (``ailora.train.progressive.savings``, seed by seed).
 """
 
@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
 
+from ailora.analysis.curves import mean_by_method, read_run
+from ailora.analysis.plots import plot_curves, save_figure
+from ailora.core.files import write_text
 from ailora.experiments.sweep import summarize, task_dir
+from ailora.tasks.metrics import is_better
 from ailora.train import record
-from ailora.train.config import RUN_CONTROL_KEYS, flatten
+from ailora.train.config import comparable
+from ailora.train.progressive import savings
 
 REPORT_DIR = "report"
 PROG_TITLE = "Progtuning against the same config without it (means over seeds)"
@@ -47,8 +51,11 @@ def _fmt(stats: dict | None, seeds: int) -> str:
 
 
 def _best(values: list[float | None], higher: bool) -> float | None:
-    ok = [v for v in values if v is not None and not math.isnan(v)]
-    return (max(ok) if higher else min(ok)) if ok else None
+    best = None
+    for v in values:
+        if is_better(v, best, higher):
+            best = v
+    return best
 
 
 def build_table(summary: dict) -> dict:
@@ -126,9 +133,6 @@ def lr_search(summary: dict) -> list[tuple[str, list[tuple[str, bool]]]]:
 
 def curves_figure(sweep_dir, summary: dict, task: str):
     """Loss and validation main metric per epoch of each method's runs at its selected lr (Fig. 3)."""
-    from ailora.analysis import mean_by_method, read_run
-    from ailora.analysis.plots import plot_curves
-
     info = summary["tasks"][task]
     main = info["main_metric"]
     runs = []
@@ -151,12 +155,11 @@ def curves_figure(sweep_dir, summary: dict, task: str):
 
 
 def _progressive_on(config: dict) -> bool:
-    return (config.get("train", {}).get("progressive_stages") or 0) > 1
+    return (config.get("progressive", {}).get("stages") or 0) > 1
 
 
 def _comparable(config: dict) -> dict:
-    skip = {"run_dir", "train.lr", "train.seed", "train.tensorboard", *RUN_CONTROL_KEYS}
-    return {k: v for k, v in flatten(config).items() if k not in skip and not k.startswith("train.progressive_")}
+    return comparable(config, ignore=("train.lr", "train.seed"))
 
 
 def _results(sweep_dir, path: str) -> dict:
@@ -184,8 +187,6 @@ def progressive_table(sweep_dir, summary: dict) -> dict | None:
     pairs = progressive_pairs(sweep_dir, summary)
     if not pairs:
         return None
-    from ailora.train.progressive import savings
-
     header = ["Task", "Progtuning", "Baseline", "lr", "Updated params saved", "Train time saved",
               "Wall time saved", "Test delta", "Also differs in"]
     rows = []
@@ -219,8 +220,6 @@ def write_report(sweep_dir, out=None) -> dict:
 
     Returns ``{"markdown", "html", "figures", "table" (Markdown text), "notes"}``.
     """
-    from ailora.analysis.io import save_figure
-
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out else sweep_dir / REPORT_DIR
     summary = summarize(sweep_dir)
@@ -233,8 +232,8 @@ def write_report(sweep_dir, out=None) -> dict:
     prog = progressive_table(sweep_dir, summary)
     md = _markdown(summary, table, figures, prog)
     html_text = _html(summary, table, figures, prog)
-    record.atomic_write_bytes(out / "report.md", md.encode())
-    record.atomic_write_bytes(out / "report.html", html_text.encode())
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", html_text)
     return {"markdown": out / "report.md", "html": out / "report.html", "figures": figures,
             "table": to_markdown(table), "progressive": to_markdown(prog) if prog else None}
 

@@ -46,9 +46,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ailora.core.models import resolve_model_path
 from ailora.errors import AiloraError
+from ailora.tasks.metrics import get_metric, is_better
 from ailora.train import record
-from ailora.train.config import RUN_CONTROL_KEYS, RunConfig, _field_type, apply_overrides, flatten
+from ailora.train.checks import check_run
+from ailora.train.config import RUN_CONTROL_KEYS, RunConfig, apply_overrides, field_type, flatten, set_dotted
+from ailora.train.loop import train
 
 SPEC = "sweep.json"
 SUMMARY = "summary.json"
@@ -166,7 +170,7 @@ def _options(where: str, value) -> dict:
             raise AiloraError(f"{where} sets {key}, which the sweep sets itself (model, tasks, methods, lrs, "
                               "seeds and the run directory are spec fields)")
         try:
-            _field_type(key)  # the strict lookup of dotted overrides: unknown keys and sections refused
+            field_type(key)  # the strict lookup of dotted overrides: unknown keys and sections refused
         except AiloraError as exc:
             raise AiloraError(f"{where}: {exc}") from None
     return dict(value)
@@ -248,34 +252,18 @@ def run_config(spec: SweepSpec, run: PlannedRun, sweep_dir) -> RunConfig:
     data: dict = {}
     for options in (spec.options, entry.options):
         for key, value in options.items():
-            node = data
-            *parents, last = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = value
+            set_dotted(data, key, value)
     # Absolute, so that a resume from another working directory finds the same config.
     data.update(run_dir=str(Path(sweep_dir).resolve() / run.path))
     fixed = {"model": {"name": spec.model}, "task": {"name": run.task}, "method": {"name": entry.method},
              "train": {"lr": run.lr, "seed": run.seed}}
     for section, values in fixed.items():
         data.setdefault(section, {}).update(values)
-    cfg = RunConfig.from_dict(data)
-    _check_policy(cfg)
-    return cfg
-
-
-def _check_policy(cfg: RunConfig) -> None:
-    """Targets and policy of the LoRA family, which the config alone does not check."""
-    from ailora.core.policies import METHODS, resolve_policy
-
-    if cfg.method.name in METHODS:
-        resolve_policy(cfg.method.name, cfg.method.targets, cfg.method.policy)
+    return check_run(RunConfig.from_dict(data))
 
 
 def plan(spec: SweepSpec, sweep_dir) -> list[tuple[PlannedRun, RunConfig]]:
     """Every run with its validated config; the first bad one is an AiloraError naming it."""
-    from ailora.core.models import resolve_model_path
-
     resolve_model_path(spec.model)
     out = []
     for run in planned_runs(spec):
@@ -317,8 +305,6 @@ def prepare_sweep_dir(spec: SweepSpec, sweep_dir, overwrite: bool = False) -> No
 
 
 def _default_train(cfg: RunConfig) -> dict:
-    from ailora.train import train
-
     return train(cfg)
 
 
@@ -377,10 +363,7 @@ def select_lr(grid: list[dict], higher_is_better: bool) -> dict | None:
     """The grid entry with the best validation mean (NaN/None never wins; ties keep the first)."""
     best = None
     for entry in grid:
-        v = entry["validation"]["mean"]
-        if v is None or math.isnan(v):
-            continue
-        if best is None or (v > best["validation"]["mean"] if higher_is_better else v < best["validation"]["mean"]):
+        if is_better(entry["validation"]["mean"], best and best["validation"]["mean"], higher_is_better):
             best = entry
     return best
 
@@ -401,8 +384,6 @@ def summarize(sweep_dir) -> dict:
     Reads ``sweep.json`` and whatever ``results.json`` files exist, so it also summarises a sweep
     still under way (``complete`` false, ``n`` below the number of seeds).
     """
-    from ailora.tasks.metrics import get_metric
-
     d = Path(sweep_dir)
     spec = load_spec(d / SPEC)
     runs = planned_runs(spec)

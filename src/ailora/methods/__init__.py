@@ -1,4 +1,4 @@
-"""The baselines of the AILoRA paper's Table 4, as training methods selectable by name.
+"""Training methods selectable by name: the LoRA family and the baselines of the AILoRA paper's Table 4.
 
     ailora train --method houlsby --task movie-sentiment method.bottleneck=64 ...
     ailora train --method ailora method.use_dora=true method.loraplus_ratio=16 ...
@@ -15,16 +15,20 @@ vera       vectors d, b on shared frozen random A, B            PEFT ``VeraConfi
 loraplus   LoRA factors, lr of B = ratio x lr of A              ``ailora.param_groups``
 =========  ===================================================  ===============================
 
-The task head trains in every method. ``options.py`` holds which options each method reads (the
-combination table); ``io.py`` the save formats and ``load``.
+The task head trains in every method. Every method, the LoRA family's (``lora.py``) and the
+baselines (``baselines.py``), is one entry of ``registry.METHODS``; importing this package registers
+them all. ``options.py`` holds which options each method reads (the combination table);
+``saving.py`` the save formats and ``load``.
 """
 
+from ailora.methods import baselines, lora  # noqa: F401  (importing registers the methods)
 from ailora.methods.houlsby import HoulsbyAdapter, add_houlsby, insertion_points
 from ailora.methods.options import refuse_unused
+from ailora.methods.registry import METHODS, Prepared, TrainMethod, get_method, register_method
 from ailora.methods.saving import load
 from ailora.methods.select import BaselineState, bias_parameters, head_modules
 
 __all__ = [
-    "BaselineState", "HoulsbyAdapter", "add_houlsby", "bias_parameters", "head_modules", "insertion_points",
-    "load", "refuse_unused",
+    "METHODS", "BaselineState", "HoulsbyAdapter", "Prepared", "TrainMethod", "add_houlsby", "bias_parameters",
+    "get_method", "head_modules", "insertion_points", "load", "refuse_unused", "register_method",
 ]

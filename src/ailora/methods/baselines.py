@@ -11,8 +11,6 @@ Full fine-tuning, BitFit and Houlsby adapters have no PEFT tuner (``select.py``,
 
 from __future__ import annotations
 
-import dataclasses
-
 import peft
 from torch import nn
 
@@ -20,14 +18,16 @@ from ailora.core.roles import find_targets
 from ailora.errors import AiloraError
 from ailora.methods import saving as io
 from ailora.methods.houlsby import prepare_houlsby
-from ailora.methods.options import HOULSBY_OPTIONS, LORA_OPTIONS, NO_OPTIONS, VERA_OPTIONS
+from ailora.methods.lora import lora_variant
+from ailora.methods.options import HOULSBY_OPTIONS, NO_OPTIONS, VERA_OPTIONS
+from ailora.methods.registry import Prepared, TrainMethod, register_method
 from ailora.methods.select import BaselineState, head_modules, prepare_bitfit, prepare_full
 
 LORAPLUS_RATIO = 16.0  # LoRA+'s default ratio lr_B / lr_A (PEFT's example and the paper's suggestion)
 VERA_TARGETS = ("query", "value")
 
 
-def prepare_vera(model: nn.Module, cfg, seed: int) -> peft.PeftModel:
+def prepare_vera(model: nn.Module, cfg, seed: int) -> Prepared:
     """VeRA (Kopiczko et al. 2024) through PEFT: frozen random A, B shared by all layers (from ``seed``),
     trained vectors d (init 0.1) and b (init 0), so outputs are unchanged at step 0."""
     targets = find_targets(model, cfg.targets or VERA_TARGETS)
@@ -41,49 +41,26 @@ def prepare_vera(model: nn.Module, cfg, seed: int) -> peft.PeftModel:
         vera_dropout=cfg.dropout, d_initial=0.1, fan_in_fan_out=all(t.fan_in_fan_out for t in targets),
         modules_to_save=head or None,
     )
-    pm = peft.get_peft_model(model, config)
-    pm.ailora_baseline = BaselineState("vera", head, {"vera_rank": cfg.vera_rank,
-                                                      "targets": [t.name for t in targets]})
-    return pm
+    return Prepared(peft.get_peft_model(model, config),
+                    BaselineState("vera", head, {"vera_rank": cfg.vera_rank, "targets": [t.name for t in targets]}))
 
 
-def _lora_variant(**forced):
-    """Prepare and save as plain LoRA with some options forced (dora: use_dora, rslora: use_rslora...)."""
+BASELINES = [
+    TrainMethod("full", prepare_full, io.save_full, "full fine-tuning: every weight trains", NO_OPTIONS),
+    TrainMethod("bitfit", prepare_bitfit, io.save_trained,
+                "BitFit: bias vectors and the task head train (Ben Zaken et al. 2022)", NO_OPTIONS),
+    TrainMethod("houlsby", prepare_houlsby, io.save_trained,
+                "Houlsby adapters after attention output and FFN, m = method.bottleneck; LayerNorms and "
+                "head train (Houlsby et al. 2019)", HOULSBY_OPTIONS),
+    lora_variant("dora", "DoRA: LoRA with a trained per-row magnitude (Liu et al. 2024), via PEFT", use_dora=True),
+    lora_variant("rslora", "rsLoRA: LoRA scaled by alpha / sqrt(r) (Kalajdzievski 2023), via PEFT",
+                 use_rslora=True),
+    TrainMethod("vera", prepare_vera, io.save_vera,
+                "VeRA: shared frozen random A, B; trained vectors d, b; rank method.vera_rank "
+                "(Kopiczko et al. 2024), via PEFT", VERA_OPTIONS),
+    lora_variant("loraplus", f"LoRA+: lr of lora_B = method.loraplus_ratio (default {LORAPLUS_RATIO:g}) x lr of A "
+                 "(Hayou et al. 2024)", loraplus_ratio=lambda c: c.loraplus_ratio or LORAPLUS_RATIO),
+]
 
-    def prepare(model: nn.Module, cfg, seed: int) -> nn.Module:
-        from ailora.methods.registry import get_method
-
-        values = {k: (v(cfg) if callable(v) else v) for k, v in forced.items()}
-        return get_method("lora").prepare(model, dataclasses.replace(cfg, name="lora", **values), seed)
-
-    def save(model: nn.Module, out_dir) -> dict:
-        from ailora.methods.registry import get_method
-
-        return get_method("lora").save(model, out_dir)
-
-    return prepare, save
-
-
-def baseline_methods() -> list:
-    """The ``TrainMethod`` entries of the paper's Table 4 baselines (registered by ailora.methods.registry)."""
-    from ailora.methods.registry import TrainMethod
-
-    dora, rslora = _lora_variant(use_dora=True), _lora_variant(use_rslora=True)
-    loraplus = _lora_variant(loraplus_ratio=lambda c: c.loraplus_ratio or LORAPLUS_RATIO)
-    return [
-        TrainMethod("full", prepare_full, io.save_full, "full fine-tuning: every weight trains", NO_OPTIONS),
-        TrainMethod("bitfit", prepare_bitfit, io.save_trained,
-                    "BitFit: bias vectors and the task head train (Ben Zaken et al. 2022)", NO_OPTIONS),
-        TrainMethod("houlsby", prepare_houlsby, io.save_trained,
-                    "Houlsby adapters after attention output and FFN, m = method.bottleneck; LayerNorms and "
-                    "head train (Houlsby et al. 2019)", HOULSBY_OPTIONS),
-        TrainMethod("dora", *dora, "DoRA: LoRA with a trained per-row magnitude (Liu et al. 2024), via PEFT",
-                    LORA_OPTIONS),
-        TrainMethod("rslora", *rslora, "rsLoRA: LoRA scaled by alpha / sqrt(r) (Kalajdzievski 2023), via PEFT",
-                    LORA_OPTIONS),
-        TrainMethod("vera", prepare_vera, io.save_vera,
-                    "VeRA: shared frozen random A, B; trained vectors d, b; rank method.vera_rank "
-                    "(Kopiczko et al. 2024), via PEFT", VERA_OPTIONS),
-        TrainMethod("loraplus", *loraplus, f"LoRA+: lr of lora_B = method.loraplus_ratio (default "
-                    f"{LORAPLUS_RATIO:g}) x lr of A (Hayou et al. 2024)", LORA_OPTIONS),
-    ]
+for _method in BASELINES:
+    register_method(_method)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ailora.core.roles import find_targets, weight_of
 from ailora.errors import AiloraError
+from ailora.methods.registry import Prepared
 from ailora.methods.select import BaselineState, head_modules, head_parameters, is_norm, train_only
 
 ROLES = ("output", "down")  # attention output projection, FFN output projection
@@ -114,7 +115,7 @@ def adapter_parameters(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if ".houlsby_" in n)
 
 
-def prepare_houlsby(model: nn.Module, cfg, seed: int) -> nn.Module:
+def prepare_houlsby(model: nn.Module, cfg, seed: int) -> Prepared:
     """Houlsby adapters of size ``cfg.bottleneck``; adapters, LayerNorms and the head train."""
     head = head_modules(model)
     norms = {f"{n}.{p}" if n else p for n, mod in model.named_modules() if is_norm(mod)
@@ -122,6 +123,5 @@ def prepare_houlsby(model: nn.Module, cfg, seed: int) -> nn.Module:
     names = add_houlsby(model, cfg.bottleneck, seed)
     trained = [n for n, _ in model.named_parameters() if ".houlsby_" in n or n in norms]
     train_only(model, trained + head_parameters(model, head))
-    model.ailora_baseline = BaselineState("houlsby", head, {"bottleneck": cfg.bottleneck, "init_std": INIT_STD,
-                                                            "modules": names})
-    return model
+    return Prepared(model, BaselineState("houlsby", head, {"bottleneck": cfg.bottleneck, "init_std": INIT_STD,
+                                                           "modules": names}))

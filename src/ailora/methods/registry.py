@@ -1,59 +1,68 @@
-"""Method dispatch for training: a method is one registry entry (prepare the model, save the result).
+"""The one registry of training methods: a method is a name, how it prepares a model, how it saves.
 
-The LoRA family (``ailora.core.policies.METHODS``) goes through ``ailora.core.apply`` and ``ailora.save``.
-A new method (full fine-tuning, BitFit, DoRA...) is ``register_method(TrainMethod(...))``: a
-function that freezes/wraps the base model and returns it with only its trainable weights
-requiring gradients, and one that writes what it trained to a directory. The paper's Table 4
-baselines (full, bitfit, houlsby, dora, rslora, vera, loraplus) are registered from ``ailora.methods``;
-each method declares the MethodConfig options it reads, and any other option set is refused.
+A family registers its methods from its own module (``ailora.methods.lora``: the LoRA family;
+``ailora.methods.baselines``: the paper's Table 4 baselines); ``ailora.methods`` imports both, so
+``ailora.methods.get_method(name)`` sees every method. This module imports nothing of ailora but
+its errors, so any module may register a method without an import cycle:
+
+    register_method(TrainMethod("mine", prepare=my_prepare, save=my_save, description="..."))
+
+``prepare(model, method_cfg, seed)`` freezes or wraps the base model and returns a ``Prepared``:
+the model with only its trained weights requiring grad, plus what training needs to know about it
+(what the preparation did, the optimizer's options); ``save(prepared, out_dir)`` writes what was
+trained. Each method declares the ``MethodConfig`` options it reads; any other option set is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-import torch
-from torch import nn
-
-import ailora
-from ailora.core.policies import METHODS as LORA_FAMILY
 from ailora.errors import AiloraError
-from ailora.methods.options import LORA_OPTIONS, refuse_unused
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model made ready to train by a method, and what the training loop needs to know about it."""
+
+    model: Any  # torch.nn.Module: only the trained weights require grad
+    state: Any = None
+    """What the preparation did: the LoRA family's ``AiloraState``, a baseline's ``BaselineState``,
+    or None. Its ``metadata()`` goes into the run record."""
+    loraplus_ratio: float | None = None
+    """LoRA+: lr of lora_B / lr of its role, for ``ailora.param_groups`` (None: off)."""
+    details: Mapping[str, Any] = field(default_factory=dict)
+    """Settings the state does not hold, added to its metadata (the LoRA family's loraplus_ratio)."""
+    synced: Mapping[str, Any] = field(default_factory=dict)
+    """Tensors besides parameters and buffers that must be identical on every process (the LoRA
+    family's starting factors, which saving subtracts)."""
+
+    def metadata(self, name: str) -> dict:
+        """Provenance for the run record: the state's metadata, or just the method's ``name``."""
+        return {**self.state.metadata(), **self.details} if self.state is not None else {"method": name}
 
 
 @dataclass(frozen=True)
 class TrainMethod:
     name: str
-    prepare: Callable[[nn.Module, object, int], nn.Module]
-    """``prepare(model, method_cfg, seed) -> model`` with only the trained weights requiring grad."""
-    save: Callable[[nn.Module, str], dict]
-    """``save(model, out_dir) -> report`` writes what was trained (an adapter, or the full model)."""
+    prepare: Callable[[Any, Any, int], Prepared]
+    """``prepare(model, method_cfg, seed) -> Prepared`` with only the trained weights requiring grad."""
+    save: Callable[[Prepared, Any], dict]
+    """``save(prepared, out_dir) -> report`` writes what was trained (an adapter, or the full model)."""
     description: str = ""
     options: frozenset[str] | None = None
     """MethodConfig options the method reads; setting any other is an error (None: not checked)."""
+    check: Callable[[Any], None] | None = None
+    """``check(method_cfg)`` raises AiloraError for settings the method cannot run, before any model
+    is loaded (the LoRA family: unknown roles or inits in targets and policy)."""
 
 
-def _apply_lora_family(model: nn.Module, cfg, seed: int) -> nn.Module:
-    model = ailora.apply(
-        model, method=cfg.name, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, policy=cfg.policy,
-        solver=cfg.solver, seed=seed, dropout=cfg.dropout, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
-    )
-    model.ailora_state.loraplus_ratio = cfg.loraplus_ratio  # param_groups applies it
-    return model
-
-
-def _save_adapter(model: nn.Module, out_dir) -> dict:
-    return ailora.save(model, out_dir, overwrite=True)
-
-
-METHODS: dict[str, TrainMethod] = {
-    name: TrainMethod(name, _apply_lora_family, _save_adapter, m.description, LORA_OPTIONS)
-    for name, m in LORA_FAMILY.items()
-}
+METHODS: dict[str, TrainMethod] = {}
 
 
 def register_method(method: TrainMethod, replace: bool = False) -> TrainMethod:
+    """Add ``method`` to ``METHODS`` (``replace=True`` to overwrite a method of the same name)."""
     if method.name in METHODS and not replace:
         raise AiloraError(f"training method {method.name!r} is already registered")
     METHODS[method.name] = method
@@ -64,35 +73,3 @@ def get_method(name: str) -> TrainMethod:
     if name not in METHODS:
         raise AiloraError(f"unknown method {name!r}; methods are: {', '.join(METHODS)}")
     return METHODS[name]
-
-
-def check_options(cfg) -> None:
-    """Refuse a MethodConfig that sets an option its method does not read (one-line reason)."""
-    refuse_unused(cfg, cfg.name, get_method(cfg.name).options)
-
-
-def prepare_model(model: nn.Module, cfg, seed: int) -> nn.Module:
-    """The model ready to train under ``cfg.name`` (a MethodConfig)."""
-    return get_method(cfg.name).prepare(model, cfg, seed)
-
-
-def synced_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What must be identical on every process after preparation: all parameters and buffers
-    (adapter factors, SVD residuals, the random head) and the recorded starting factors."""
-    out = dict(model.named_parameters())
-    out.update({f"buffer:{k}": b for k, b in model.named_buffers()})
-    state = getattr(model, "ailora_state", None)
-    for name, (a0, b0) in (state.initial.items() if state is not None else []):
-        out[f"initial:{name}.A"], out[f"initial:{name}.B"] = a0, b0
-    return out
-
-
-def _register_baselines() -> None:
-    # Imported here: ailora.methods.baselines builds its entries with TrainMethod from this module.
-    from ailora.methods.baselines import baseline_methods
-
-    for method in baseline_methods():
-        register_method(method)
-
-
-_register_baselines()

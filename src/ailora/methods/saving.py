@@ -29,61 +29,51 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ailora.core.adapters import META_FILE, _atomic_dir
+from ailora.core.adapters import META_FILE
 from ailora.core.adapters import load as load_adapter
+from ailora.core.files import atomic_dir
 from ailora.errors import AiloraError
 from ailora.methods.houlsby import add_houlsby
+from ailora.methods.registry import Prepared
 from ailora.methods.select import train_only
 from ailora.version import __version__
 
 TENSORS_FILE = "trained.safetensors"
 
 
-def _meta(model: nn.Module, fmt: str, **extra) -> dict:
-    state = getattr(model, "ailora_baseline", None)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"ailora_version": __version__, "format": fmt,
-            **(state.metadata() if state is not None else {}), "trainable_parameters": trainable, **extra}
+def _meta(prepared: Prepared, fmt: str, **extra) -> dict:
+    trainable = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
+    state = prepared.state.metadata() if prepared.state is not None else {}
+    return {"ailora_version": __version__, "format": fmt, **state, "trainable_parameters": trainable, **extra}
 
 
-def save_full(model: nn.Module, out_dir, overwrite: bool = True) -> dict:
+def _write(out_dir, overwrite: bool, meta: dict, write) -> dict:
+    """``write(tmp)`` fills a temporary directory, ``ailora.json`` joins it, and it becomes ``out_dir``."""
+    with atomic_dir(out_dir, overwrite) as tmp:
+        write(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def save_full(prepared: Prepared, out_dir, overwrite: bool = True) -> dict:
     """The whole fine-tuned model as a transformers checkpoint (safetensors)."""
-    meta = _meta(model, "full")
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-
-    _atomic_dir(Path(out_dir), overwrite, write)
-    return meta
+    return _write(out_dir, overwrite, _meta(prepared, "full"),
+                  lambda tmp: prepared.model.save_pretrained(tmp, safe_serialization=True))
 
 
-def save_trained(model: nn.Module, out_dir, overwrite: bool = True) -> dict:
+def save_trained(prepared: Prepared, out_dir, overwrite: bool = True) -> dict:
     """The trained tensors only (BitFit: biases + head; Houlsby: adapters + LayerNorms + head)."""
-    state = getattr(model, "ailora_baseline", None)
-    if state is None or state.method not in ("bitfit", "houlsby"):
+    state = prepared.state
+    if state is None or getattr(state, "method", None) not in ("bitfit", "houlsby"):
         raise AiloraError("save_trained expects a model prepared by the bitfit or houlsby method")
-    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    meta = _meta(model, state.method, tensors=len(tensors))
-
-    def write(tmp: Path) -> None:
-        save_file(tensors, tmp / TENSORS_FILE, metadata={"format": "pt"})
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-
-    _atomic_dir(Path(out_dir), overwrite, write)
-    return meta
+    tensors = {n: p.detach().cpu().contiguous() for n, p in prepared.model.named_parameters() if p.requires_grad}
+    return _write(out_dir, overwrite, _meta(prepared, state.method, tensors=len(tensors)),
+                  lambda tmp: save_file(tensors, tmp / TENSORS_FILE, metadata={"format": "pt"}))
 
 
-def save_vera(model: peft.PeftModel, out_dir, overwrite: bool = True) -> dict:
+def save_vera(prepared: Prepared, out_dir, overwrite: bool = True) -> dict:
     """PEFT's own VeRA adapter directory plus ``ailora.json``."""
-    meta = _meta(model, "peft-vera")
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-
-    _atomic_dir(Path(out_dir), overwrite, write)
-    return meta
+    return _write(out_dir, overwrite, _meta(prepared, "peft-vera"), prepared.model.save_pretrained)
 
 
 def read_meta(path) -> dict:

@@ -1,9 +1,9 @@
 """Choosing which existing weights train: full fine-tuning and BitFit, and what they share.
 
 Neither method adds a module, so neither has a PEFT counterpart (PEFT's tuners all add adapters;
-its ``bias="all"`` option trains biases only next to a LoRA/IA3 adapter). A prepared model carries
-``model.ailora_baseline`` (a ``BaselineState``): ``ailora.param_groups`` reads its head to give the
-task head its own group, and saving reads its method.
+its ``bias="all"`` option trains biases only next to a LoRA/IA3 adapter). Preparing returns a
+``Prepared`` whose state is a ``BaselineState``: the training loop passes its head and method to
+``ailora.param_groups`` (the task head gets its own group), and saving reads its method.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from torch import nn
 
 from ailora.core.apply import HEAD_NAMES
 from ailora.errors import AiloraError
+from ailora.methods.registry import Prepared
 
 
 @dataclass
 class BaselineState:
-    """What a baseline preparation did, kept on the model as ``model.ailora_baseline``."""
+    """What a baseline preparation did (``Prepared.state`` of the full, bitfit, houlsby and vera methods)."""
 
     method: str
     head: list[str]  # top-level task-head modules, trained in full
@@ -50,11 +51,10 @@ def head_parameters(model: nn.Module, head: list[str]) -> list[str]:
     return [n for n, _ in model.named_parameters() if n.split(".", 1)[0] in head]
 
 
-def prepare_full(model: nn.Module, cfg, seed: int) -> nn.Module:
+def prepare_full(model: nn.Module, cfg, seed: int) -> Prepared:
     """Full fine-tuning: every parameter trains."""
     model.requires_grad_(True)
-    model.ailora_baseline = BaselineState("full", head_modules(model))
-    return model
+    return Prepared(model, BaselineState("full", head_modules(model)))
 
 
 def bias_parameters(model: nn.Module) -> list[str]:
@@ -62,7 +62,7 @@ def bias_parameters(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias" and p.ndim == 1]
 
 
-def prepare_bitfit(model: nn.Module, cfg, seed: int) -> nn.Module:
+def prepare_bitfit(model: nn.Module, cfg, seed: int) -> Prepared:
     """BitFit: only the bias vectors and the task head train."""
     biases = bias_parameters(model)
     if not biases:
@@ -71,5 +71,4 @@ def prepare_bitfit(model: nn.Module, cfg, seed: int) -> nn.Module:
                           "(LLaMA-style models use none); choose another method")
     head = head_modules(model)
     train_only(model, dict.fromkeys(biases + head_parameters(model, head)))
-    model.ailora_baseline = BaselineState("bitfit", head)
-    return model
+    return Prepared(model, BaselineState("bitfit", head))

@@ -76,6 +76,16 @@ def get_metric(name: str) -> Metric:
         raise AiloraError(f"unknown metric {name!r} (known: {', '.join(sorted(METRICS))})") from None
 
 
+def is_better(value: float | None, best: float | None, higher_is_better: bool) -> bool:
+    """Whether ``value`` beats ``best`` in the direction of ``higher_is_better``; None and NaN never
+    beat anything, anything else beats a missing ``best``, and a tie is not better."""
+    if value is None or math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value > best if higher_is_better else value < best
+
+
 def compute_metrics(
     names: Iterable[str], predictions: Sequence[Any], references: Sequence[Any]
 ) -> dict[str, float]:

@@ -1,9 +1,12 @@
 """One nested config per training run, validated at construction, with strict dotted overrides.
 
-``RunConfig`` holds four sections (model, method, task, train) and where the run is written.
-Each field's docstring is its help text (``field_help``), so the CLI and the docs cannot drift.
-``RunConfig.from_dict`` and ``apply_overrides`` are strict: an unknown key or a value of the wrong
-type is an ``AiloraError`` that names the key.
+``RunConfig`` holds five sections (model, method, task, train, progressive) and where the run is
+written. Each field's docstring is its help text (``field_help``), so the CLI and the docs cannot
+drift. ``RunConfig.from_dict`` and ``apply_overrides`` are strict: an unknown key or a value of the
+wrong type is an ``AiloraError`` that names the key.
+
+This module is plain data: construction checks types, ranges and choices only. Whether the method
+and the task exist and the method reads the options set is ``ailora.train.checks.check_run``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ from ailora.errors import AiloraError
 
 # Keys that say how to run, not what is run: a resumed run may change them.
 RUN_CONTROL_KEYS = ("resume", "overwrite", "train.stop_after_steps", "train.progress")
+# Keys that say where and what a run records besides its results: they change nothing it computes.
+RECORD_KEYS = ("run_dir", "train.tensorboard")
+
+# Progtuning's choices (``ailora.train.progressive``).
+EMBEDDINGS = ("first-stage", "frozen", "always")
+REMAINDERS = ("top", "bottom")
+BOUNDARIES = ("epoch", "steps")
+ORDERS = ("depth", "grad-norm")
 
 
 @dataclass
@@ -48,7 +59,7 @@ class ModelConfig:
 @dataclass
 class MethodConfig:
     name: str = "ailora"
-    """Fine-tuning method: a name in ailora.train.METHODS (lora, pissa, milora, ailora, reailora; the baselines full, bitfit, houlsby, dora, rslora, vera, loraplus). An option the method does not read is an error."""
+    """Fine-tuning method: a name in ailora.methods.METHODS (lora, pissa, milora, ailora, reailora; the baselines full, bitfit, houlsby, dora, rslora, vera, loraplus). An option the method does not read is an error."""
     rank: int = 8
     """Adapter rank r of every adapted block."""
     alpha: float | None = None
@@ -75,9 +86,6 @@ class MethodConfig:
     """Rank of VeRA's shared frozen random matrices (vera only; the paper uses 256)."""
 
     def validate(self) -> None:
-        from ailora.methods.registry import check_options
-
-        check_options(self)  # an unknown method, or an option it does not read
         _positive("method.rank", self.rank)
         _positive("method.bottleneck", self.bottleneck)
         _positive("method.vera_rank", self.vera_rank)
@@ -105,10 +113,6 @@ class TaskConfig:
     def validate(self) -> None:
         if not self.name:
             raise AiloraError("task.name is empty; name a task (see `ailora ls tasks`)")
-        if not self.name.endswith(".json"):
-            from ailora.tasks import get_task
-
-            get_task(self.name)
         for key in ("max_train_samples", "max_eval_samples"):
             if getattr(self, key) is not None:
                 _positive(f"task.{key}", getattr(self, key))
@@ -150,20 +154,6 @@ class TrainConfig:
     """Write TensorBoard logs under RUN_DIR/tb."""
     progress: bool = True
     """Show tqdm progress bars."""
-    progressive_stages: int = 0
-    """Progtuning: split the L transformer blocks into this many parts; stage t updates only parts t..T and the head, so low blocks freeze first (0 or 1: off)."""
-    progressive_boundary: str = "epoch"
-    """Progtuning stage boundaries: epoch (stage t spans epochs [tE/T, (t+1)E/T); needs stages <= epochs) or steps (equal shares of the optimizer steps)."""
-    progressive_remainder: str = "top"
-    """Progtuning: the L mod T extra blocks go to the top parts (top, which train longest) or the bottom parts (bottom)."""
-    progressive_embeddings: str = "first-stage"
-    """Progtuning, for methods that train embeddings: first-stage (updated in stage 1 only), frozen, or always (backward then runs through every block)."""
-    progressive_reset_optimizer: bool = False
-    """Progtuning: drop the optimizer state (Adam moments) at each stage change instead of keeping it."""
-    progressive_order: str = "depth"
-    """Progtuning block order: depth, or grad-norm (a pilot scores each block by its gradient norm; the lowest scores freeze first)."""
-    progressive_pilot_batches: int = 8
-    """Training batches the grad-norm pilot averages over (at the start weights, no update)."""
 
     def validate(self) -> None:
         _positive("train.lr", self.lr)
@@ -180,21 +170,37 @@ class TrainConfig:
         _choice("train.select", self.select, ("last", "best"))
         if self.stop_after_steps is not None:
             _positive("train.stop_after_steps", self.stop_after_steps)
-        self._validate_progressive()
 
-    def _validate_progressive(self) -> None:
-        from ailora.train import progressive as prog
 
-        if self.progressive_stages < 0:
-            raise AiloraError(f"train.progressive_stages must be >= 0, got {self.progressive_stages}")
-        _choice("train.progressive_boundary", self.progressive_boundary, prog.BOUNDARIES)
-        _choice("train.progressive_remainder", self.progressive_remainder, prog.REMAINDERS)
-        _choice("train.progressive_embeddings", self.progressive_embeddings, prog.EMBEDDINGS)
-        _choice("train.progressive_order", self.progressive_order, prog.ORDERS)
-        _positive("train.progressive_pilot_batches", self.progressive_pilot_batches)
-        if self.progressive_boundary == "epoch" and self.progressive_stages > self.epochs:
-            raise AiloraError(f"train.progressive_stages ({self.progressive_stages}) exceeds train.epochs "
-                              f"({self.epochs}) with epoch boundaries; use train.progressive_boundary=steps")
+@dataclass
+class ProgressiveConfig:
+    stages: int = 0
+    """Progtuning: split the L transformer blocks into this many parts; stage t updates only parts t..T and the head, so low blocks freeze first (0 or 1: off)."""
+    boundary: str = "epoch"
+    """Stage boundaries: epoch (stage t spans epochs [tE/T, (t+1)E/T); needs stages <= train.epochs) or steps (equal shares of the optimizer steps)."""
+    remainder: str = "top"
+    """The L mod T extra blocks go to the top parts (top, which train longest) or the bottom parts (bottom)."""
+    embeddings: str = "first-stage"
+    """For methods that train embeddings: first-stage (updated in stage 1 only), frozen, or always (backward then runs through every block)."""
+    reset_optimizer: bool = False
+    """Drop the optimizer state (Adam moments) at each stage change instead of keeping it."""
+    order: str = "depth"
+    """Block order: depth, or grad-norm (a pilot scores each block by its gradient norm; the lowest scores freeze first)."""
+    pilot_batches: int = 8
+    """Training batches the grad-norm pilot averages over (at the start weights, no update)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.stages > 1
+
+    def validate(self) -> None:
+        if self.stages < 0:
+            raise AiloraError(f"progressive.stages must be >= 0, got {self.stages}")
+        _choice("progressive.boundary", self.boundary, BOUNDARIES)
+        _choice("progressive.remainder", self.remainder, REMAINDERS)
+        _choice("progressive.embeddings", self.embeddings, EMBEDDINGS)
+        _choice("progressive.order", self.order, ORDERS)
+        _positive("progressive.pilot_batches", self.pilot_batches)
 
 
 @dataclass
@@ -207,6 +213,8 @@ class RunConfig:
     """The task and how much of it to use."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation, evaluation and checkpoints."""
+    progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
+    """Progtuning (arXiv 2506.21119): progressively fewer updated transformer blocks."""
     run_dir: str = ""
     """Directory the run writes (config, metrics, results, checkpoints, adapter)."""
     resume: bool = False
@@ -219,8 +227,12 @@ class RunConfig:
             raise AiloraError("run_dir is empty; give the directory the run writes (--run-dir)")
         if self.resume and self.overwrite:
             raise AiloraError("resume and overwrite exclude each other; choose one")
-        for section in (self.model, self.method, self.task, self.train):
+        for section in (self.model, self.method, self.task, self.train, self.progressive):
             section.validate()
+        p = self.progressive
+        if p.boundary == "epoch" and p.stages > self.train.epochs:
+            raise AiloraError(f"progressive.stages ({p.stages}) exceeds train.epochs ({self.train.epochs}) "
+                              "with epoch boundaries; use progressive.boundary=steps")
 
     @classmethod
     def from_dict(cls, data: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -233,8 +245,7 @@ class RunConfig:
 
     def identity(self) -> dict:
         """The config without run-control keys: what must match for a run to be resumed."""
-        flat = flatten(self.to_dict())
-        return {k: v for k, v in flat.items() if k not in RUN_CONTROL_KEYS}
+        return {k: v for k, v in flatten(self.to_dict()).items() if k not in RUN_CONTROL_KEYS}
 
 
 def load_config(path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -300,7 +311,8 @@ def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
-def _field_type(path: str):
+def field_type(path: str):
+    """The type of the dotted config key ``path``; an unknown key or a section is an AiloraError."""
     cls, tp = RunConfig, None
     parts = path.split(".")
     for i, part in enumerate(parts):
@@ -357,18 +369,23 @@ def apply_overrides(data: dict, overrides) -> dict:
         if "=" not in item:
             raise AiloraError(f"override {item!r} is not KEY=VALUE (e.g. train.lr=3e-4)")
         path, text = (s.strip() for s in item.split("=", 1))
-        value = parse_value(path, _field_type(path), text)
-        node = out
-        parts = path.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise AiloraError(f"config key {part} must be an object to set {path}")
-        node[parts[-1]] = value
+        set_dotted(out, path, parse_value(path, field_type(path), text))
     return out
 
 
+def set_dotted(data: dict, key: str, value) -> None:
+    """Set ``data["a"]["b"] = value`` for ``key`` "a.b", creating sections as needed (in place)."""
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise AiloraError(f"config key {part} must be an object to set {key}")
+    node[last] = value
+
+
 def flatten(data: dict, prefix: str = "") -> dict:
+    """Nested ``data`` as ``{"a.b": value}`` (the inverse of ``set_dotted`` over every key)."""
     out = {}
     for k, v in data.items():
         if isinstance(v, dict):
@@ -376,6 +393,13 @@ def flatten(data: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def comparable(config: dict, ignore=()) -> dict:
+    """A run's config (nested, as in results.json) flattened, without what two runs may differ in and
+    still compute the same (run control, record keys), the Progtuning section and the keys ``ignore``."""
+    skip = {*RUN_CONTROL_KEYS, *RECORD_KEYS, *ignore}
+    return {k: v for k, v in flatten(config).items() if k not in skip and not k.startswith("progressive.")}
 
 
 def field_help(cls) -> dict[str, str]:

@@ -6,12 +6,10 @@ greedy continuation of the (left-padded) prompt, decoded and stripped.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from accelerate.utils import gather_object
 
-from ailora.tasks.metrics import compute_metrics, get_metric
+from ailora.tasks.metrics import compute_metrics
 from ailora.train.data import Encoded, collate, eval_batches
 
 
@@ -52,11 +50,3 @@ def evaluate(accelerator, model, items: list[Encoded], spec, tokenizer, batch_si
     preds = predict(accelerator, model, items, spec.kind, tokenizer, batch_size, max_new_tokens)
     return compute_metrics(spec.metrics, preds, [e.target for e in items])
 
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    """Whether ``value`` of ``metric`` beats ``best`` (NaN never does)."""
-    if value is None or math.isnan(value):
-        return False
-    if best is None:
-        return True
-    return value > best if get_metric(metric).higher_is_better else value < best

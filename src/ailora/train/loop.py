@@ -18,7 +18,7 @@ process's RNG states, the step and the position inside the epoch; an epoch's bat
 function of (seed, epoch); so a resumed run replays exactly what the interrupted one would have
 done next.
 
-Progtuning (``train.progressive_stages`` > 1, ``ailora.train.progressive``): before each optimizer step
+Progtuning (``progressive.stages`` > 1, ``ailora.train.progressive``): before each optimizer step
 the loop enters the step's stage (freezing the parts below it and cutting the backward pass at
 the lowest active block) and counts the step's updated parameters and seconds under that stage;
 the stage follows from (epoch, step), and the per-stage counters and the pilot's scores are in
@@ -28,6 +28,7 @@ the checkpoint, so a resumed run continues the schedule where it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -43,11 +44,14 @@ from tqdm.auto import tqdm
 import ailora
 from ailora.core.models import load_model, resolve_model_path
 from ailora.errors import AiloraError
-from ailora.methods.registry import get_method, prepare_model, synced_tensors
+from ailora.methods import BaselineState, Prepared, get_method
+from ailora.tasks import load_task
+from ailora.tasks.metrics import get_metric, is_better
 from ailora.train import progressive, record
+from ailora.train.checks import check_run
 from ailora.train.config import RunConfig
 from ailora.train.data import IGNORE_INDEX, collate, encode_causal, encode_classification, train_batches
-from ailora.train.evaluate import evaluate, is_better
+from ailora.train.evaluate import evaluate
 
 LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates (each one syncs)
 
@@ -72,41 +76,42 @@ class LoopState:
 
 def train(cfg: RunConfig) -> dict:
     """Run ``cfg`` and return its results (also in RUN_DIR/results.json)."""
+    check_run(cfg)
     t_start = time.perf_counter()
     # Progtuning's frozen parts get no gradient: DDP must look for unused parameters.
-    ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.train.progressive_stages > 1 else []
+    ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.progressive.enabled else []
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=ddp)
     run_dir = Path(cfg.run_dir)
     resuming = _on_main_then_share(acc, lambda: record.prepare_run_dir(
         run_dir, cfg.resume, cfg.overwrite, cfg.identity()))
     if cfg.resume and (run_dir / record.RESULTS).is_file():
         return json.loads((run_dir / record.RESULTS).read_text())  # already complete: nothing to do
+    ctx, state = _setup(acc, cfg, run_dir, resuming)
+    if not _fit(ctx, state):
+        return {"status": "interrupted", "step": state.step, "run_dir": str(run_dir)}
+    return _finish(ctx, state, time.perf_counter() - t_start, resuming)
 
-    # Setup: task, tokenizer, model, method, optimizer.
-    from ailora.tasks import load_task
 
+def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> tuple[_Context, LoopState]:
+    """Task, tokenizer, model, method, optimizer and schedule; the loop state (restored when resuming)."""
     set_seed(cfg.train.seed)
     caps = {"train": cfg.task.max_train_samples, "validation": cfg.task.max_eval_samples,
             "test": cfg.task.max_eval_samples}
     data = load_task(cfg.task.name, cfg.task.data_dir, max_samples={k: v for k, v in caps.items() if v})
-    spec = data.spec
     model_path = resolve_model_path(cfg.model.name)
     tokenizer = _tokenizer(model_path)
-    model = _load(cfg, model_path, spec, data, tokenizer)
-    model = prepare_model(model, cfg.method, cfg.train.seed)
-    hashes = _sync_from_main(acc, model)
-    splits = _encode(cfg, spec, data, tokenizer)
+    prepared = get_method(cfg.method.name).prepare(_load(cfg, model_path, data, tokenizer), cfg.method,
+                                                   cfg.train.seed)
+    hashes = _sync_from_main(acc, prepared)
+    splits = _encode(cfg, data, tokenizer)
     set_seed(cfg.train.seed, device_specific=True)  # dropout differs per process, not per run
 
-    optimizer = torch.optim.AdamW(ailora.param_groups(
-        model, cfg.train.lr, value_lr_ratio=cfg.method.value_lr_ratio, weight_decay=cfg.train.weight_decay,
-        head_lr=cfg.train.head_lr))
+    optimizer = torch.optim.AdamW(_param_groups(cfg, prepared))
     batches_per_epoch = len(train_batches(len(splits["train"]), cfg.train.batch_size, 0, 0,
                                           acc.process_index, acc.num_processes))
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum)
-    total_steps = steps_per_epoch * cfg.train.epochs
+    total_steps = math.ceil(batches_per_epoch / cfg.train.grad_accum) * cfg.train.epochs
     scheduler = _linear_schedule(optimizer, math.ceil(cfg.train.warmup_ratio * total_steps), total_steps)
-    model, optimizer = acc.prepare(model, optimizer)
+    model, optimizer = acc.prepare(prepared.model, optimizer)
     trainable = _trainable(acc.unwrap_model(model))
 
     state = LoopState()
@@ -115,61 +120,87 @@ def train(cfg: RunConfig) -> dict:
     elif acc.is_main_process:
         record.write_json(run_dir / record.CONFIG, cfg.to_dict())
         record.write_json(run_dir / "init_hashes.json", hashes)
-    writer = _writer(acc, cfg, run_dir, state.step)
-    ctx = _Context(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, spec, tokenizer, writer)
+    ctx = _Context(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, data.spec, tokenizer,
+                   _writer(acc, cfg, run_dir, state.step), prepared=prepared, data=data, hashes=hashes,
+                   total_steps=total_steps)
     ctx.schedule = _progtuning(ctx, state)
+    return ctx, state
 
-    # Train, with a validation at the end of each epoch (and every N steps when asked).
-    bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.method.name}", unit="step",
+
+def _param_groups(cfg: RunConfig, prepared: Prepared) -> list[dict]:
+    """The LoRA family's groups come from its state; a baseline names its head and its own group."""
+    t = cfg.train
+    baseline = prepared.state if isinstance(prepared.state, BaselineState) else None
+    return ailora.param_groups(prepared.model, t.lr, value_lr_ratio=cfg.method.value_lr_ratio,
+                               weight_decay=t.weight_decay, head_lr=t.head_lr,
+                               loraplus_ratio=prepared.loraplus_ratio,
+                               head=baseline.head if baseline else None,
+                               own_group=baseline.method if baseline else None)
+
+
+def _fit(ctx: _Context, state: LoopState) -> bool:
+    """Train to the last epoch, validating at the end of each (and every N steps when asked);
+    False when stopped early by ``train.stop_after_steps`` (after a checkpoint)."""
+    cfg, acc = ctx.cfg, ctx.acc
+    bar = tqdm(total=ctx.total_steps, initial=state.step, desc=f"train {cfg.method.name}", unit="step",
                disable=not (acc.is_main_process and cfg.train.progress), dynamic_ncols=True)
     while state.epoch < cfg.train.epochs:
         t_epoch = time.perf_counter() - state.epoch_seconds
-        batches = train_batches(len(splits["train"]), cfg.train.batch_size, cfg.train.seed, state.epoch,
+        batches = train_batches(len(ctx.splits["train"]), cfg.train.batch_size, cfg.train.seed, state.epoch,
                                 acc.process_index, acc.num_processes)
         groups = [batches[i:i + cfg.train.grad_accum] for i in range(0, len(batches), cfg.train.grad_accum)]
-        model.train()
+        ctx.model.train()
         for group in groups[state.group:]:
-            _enter_stage(ctx, state, progressive.stage_of(
-                state.epoch, state.step, ctx.schedule.stages, cfg.train.epochs, total_steps,
-                cfg.train.progressive_boundary))
-            t_step = time.perf_counter()
-            loss = _optimizer_step(ctx, group)
-            _count_step(state, time.perf_counter() - t_step)
-            state.loss_sum = state.loss_sum + loss  # a tensor: no device sync per step
-            state.loss_count += len(group)
-            state.step += 1
-            state.group += 1
-            bar.update(1)
-            if state.step % LOG_EVERY == 0:
-                _log_step(ctx, bar, state, loss)
-            if cfg.train.eval_every_steps and state.step % cfg.train.eval_every_steps == 0:
-                _validate(ctx, state)
-                _save(ctx, state, "last")
-            elif cfg.train.save_every_steps and state.step % cfg.train.save_every_steps == 0:
-                _save(ctx, state, "last")
+            _train_step(ctx, state, group, bar)
             if cfg.train.stop_after_steps and state.step >= cfg.train.stop_after_steps:
                 state.epoch_seconds = time.perf_counter() - t_epoch
                 _save(ctx, state, "last")
                 bar.close()
-                return {"status": "interrupted", "step": state.step, "run_dir": str(run_dir)}
+                return False
         _end_epoch(ctx, state, time.perf_counter() - t_epoch)
     bar.close()
     ctx.schedule.close()  # the method's whole trainable set again, for saving and counting
+    return True
 
-    # Evaluate the selected weights on the test split(s), save them, write the record.
-    if cfg.train.select == "best" and state.best is not None:
+
+def _train_step(ctx: _Context, state: LoopState, group: list[list[int]], bar) -> None:
+    """One optimizer step (in its Progtuning stage when on), counted, logged, validated and saved as asked."""
+    t = ctx.cfg.train
+    if ctx.cfg.progressive.enabled:
+        _enter_stage(ctx, state, progressive.stage_of(state.epoch, state.step, ctx.schedule.stages, t.epochs,
+                                                      ctx.total_steps, ctx.cfg.progressive.boundary))
+    t_step = time.perf_counter()
+    loss = _optimizer_step(ctx, group)
+    _count_step(state, time.perf_counter() - t_step)
+    state.loss_sum = state.loss_sum + loss  # a tensor: no device sync per step
+    state.loss_count += len(group)
+    state.step += 1
+    state.group += 1
+    bar.update(1)
+    if state.step % LOG_EVERY == 0:
+        _log_step(ctx, bar, state, loss)
+    if t.eval_every_steps and state.step % t.eval_every_steps == 0:
+        _validate(ctx, state)
+        _save(ctx, state, "last")
+    elif t.save_every_steps and state.step % t.save_every_steps == 0:
+        _save(ctx, state, "last")
+
+
+def _finish(ctx: _Context, state: LoopState, seconds: float, resumed: bool) -> dict:
+    """Test the selected weights on the test split(s), save them, write the record."""
+    acc, run_dir = ctx.acc, ctx.run_dir
+    if ctx.cfg.train.select == "best" and state.best is not None:
         best = record.load_checkpoint(run_dir / record.CHECKPOINTS / "best.pt")
-        _load_trainable(trainable, best["trainable"])
-    test = {name: _eval(ctx, name) for name in splits if name.startswith("test")}
-    unwrapped = acc.unwrap_model(model)
+        _load_trainable(ctx.trainable, best["trainable"])
+    test = {name: _eval(ctx, name) for name in ctx.splits if name.startswith("test")}
     results = None
     if acc.is_main_process:
-        adapter = get_method(cfg.method.name).save(unwrapped, run_dir / record.ADAPTER)
-        results = _results(cfg, spec, data, unwrapped, state, test, adapter, hashes, acc,
-                           time.perf_counter() - t_start, resuming, ctx.schedule)
+        prepared = dataclasses.replace(ctx.prepared, model=acc.unwrap_model(ctx.model))
+        adapter = get_method(ctx.cfg.method.name).save(prepared, run_dir / record.ADAPTER)
+        results = _results(ctx, state, test, adapter, seconds, resumed)
         record.write_json(run_dir / record.RESULTS, results)
-    if writer is not None:
-        writer.close()
+    if ctx.writer is not None:
+        ctx.writer.close()
     acc.wait_for_everyone()
     return broadcast_object_list([results])[0] if acc.num_processes > 1 else results
 
@@ -211,7 +242,8 @@ def model_kind(cfg: RunConfig, task_kind: str) -> str:
     return kind
 
 
-def _load(cfg: RunConfig, path: Path, spec, data, tokenizer):
+def _load(cfg: RunConfig, path: Path, data, tokenizer):
+    spec = data.spec
     kind = model_kind(cfg, spec.kind)
     extra = {}
     if spec.kind == "classification":
@@ -226,8 +258,8 @@ def _load(cfg: RunConfig, path: Path, spec, data, tokenizer):
     return model
 
 
-def _encode(cfg: RunConfig, spec, data, tokenizer) -> dict:
-    m = cfg.model
+def _encode(cfg: RunConfig, data, tokenizer) -> dict:
+    m, spec = cfg.model, data.spec
     out = {}
     for name, examples in data.splits().items():
         if spec.kind == "generation":
@@ -237,9 +269,14 @@ def _encode(cfg: RunConfig, spec, data, tokenizer) -> dict:
     return out
 
 
-def _sync_from_main(acc: Accelerator, model) -> list[str]:
-    """Broadcast process 0's prepared tensors to every process; return each process's hash after."""
-    tensors = synced_tensors(model)
+def _sync_from_main(acc: Accelerator, prepared: Prepared) -> list[str]:
+    """Broadcast process 0's prepared tensors to every process; return each process's hash after.
+
+    What must be identical: all parameters and buffers (adapter factors, SVD residuals, the random
+    head) and the method's other synced tensors (the LoRA family's recorded starting factors)."""
+    tensors = dict(prepared.model.named_parameters())
+    tensors.update({f"buffer:{k}": b for k, b in prepared.model.named_buffers()})
+    tensors.update(prepared.synced)
     if acc.num_processes > 1:
         with torch.no_grad():
             for name in sorted(tensors):
@@ -295,6 +332,10 @@ class _Context:
     tokenizer: object
     writer: object
     schedule: progressive.Schedule | None = None
+    prepared: Prepared | None = None
+    data: object = None  # the TaskData (split sizes for the record)
+    hashes: list[str] = field(default_factory=list)  # each process's hash of the prepared model
+    total_steps: int = 0
 
 
 # Progtuning: the schedule, its pilot, entering stages, counting updated parameters.
@@ -302,14 +343,13 @@ class _Context:
 
 def _progtuning(ctx: _Context, state: LoopState) -> progressive.Schedule:
     """The run's schedule (one stage when off); a fresh grad-norm run scores the blocks with a pilot first."""
-    t, model = ctx.cfg.train, ctx.acc.unwrap_model(ctx.model)
+    p, model = ctx.cfg.progressive, ctx.acc.unwrap_model(ctx.model)
     order = None
-    if t.progressive_stages > 1 and t.progressive_order == "grad-norm":
+    if p.enabled and p.order == "grad-norm":
         if state.pilot is None:  # a resumed run keeps the scores taken at the start weights
             state.pilot = _pilot(ctx, model, progressive.find_blocks(model))
         order = progressive.order_from_scores(state.pilot["scores"])
-    schedule = progressive.Schedule(model, t.progressive_stages, t.progressive_embeddings,
-                                    t.progressive_remainder, order)
+    schedule = progressive.Schedule(model, p.stages, p.embeddings, p.remainder, order)
     if not state.stages:
         state.stages = [schedule.stage_record(i) for i in range(schedule.stages)]
     return schedule
@@ -318,7 +358,7 @@ def _progtuning(ctx: _Context, state: LoopState) -> progressive.Schedule:
 def _pilot(ctx: _Context, model, blocks: progressive.Blocks) -> dict:
     t0, acc, t = time.perf_counter(), ctx.acc, ctx.cfg.train
     batches = train_batches(len(ctx.splits["train"]), t.batch_size, t.seed, 0, acc.process_index,
-                            acc.num_processes)[:t.progressive_pilot_batches]
+                            acc.num_processes)[:ctx.cfg.progressive.pilot_batches]
     scores = progressive.gradient_scores(model, blocks, (_batch(ctx, idx) for idx in batches))
     if acc.num_processes > 1:  # every process must freeze the same blocks
         scores = acc.reduce(torch.tensor(scores, device=acc.device), reduction="mean").tolist()
@@ -328,7 +368,7 @@ def _pilot(ctx: _Context, model, blocks: progressive.Blocks) -> dict:
 
 def _enter_stage(ctx: _Context, state: LoopState, stage: int) -> None:
     if stage != state.stage:
-        if ctx.cfg.train.progressive_reset_optimizer:
+        if ctx.cfg.progressive.reset_optimizer:
             ctx.optimizer.state.clear()  # every Adam moment and step count starts again
         state.stage = stage
     if ctx.schedule.current != stage:  # a stage change, the first step, or the first after a resume
@@ -385,7 +425,8 @@ def _validate(ctx: _Context, state: LoopState) -> dict[str, float]:
     if ctx.writer is not None:
         for k, v in metrics.items():
             ctx.writer.add_scalar(f"validation/{k}", v, state.step)
-    if is_better(main, metrics[main], state.best["value"] if state.best else None):
+    best = state.best["value"] if state.best else None
+    if is_better(metrics[main], best, get_metric(main).higher_is_better):
         state.best = {"step": state.step, "epoch": state.epoch + 1, "metric": main, "value": metrics[main]}
         _save(ctx, state, "best")
     return metrics
@@ -442,19 +483,13 @@ def _restore(acc: Accelerator, path: Path, trainable, optimizer, scheduler) -> L
     return LoopState(**ckpt["loop"])
 
 
-def _results(cfg, spec, data, model, state: LoopState, test, adapter, hashes, acc, seconds, resumed,
-             schedule) -> dict:
-    prog = None
-    if schedule.stages > 1:
-        t = cfg.train
-        prog = {**schedule.describe(), "boundary": t.progressive_boundary,
-                "reset_optimizer": t.progressive_reset_optimizer, "order_by": t.progressive_order, "pilot": state.pilot,
-                "per_stage": [{**s, "seconds": round(s["seconds"], 3)} for s in state.stages]}
+def _results(ctx: _Context, state: LoopState, test: dict, adapter: dict, seconds: float, resumed: bool) -> dict:
+    cfg, spec, acc, hashes = ctx.cfg, ctx.spec, ctx.acc, ctx.hashes
     return {
         "status": "complete",
         "config": cfg.to_dict(),
         "task": {"name": spec.name, "kind": spec.kind, "metrics": list(spec.metrics),
-                 "main_metric": spec.main_metric, "sizes": data.sizes()},
+                 "main_metric": spec.main_metric, "sizes": ctx.data.sizes()},
         "epochs": state.history,
         "evaluations": state.evals,
         "best": state.best,
@@ -464,13 +499,13 @@ def _results(cfg, spec, data, model, state: LoopState, test, adapter, hashes, ac
         "extra_test": {k: v for k, v in test.items() if k != "test"},
         "steps": state.step,
         "seed": cfg.train.seed,
-        "parameters": record.parameter_counts(model),
-        "method": _method_metadata(model, cfg),
+        "parameters": record.parameter_counts(acc.unwrap_model(ctx.model)),
+        "method": ctx.prepared.metadata(cfg.method.name),
         "adapter": {"dir": record.ADAPTER, **{k: v for k, v in adapter.items() if k != "targets"}},
         "wall_seconds": round(seconds, 3),
         "updated_parameters": sum(s["updated_parameters"] for s in state.stages),  # summed over optimizer steps
         "train_seconds": round(sum(s["seconds"] for s in state.stages), 3),  # inside optimizer steps only
-        "progressive": prog,
+        "progressive": _progressive_record(ctx, state) if ctx.cfg.progressive.enabled else None,
         "resumed": bool(resumed),
         "peak_memory": record.peak_memory(),
         "distributed": {"num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
@@ -481,10 +516,8 @@ def _results(cfg, spec, data, model, state: LoopState, test, adapter, hashes, ac
     }
 
 
-def _method_metadata(model, cfg: RunConfig) -> dict:
-    """Provenance of what the method did: the LoRA family's AiloraState, a baseline's state, or its name."""
-    for attr in ("ailora_state", "ailora_baseline"):
-        state = getattr(model, attr, None)
-        if state is not None:
-            return state.metadata()
-    return {"method": cfg.method.name}
+def _progressive_record(ctx: _Context, state: LoopState) -> dict:
+    p = ctx.cfg.progressive
+    return {**ctx.schedule.describe(), "boundary": p.boundary, "reset_optimizer": p.reset_optimizer,
+            "order_by": p.order, "pilot": state.pilot,
+            "per_stage": [{**s, "seconds": round(s["seconds"], 3)} for s in state.stages]}

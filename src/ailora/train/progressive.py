@@ -7,7 +7,8 @@ of updated blocks shrinks every stage while the top part trains throughout. The 
 which parameters are trainable at all (LoRA factors, biases, everything...); Progtuning only
 switches that set off part by part, so it composes with every method.
 
-What the paper leaves open, and the defaults chosen here (all in ``TrainConfig``):
+What the paper leaves open, and the defaults chosen here (all in ``ProgressiveConfig``, the
+config's ``progressive`` section):
 
 * remainder: with L = qT + r, the r extra blocks go to the top parts (``top``, the default: the
   paper's pilot found higher blocks contribute more, and they train longest) or the bottom ones.
@@ -38,12 +39,7 @@ import torch
 from torch import nn
 
 from ailora.errors import AiloraError
-
-EMBEDDINGS = ("first-stage", "frozen", "always")
-REMAINDERS = ("top", "bottom")
-BOUNDARIES = ("epoch", "steps")
-ORDERS = ("depth", "grad-norm")
-
+from ailora.train.config import EMBEDDINGS, REMAINDERS, comparable
 
 # Where the blocks are.
 
@@ -274,9 +270,6 @@ def order_from_scores(scores: Sequence[float]) -> list[int]:
 
 # Comparing a Progtuning run with the same run without it.
 
-# Keys that may differ between a run and its baseline without making the comparison unfair.
-_FREE_KEYS = ("run_dir", "resume", "overwrite", "train.stop_after_steps", "train.progress", "train.tensorboard")
-
 
 def savings(run: dict, baseline: dict) -> dict:
     """What Progtuning saved in ``run`` (a results.json dict) against ``baseline`` (the same run without it).
@@ -284,10 +277,8 @@ def savings(run: dict, baseline: dict) -> dict:
     Savings are fractions of the baseline (0.25 = 25% fewer): updated parameters summed over
     optimizer steps, time inside optimizer steps (``train_seconds``) and the whole run's wall time
     (``wall_seconds``: setup and evaluations included). ``differs_in`` lists the config keys,
-    besides the Progtuning ones and run control, in which the two runs differ (empty when fair).
+    besides the Progtuning ones, run control and record keys, in which the two runs differ (empty when fair).
     """
-    from ailora.train.config import flatten
-
     out: dict = {}
     for key, saving in (("updated_parameters", "updated_parameter_saving"), ("train_seconds", "train_time_saving"),
                         ("wall_seconds", "wall_time_saving")):
@@ -298,9 +289,8 @@ def savings(run: dict, baseline: dict) -> dict:
     r_test, b_test = run.get("test", {}).get(main), baseline.get("test", {}).get(main)
     out.update({"main_metric": main, "run_test": r_test, "baseline_test": b_test,
                 "test_delta": None if r_test is None or b_test is None else r_test - b_test})
-    a, b = flatten(run.get("config", {})), flatten(baseline.get("config", {}))
-    out["differs_in"] = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _FREE_KEYS
-                               and not k.startswith("train.progressive_"))
+    a, b = comparable(run.get("config", {})), comparable(baseline.get("config", {}))
+    out["differs_in"] = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return out
 
 

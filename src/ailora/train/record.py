@@ -11,29 +11,29 @@ Layout of RUN_DIR::
     tb/                    TensorBoard events
     init_hashes.json       one hash per process of the prepared model (identical when synced)
 
-Every file is written to a temporary sibling and moved into place with ``os.replace``, so an
-interruption leaves the previous version, never half a file.
+Every file is written through ``ailora.core.files.atomic_file`` (a temporary sibling, fsync,
+``os.replace``), so an interruption leaves the previous version, never half a file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import random
 import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ailora.core.files import atomic_file, write_text
 from ailora.errors import AiloraError
+from ailora.train.config import RunConfig
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -43,27 +43,13 @@ CHECKPOINTS = "checkpoints"
 PACKAGES = ("ailora", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "numpy")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+    """``obj`` as indented JSON, atomically; paths, tensors and numpy scalars become plain values."""
+    write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    atomic_write_bytes(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in records).encode())
+    write_text(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in records))
 
 
 def _jsonable(obj):
@@ -93,8 +79,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, identity: dict
                           "or --overwrite to replace it")
     if not (run_dir / CONFIG).is_file():
         raise AiloraError(f"cannot resume: {run_dir} has no {CONFIG}")
-    from ailora.train.config import RunConfig
-
     try:
         saved = RunConfig.from_dict(json.loads((run_dir / CONFIG).read_text()) | {"resume": True,
                                                                                   "overwrite": False})
@@ -132,17 +116,9 @@ def _as_tuple(x):
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    os.close(fd)
-    try:
+    """``torch.save`` into ``atomic_file``'s temporary file, which then replaces ``path``."""
+    with atomic_file(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -1,0 +1,60 @@
+"""The LoRA family as training methods: lora, pissa, milora, ailora, reailora (``ailora.core.policies``).
+
+Each prepares through ``ailora.core.apply`` (PEFT LoRA layers with an SVD or random start, outputs
+unchanged at step 0) and saves through ``ailora.core.adapters.save`` (a plain PEFT LoRA on the
+original base). ``lora_variant`` makes methods that are plain LoRA with some options forced
+(DoRA, rsLoRA, LoRA+ in ``ailora.methods.baselines``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from ailora.core.adapters import save as save_adapter
+from ailora.core.apply import apply
+from ailora.core.policies import METHODS as LORA_FAMILY
+from ailora.core.policies import resolve_policy
+from ailora.core.state import state_of
+from ailora.methods.options import LORA_OPTIONS
+from ailora.methods.registry import Prepared, TrainMethod, register_method
+
+
+def prepare_lora(model: nn.Module, cfg, seed: int) -> Prepared:
+    """LoRA adapters started as ``cfg.name`` says (a MethodConfig); the task head trains in full."""
+    model = apply(
+        model, method=cfg.name, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, policy=cfg.policy,
+        solver=cfg.solver, seed=seed, dropout=cfg.dropout, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
+    )
+    state = state_of(model)
+    synced = {}
+    for name, (a0, b0) in state.initial.items():
+        synced[f"initial:{name}.A"], synced[f"initial:{name}.B"] = a0, b0
+    return Prepared(model, state, loraplus_ratio=cfg.loraplus_ratio,
+                    details={"loraplus_ratio": cfg.loraplus_ratio}, synced=synced)
+
+
+def save_lora(prepared: Prepared, out_dir) -> dict:
+    return save_adapter(prepared.model, out_dir, overwrite=True, state=prepared.state)
+
+
+def check_lora(cfg) -> None:
+    """Unknown roles or inits in ``cfg.targets`` / ``cfg.policy`` (what the config alone cannot check)."""
+    resolve_policy(cfg.name, cfg.targets, cfg.policy)
+
+
+def lora_variant(name: str, description: str, **forced) -> TrainMethod:
+    """A method that prepares and saves as plain LoRA with some options forced (dora: use_dora=True...);
+    a forced value may be a function of the MethodConfig."""
+
+    def as_lora(cfg):
+        values = {k: (v(cfg) if callable(v) else v) for k, v in forced.items()}
+        return dataclasses.replace(cfg, name="lora", **values)
+
+    return TrainMethod(name, lambda model, cfg, seed: prepare_lora(model, as_lora(cfg), seed), save_lora,
+                       description, LORA_OPTIONS, lambda cfg: check_lora(as_lora(cfg)))
+
+
+for _method in LORA_FAMILY.values():
+    register_method(TrainMethod(_method.name, prepare_lora, save_lora, _method.description, LORA_OPTIONS, check_lora))
