@@ -19,7 +19,6 @@ from ailora.analysis import (
     mean_by_method,
     mlm_positions,
     parse_metrics_lines,
-    read_adapter,
     read_run,
     role_deltas,
     role_weights,
@@ -31,11 +30,10 @@ from ailora.analysis import (
     update_similarity,
 )
 from ailora.cli import analyze, main
+from ailora.core.adapters import read_adapter
 from ailora.core.roles import weight_of
 from ailora.errors import AiloraError
-from tests.tiny_models import tiny
-
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
+from tests.tiny_models import ANALYSIS, build, tiny
 
 
 def _orthonormal(d: int, r: int, seed: int = 0) -> torch.Tensor:
@@ -83,7 +81,7 @@ def test_lora_deltas_match_peft(tmp_path):
     state = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
     cfg.save_pretrained(tmp_path)  # through the files, as `ailora analyze similarity` reads them
     save_file(state, tmp_path / "adapter_model.safetensors")
-    config, state = read_adapter(tmp_path)
+    state, config, _ = read_adapter(tmp_path)
     deltas = lora_deltas(state, config)
     for name in ("0", "1"):
         expected = model.base_model.model[int(name)].get_delta_weight("default")
@@ -253,8 +251,7 @@ def test_metrics_reader_is_tolerant(tmp_path):
 def _save_bert(path, seed=0, perturb=0.0, tokenizer=True):
     import transformers
 
-    torch.manual_seed(seed)
-    model = transformers.BertForMaskedLM(transformers.BertConfig(**TINY)).eval()
+    model = build("bert", transformers.BertForMaskedLM, seed, **ANALYSIS).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if perturb and (name.endswith("query.weight") or name.endswith("value.weight")):
@@ -375,8 +372,7 @@ def test_cli_similarity_forgetting_curves(models, tmp_path):
 def test_cli_forgetting_shares_missing_head(tmp_path):
     import transformers
 
-    torch.manual_seed(0)
-    transformers.BertModel(transformers.BertConfig(**TINY)).save_pretrained(tmp_path / "enc")  # no MLM head
+    build("bert", transformers.BertModel, **ANALYSIS).save_pretrained(tmp_path / "enc")  # no MLM head
     _save_bert(tmp_path / "tok", tokenizer=True)
     text = tmp_path / "t.txt"
     text.write_text("w1 w2 w3 w4 w5\nw6 w7 w8\n")
@@ -434,19 +430,8 @@ def test_cli_bad_inputs(models, tmp_path):
 
 
 def test_cli_on_tiny_llama_decoder(models, tmp_path):
-    import transformers
-
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=100,
-    )
     for name, scale in (("base", 0.0), ("ft", 0.05)):
-        torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(cfg)
+        model = build("llama", **ANALYSIS)
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n.endswith(("q_proj.weight", "v_proj.weight")):

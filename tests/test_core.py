@@ -13,10 +13,10 @@ from ailora.core.apply import ApplyOptions, apply_with, state_of
 from ailora.core.probe import make_probe, run_probe
 from ailora.core.roles import find_targets, weight_of
 from ailora.errors import AiloraError
-from tests.tiny_models import BUILDERS, tiny, tiny_unknown_architecture, tiny_with_linear
+from tests.tiny_models import FAMILIES, tiny, tiny_unknown_architecture, tiny_with_linear
 
 METHODS = ["lora", "pissa", "milora", "ailora", "reailora"]
-ARCHS = list(BUILDERS)
+ARCHS = list(FAMILIES)
 
 
 def perturb(model, scale=0.2, seed=1):

@@ -15,7 +15,6 @@ from ailora.cli import extract as extract_cli
 from ailora.errors import AiloraError
 from tests import tiny_models
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
 TARGETS = ("query.weight", "value.weight", "q_proj.weight", "v_proj.weight")
 
 
@@ -42,8 +41,7 @@ def tiny(tmp_path_factory):
     import transformers
 
     root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    transformers.BertModel(transformers.BertConfig(**TINY)).save_pretrained(
+    tiny_models.build("bert", transformers.BertModel, **tiny_models.ANALYSIS).save_pretrained(
         root / "base", safe_serialization=True
     )
     return root / "base", _perturbed_copy(root / "base", root / "ft", r=3)
@@ -169,18 +167,7 @@ def test_nothing_written_on_error(tiny, tmp_path):
 
 
 def test_extract_grouped_query_llama(tmp_path):
-    import transformers
-
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=100,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "base", safe_serialization=True)
+    tiny_models.build("llama", **tiny_models.ANALYSIS).save_pretrained(tmp_path / "base", safe_serialization=True)
     _perturbed_copy(tmp_path / "base", tmp_path / "ft", r=2, cls_name="LlamaForCausalLM")
     report = extract_adapter_dir(tmp_path / "base", tmp_path / "ft", tmp_path / "a", rank=2)
     assert report["layers"]["model.layers.0.self_attn.v_proj"]["rank"] == 2

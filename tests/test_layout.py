@@ -93,6 +93,24 @@ def test_no_import_cycle_between_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# The package reads from the core outwards: a module imports only from its own layer or earlier ones.
+LAYERS = ("ailora.errors", "ailora.version", "ailora.registry", "ailora.core", "ailora.methods", "ailora.tasks",
+          "ailora.train", "ailora.analysis", "ailora.experiments", "ailora.cli")
+
+
+def _layer(module: str) -> int:
+    for i, prefix in enumerate(LAYERS):
+        if module == prefix or module.startswith(prefix + "."):
+            return i
+    return len(LAYERS)  # the package itself (ailora/__init__.py), which re-exports the public API
+
+
+def test_modules_import_only_from_earlier_layers():
+    upward = [f"{module} -> {target}" for module, targets in import_graph().items()
+              for target in targets if _layer(target) > _layer(module)]
+    assert not upward, "imports against the layering: " + ", ".join(sorted(upward))
+
+
 def test_no_function_over_60_lines():
     long = []
     for module, path in MODULES.items():

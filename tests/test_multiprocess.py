@@ -9,25 +9,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import transformers as T
 
 from ailora.train import load_config, train
+from tests.tiny_models import save_tiny_bert
 
 RUNNER = "import sys\nfrom ailora.train import load_config, train\ntrain(load_config(sys.argv[1], sys.argv[2:]))\n"
 
 
 def _setup(tmp_path):
     """A dropout-free tiny BERT, a JSON-lines sentiment task, and a config that uses them."""
-    from ailora.core.models import minilm_dir
-
-    model_dir = tmp_path / "bert"
-    tok = T.AutoTokenizer.from_pretrained(minilm_dir())
-    torch.manual_seed(0)
-    T.BertModel(T.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=48, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                             architectures=["BertModel"])).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model_dir = save_tiny_bert(tmp_path / "bert", dropout=False)
     rng = random.Random(0)
     words = (["bad", "awful", "poor", "sad"], ["good", "great", "fine", "nice"])
     rows = [{"text": f"it was {rng.choice(words[i % 2])} {rng.choice(['today', 'indeed'])}", "label": i % 2}

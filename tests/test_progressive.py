@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import torch
-import transformers as T
 from safetensors.torch import load_file
 
 import ailora
@@ -19,7 +18,7 @@ from ailora.train import RunConfig, train
 from ailora.train import progressive as prog
 from ailora.train.config import MethodConfig
 from tests import test_train  # noqa: F401  (registers the tiny-sentiment task)
-from tests.tiny_models import save_tiny_bert, tiny
+from tests.tiny_models import build, save_tiny_bert, tiny
 
 LORA_FAMILY = ("lora", "ailora", "pissa", "milora")
 # Baselines may be registered under one of these names (skipped while none is).
@@ -27,23 +26,17 @@ BASELINES = {"full": ("full", "full-ft", "full_ft", "fft"), "bitfit": ("bitfit",
              "adapters": ("houlsby", "adapter", "adapters", "houlsby-adapter")}
 
 
-def _bert4(cls=T.BertForSequenceClassification, **kw):
-    torch.manual_seed(0)
-    return cls(T.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                            intermediate_size=48, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                            num_labels=2, **kw))
+def _bert4():
+    """A dropout-free 4-layer BERT classifier (two labels)."""
+    return build("bert", num_hidden_layers=4, dropout=False)
 
 
 def _llama4():
-    torch.manual_seed(0)
-    return T.LlamaForCausalLM(T.LlamaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=4,
-                                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=48))
+    return build("llama", num_hidden_layers=4)
 
 
 def _gpt2_4():
-    torch.manual_seed(0)
-    return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=96, n_embd=32, n_layer=4, n_head=4, n_positions=64,
-                                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    return build("gpt2", n_layer=4, dropout=False)
 
 
 def _loss(model, seed=0):
@@ -115,13 +108,13 @@ def test_encoder_decoder_refused(arch):
 
 
 @pytest.mark.parametrize("method", LORA_FAMILY)
-@pytest.mark.parametrize("build", [_bert4, _llama4], ids=["encoder", "decoder"])
-def test_each_stage_updates_exactly_its_parameters(method, build):
-    model = _lora(build(), method)
+@pytest.mark.parametrize("make", [_bert4, _llama4], ids=["encoder", "decoder"])
+def test_each_stage_updates_exactly_its_parameters(method, make):
+    model = _lora(make(), method)
     schedule = prog.Schedule(model, 3)
     assert schedule.parts == [[0], [1], [2, 3]]
     head = {n for n, w in schedule.where.items() if w == "head"}
-    assert (head != set()) == (build is _bert4)  # the classifier; a causal LM's lm_head stays frozen
+    assert (head != set()) == (make is _bert4)  # the classifier; a causal LM's lm_head stays frozen
     assert all(w != "embeddings" for w in schedule.where.values())
     _check_every_stage(model, schedule)
 
@@ -187,8 +180,8 @@ def test_baseline_methods(kind):
     name = next((n for n in BASELINES[kind] if n in METHODS), None)
     if name is None:
         pytest.skip(f"no {kind} method registered yet (looked for {', '.join(BASELINES[kind])})")
-    for build in (_bert4, _gpt2_4):  # a decoder with biases, for BitFit
-        model = get_method(name).prepare(build(), MethodConfig(name=name), 0).model
+    for make in (_bert4, _gpt2_4):  # a decoder with biases, for BitFit
+        model = get_method(name).prepare(make(), MethodConfig(name=name), 0).model
         _check_every_stage(model, prog.Schedule(model, 3))
 
 

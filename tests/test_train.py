@@ -16,7 +16,7 @@ from ailora.tasks import TaskSpec, register_task
 from ailora.train import RunConfig, check_run, load_config, train
 from ailora.train.data import IGNORE_INDEX, collate, encode_causal
 from ailora.train.loop import _trainable
-from tests.tiny_models import save_tiny_bert
+from tests.tiny_models import build, save_tiny_bert
 
 POS, NEG = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
 
@@ -63,10 +63,7 @@ def llama_dir(tmp_path_factory):
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = T.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                     unk_token="<unk>")
-    torch.manual_seed(0)
-    T.LlamaForCausalLM(T.LlamaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-                                     pad_token_id=0, bos_token_id=1, eos_token_id=2)).save_pretrained(d)
+    build("llama", vocab_size=len(vocab), pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(d)
     tok.save_pretrained(d)
     return d
 

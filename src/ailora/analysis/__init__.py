@@ -25,7 +25,6 @@ from ailora.analysis.norms import relative_update_norms, update_norms
 from ailora.analysis.plots import plot_curves, save_figure
 from ailora.analysis.similarity import (
     lora_deltas,
-    read_adapter,
     similarity_by_layer,
     subspace_similarity,
     top_left_singular_vectors,
@@ -65,7 +64,6 @@ __all__ = [
     "parse_metrics_lines",
     "peft_adapter",
     "plot_curves",
-    "read_adapter",
     "read_run",
     "relative_update_norms",
     "role_deltas",

@@ -26,7 +26,7 @@ from ailora.analysis.plots import (
     plot_tsne,
     save_figure,
 )
-from ailora.analysis.similarity import lora_deltas, read_adapter, similarity_by_layer
+from ailora.analysis.similarity import lora_deltas, similarity_by_layer
 from ailora.analysis.spectrum import singular_spectrum
 from ailora.analysis.tsne import tsne_of_weights
 from ailora.analysis.weights import (
@@ -37,6 +37,7 @@ from ailora.analysis.weights import (
     role_weights,
     split_roles,
 )
+from ailora.core.adapters import read_adapter
 from ailora.core.files import write_json
 from ailora.core.models import NAMED_MODELS, resolve_model_path
 from ailora.core.roles import find_targets
@@ -146,7 +147,7 @@ def analyze_similarity(
     found = find_targets(base_model, roles)
     sims, ranks = {}, {}
     for path, label in zip(adapters, names):
-        config, state = read_adapter(path)
+        state, config, _ = read_adapter(path)
         learned = split_roles(lora_deltas(state, config), found)  # a fused module's update cut by role
         per_role = {role: similarity_by_layer(learned.get(role, {}), d, rank) for role, d in full.items()}
         sims[label] = {role: {n: v["phi"] for n, v in layers.items()} for role, layers in per_role.items()}

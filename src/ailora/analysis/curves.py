@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from ailora.core.files import require_dir
 from ailora.errors import AiloraError
 
 _VALIDATION_KEYS = ("validation", "eval", "val")
@@ -90,11 +90,7 @@ def parse_metrics_lines(lines: list[str]) -> tuple[dict[int, tuple[float | None,
 
 def read_run(path: str | os.PathLike) -> RunCurves:
     """Read one run directory (see the module docstring for the format)."""
-    p = Path(path)
-    if not p.is_dir():
-        raise AiloraError(f"run directory {p} does not exist")
-    if not (p / "metrics.jsonl").is_file():
-        raise AiloraError(f"run directory {p} has no metrics.jsonl")
+    p = require_dir(path, "run directory", ("metrics.jsonl",))
     config = {}
     if (p / "config.json").is_file():
         try:

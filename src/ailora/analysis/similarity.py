@@ -6,17 +6,14 @@ Hu et al. 2021, sec. 7; AILoRA paper, sec. 5.3, Figures 4a and 7).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 
 import peft
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from ailora.analysis.weights import align_names
-from ailora.core.adapters import WEIGHTS_FILE, lora_scaling, module_rank_alpha, read_adapter_config
+from ailora.core.adapters import lora_scaling, module_rank_alpha
 from ailora.errors import AiloraError
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
@@ -50,15 +47,6 @@ def update_similarity(delta_a: torch.Tensor, delta_b: torch.Tensor, rank: int) -
     return subspace_similarity(
         top_left_singular_vectors(delta_a, rank), top_left_singular_vectors(delta_b, rank)
     )
-
-
-def read_adapter(path: str | os.PathLike) -> tuple[peft.LoraConfig, dict[str, torch.Tensor]]:
-    """A PEFT LoRA adapter directory: its LoraConfig and adapter_model.safetensors (on CPU)."""
-    directory, config = read_adapter_config(path)
-    try:
-        return config, load_file(directory / WEIGHTS_FILE)
-    except (SafetensorError, OSError) as exc:
-        raise AiloraError(f"cannot read {directory / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from None
 
 
 def lora_deltas(state: Mapping[str, torch.Tensor], config: peft.LoraConfig) -> dict[str, torch.Tensor]:

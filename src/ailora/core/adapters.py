@@ -11,6 +11,7 @@ SVD computed from the factors (never the full matrix), with the relative error r
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import shutil
@@ -22,7 +23,7 @@ import torch
 from peft.utils import get_peft_model_state_dict
 from peft.utils.other import get_pattern_key
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ailora.core.files import atomic_dir, write_json
 from ailora.core.probe import compare_outputs, make_probe, run_probe
@@ -168,6 +169,24 @@ def read_adapter_config(adapter_dir) -> tuple[Path, peft.LoraConfig]:
         return d, peft.LoraConfig.from_pretrained(d)
     except Exception as exc:  # a broken JSON file or a non-LoRA config
         raise AiloraError(f"{d / CONFIG_FILE} is not a LoRA adapter config: {exc}".splitlines()[0]) from None
+
+
+def read_adapter(adapter_dir) -> tuple[dict[str, torch.Tensor], peft.LoraConfig, dict]:
+    """(tensors, LoraConfig, ailora.json or {}) of an adapter directory; a one-line error if any is broken.
+
+    The one reader of adapter directories: load checks, conversion and the analyses use it."""
+    d, cfg = read_adapter_config(adapter_dir)
+    try:
+        sd = load_file(d / WEIGHTS_FILE)
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise AiloraError(f"cannot read adapter weights {d / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from None
+    meta = {}
+    if (d / META_FILE).is_file():
+        try:
+            meta = json.loads((d / META_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AiloraError(f"{d / META_FILE} is not valid JSON: {exc}") from None
+    return sd, cfg, meta
 
 
 def check_adapter_dir(base: torch.nn.Module, adapter_dir) -> peft.LoraConfig:

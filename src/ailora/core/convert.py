@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import peft
@@ -10,14 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from ailora.core.adapters import (
-    META_FILE,
     PREFIX,
     WEIGHTS_FILE,
     check_adapter_dir,
     lora_scaling,
     module_rank_alpha,
     plain_adapter_meta,
-    read_adapter_config,
+    read_adapter,
     to_plain_lora,
     verify,
     write_adapter_dir,
@@ -28,17 +26,6 @@ from ailora.errors import AiloraError
 
 # Written beside the converted adapter: the same report as its ailora.json.
 REPORT_FILE = "convert_report.json"
-
-
-def read_adapter(path) -> tuple[dict, peft.LoraConfig, dict]:
-    """(state dict, LoraConfig, ailora.json or {}) of an adapter directory; a one-line error if broken."""
-    d, cfg = read_adapter_config(path)
-    try:
-        sd = load_file(d / WEIGHTS_FILE)
-    except Exception as exc:
-        raise AiloraError(f"cannot read adapter weights {d / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from None
-    meta = json.loads((d / META_FILE).read_text()) if (d / META_FILE).is_file() else {}
-    return sd, cfg, meta
 
 
 def _initial_factors(sd: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -122,3 +122,16 @@ def remove_stale(out: str | os.PathLike) -> list[Path]:
         else:
             p.unlink(missing_ok=True)
     return stale
+
+
+def require_dir(path: str | os.PathLike, what: str, required: tuple[str, ...] = ()) -> Path:
+    """``path`` as a Path, or a one-line error if it is not a directory holding the ``required`` files."""
+    p = Path(path)
+    if not p.exists():
+        raise AiloraError(f"{what} {p} does not exist")
+    if not p.is_dir():
+        raise AiloraError(f"{what} {p} is not a directory")
+    for name in required:
+        if not (p / name).is_file():
+            raise AiloraError(f"{what} {p} has no {name}")
+    return p

@@ -11,7 +11,7 @@ import torch
 import transformers
 from torch import nn
 
-from ailora.core.files import atomic_dir, write_json
+from ailora.core.files import atomic_dir, require_dir, write_json
 from ailora.errors import AiloraError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,11 +44,7 @@ def model_class(config, kind: str = "auto"):
 
 
 def check_model_dir(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise AiloraError(f"model path {p} does not exist")
-    if not (p / "config.json").is_file():
-        raise AiloraError(f"model path {p} has no config.json")
+    p = require_dir(path, "model path", ("config.json",))
     if not any(p.glob("*.safetensors")):
         raise AiloraError(f"model path {p} has no .safetensors weights (pickle checkpoints are refused)")
     return p

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ailora.core.inits import INITS
 from ailora.core.roles import ROLES
 from ailora.errors import AiloraError
+from ailora.registry import lookup
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,8 @@ def parse_policy(text: str | Mapping[str, str]) -> dict[str, str]:
 
 
 def get_policy_method(name: str) -> Method:
-    if name not in METHODS:
-        raise AiloraError(f"unknown method {name!r}; methods are: {', '.join(METHODS)}")
-    return METHODS[name]
+    """The LoRA-family method (a per-role policy) called ``name``."""
+    return lookup(METHODS, name, "method")
 
 
 def resolve_policy(

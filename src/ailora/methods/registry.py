@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ailora.errors import AiloraError
+from ailora.registry import lookup, register
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,9 @@ METHODS: dict[str, TrainMethod] = {}
 
 def register_method(method: TrainMethod, replace: bool = False) -> TrainMethod:
     """Add ``method`` to ``METHODS`` (``replace=True`` to overwrite a method of the same name)."""
-    if method.name in METHODS and not replace:
-        raise AiloraError(f"training method {method.name!r} is already registered")
-    METHODS[method.name] = method
-    return method
+    return register(METHODS, method.name, method, "training method", replace)
 
 
 def get_method(name: str) -> TrainMethod:
-    if name not in METHODS:
-        raise AiloraError(f"unknown method {name!r}; methods are: {', '.join(METHODS)}")
-    return METHODS[name]
+    """The registered training method called ``name``."""
+    return lookup(METHODS, name, "method")

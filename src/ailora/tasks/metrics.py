@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ailora.errors import AiloraError
+from ailora.registry import lookup, register
 
 ScoreFn = Callable[[Sequence[Any], Sequence[Any]], float]
 
@@ -62,18 +63,12 @@ METRICS: dict[str, Metric] = {}
 
 def register_metric(metric: Metric) -> Metric:
     """Add ``metric`` to :data:`METRICS`; a name may be registered once."""
-    if metric.name in METRICS:
-        raise AiloraError(f"metric {metric.name!r} is already registered")
-    METRICS[metric.name] = metric
-    return metric
+    return register(METRICS, metric.name, metric, "metric")
 
 
 def get_metric(name: str) -> Metric:
     """The registered metric called ``name``."""
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise AiloraError(f"unknown metric {name!r} (known: {', '.join(sorted(METRICS))})") from None
+    return lookup(METRICS, name, "metric")
 
 
 def is_better(value: float | None, best: float | None, higher_is_better: bool) -> bool:

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ailora.errors import AiloraError
+from ailora.registry import lookup, register
 from ailora.tasks.metrics import get_metric
 
 Kind = Literal["classification", "regression", "generation", "extractive_qa"]
@@ -147,15 +148,9 @@ TASKS: dict[str, TaskSpec] = {}
 
 def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
     """Add ``spec`` to :data:`TASKS` (``replace=True`` to overwrite a task of the same name)."""
-    if spec.name in TASKS and not replace:
-        raise AiloraError(f"task {spec.name!r} is already registered")
-    TASKS[spec.name] = spec
-    return spec
+    return register(TASKS, spec.name, spec, "task", replace)
 
 
 def get_task(name: str) -> TaskSpec:
     """The registered task called ``name``."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise AiloraError(f"unknown task {name!r} (known: {', '.join(TASKS)})") from None
+    return lookup(TASKS, name, "task")

@@ -41,8 +41,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
-import ailora
 from ailora.core.models import load_model, resolve_model_path
+from ailora.core.optim import param_groups
 from ailora.errors import AiloraError
 from ailora.methods import BaselineState, Prepared, get_method
 from ailora.tasks import load_task
@@ -131,11 +131,10 @@ def _param_groups(cfg: RunConfig, prepared: Prepared) -> list[dict]:
     """The LoRA family's groups come from its state; a baseline names its head and its own group."""
     t = cfg.train
     baseline = prepared.state if isinstance(prepared.state, BaselineState) else None
-    return ailora.param_groups(prepared.model, t.lr, value_lr_ratio=cfg.method.value_lr_ratio,
-                               weight_decay=t.weight_decay, head_lr=t.head_lr,
-                               loraplus_ratio=prepared.loraplus_ratio,
-                               head=baseline.head if baseline else None,
-                               own_group=baseline.method if baseline else None)
+    return param_groups(prepared.model, t.lr, value_lr_ratio=cfg.method.value_lr_ratio,
+                        weight_decay=t.weight_decay, head_lr=t.head_lr, loraplus_ratio=prepared.loraplus_ratio,
+                        head=baseline.head if baseline else None,
+                        own_group=baseline.method if baseline else None)
 
 
 def _fit(ctx: _Context, state: LoopState) -> bool:
