@@ -7,7 +7,7 @@ drifts of the machine hit all of them alike; the table gives each one's median s
 * hand: ``peft.get_peft_model`` + ``torch.optim.AdamW`` + a plain for-loop (tokenizer.pad, forward,
   backward, clip, step, schedule, zero_grad);
 * ours-lora / ours-ailora: ``ailora.core.apply`` + ``ailora.param_groups`` + Accelerate + the loop's own
-  step function (``ailora.train.loop._optimizer_step``: collate, forward, backward, clip, step).
+  step function (``ailora.train.loop.optimizer_step``: collate, forward, backward, clip, step).
 
     python benchmarks/train_overhead.py [--rounds 5] [--steps 10] [--batch-size 16]
 """
@@ -28,7 +28,7 @@ from ailora.core.models import load_model, minilm_dir
 from ailora.tasks import get_task, load_task
 from ailora.train.config import RunConfig
 from ailora.train.data import encode_classification
-from ailora.train.loop import _Context, _linear_schedule, _optimizer_step, _trainable
+from ailora.train.loop import TrainContext, linear_schedule, optimizer_step, trainable_parameters
 
 
 def hand_variant(path, tokenizer, examples, batch_size):
@@ -61,16 +61,16 @@ def ours_variant(method, path, tokenizer, examples, batch_size, acc):
                                "method": {"name": method, "rank": 8}, "train": {"batch_size": batch_size}})
     model = ailora.apply(load_model(path, kind="seq-cls", num_labels=2), method=method, rank=8)
     opt = torch.optim.AdamW(ailora.param_groups(model, lr=1e-4))
-    sched = _linear_schedule(opt, 0, 10**9)
+    sched = linear_schedule(opt, 0, 10**9)
     model, opt = acc.prepare(model, opt)
     items = encode_classification(tokenizer, examples, 128, regression=False)
-    ctx = _Context(acc, cfg, None, model, opt, sched, _trainable(acc.unwrap_model(model)), {"train": items},
+    ctx = TrainContext(acc, cfg, None, model, opt, sched, trainable_parameters(acc.unwrap_model(model)), {"train": items},
                    get_task("movie-sentiment"), tokenizer, None)
     model.train()
 
     def step(i):
         lo = (i * batch_size) % (len(items) - batch_size)
-        _optimizer_step(ctx, [list(range(lo, lo + batch_size))])
+        optimizer_step(ctx, [list(range(lo, lo + batch_size))])
 
     return step
 

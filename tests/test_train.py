@@ -15,7 +15,7 @@ from ailora.errors import AiloraError
 from ailora.tasks import TaskSpec, register_task
 from ailora.train import RunConfig, check_run, load_config, train
 from ailora.train.data import IGNORE_INDEX, collate, encode_causal
-from ailora.train.loop import _trainable
+from ailora.train.loop import trainable_parameters
 from tests.tiny_models import build, save_tiny_bert
 
 POS, NEG = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
@@ -101,7 +101,7 @@ def test_trains_and_writes_a_complete_record(bert_dir, tmp_path):
     ids = torch.tensor([[101, 2204, 2143, 102]])
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["trainable"]
     trained = ailora.apply(load_model(bert_dir, kind="seq-cls", num_labels=2), method="ailora", rank=4)
-    for name, p in _trainable(trained).items():
+    for name, p in trainable_parameters(trained).items():
         p.data.copy_(ckpt[name])
     trained.eval(), loaded.eval()
     assert torch.allclose(trained(input_ids=ids).logits, loaded(input_ids=ids).logits, atol=1e-4)

@@ -92,7 +92,7 @@ def train(cfg: RunConfig) -> dict:
     return _finish(ctx, state, time.perf_counter() - t_start, resuming)
 
 
-def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> tuple[_Context, LoopState]:
+def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> tuple[TrainContext, LoopState]:
     """Task, tokenizer, model, method, optimizer and schedule; the loop state (restored when resuming)."""
     set_seed(cfg.train.seed)
     caps = {"train": cfg.task.max_train_samples, "validation": cfg.task.max_eval_samples,
@@ -110,9 +110,9 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     batches_per_epoch = len(train_batches(len(splits["train"]), cfg.train.batch_size, 0, 0,
                                           acc.process_index, acc.num_processes))
     total_steps = math.ceil(batches_per_epoch / cfg.train.grad_accum) * cfg.train.epochs
-    scheduler = _linear_schedule(optimizer, math.ceil(cfg.train.warmup_ratio * total_steps), total_steps)
+    scheduler = linear_schedule(optimizer, math.ceil(cfg.train.warmup_ratio * total_steps), total_steps)
     model, optimizer = acc.prepare(prepared.model, optimizer)
-    trainable = _trainable(acc.unwrap_model(model))
+    trainable = trainable_parameters(acc.unwrap_model(model))
 
     state = LoopState()
     if resuming:
@@ -120,7 +120,7 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     elif acc.is_main_process:
         record.write_json(run_dir / record.CONFIG, cfg.to_dict())
         record.write_json(run_dir / "init_hashes.json", hashes)
-    ctx = _Context(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, data.spec, tokenizer,
+    ctx = TrainContext(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, data.spec, tokenizer,
                    _writer(acc, cfg, run_dir, state.step), prepared=prepared, data=data, hashes=hashes,
                    total_steps=total_steps)
     ctx.schedule = _progtuning(ctx, state)
@@ -137,7 +137,7 @@ def _param_groups(cfg: RunConfig, prepared: Prepared) -> list[dict]:
                         own_group=baseline.method if baseline else None)
 
 
-def _fit(ctx: _Context, state: LoopState) -> bool:
+def _fit(ctx: TrainContext, state: LoopState) -> bool:
     """Train to the last epoch, validating at the end of each (and every N steps when asked);
     False when stopped early by ``train.stop_after_steps`` (after a checkpoint)."""
     cfg, acc = ctx.cfg, ctx.acc
@@ -162,14 +162,14 @@ def _fit(ctx: _Context, state: LoopState) -> bool:
     return True
 
 
-def _train_step(ctx: _Context, state: LoopState, group: list[list[int]], bar) -> None:
+def _train_step(ctx: TrainContext, state: LoopState, group: list[list[int]], bar) -> None:
     """One optimizer step (in its Progtuning stage when on), counted, logged, validated and saved as asked."""
     t = ctx.cfg.train
     if ctx.cfg.progressive.enabled:
         _enter_stage(ctx, state, progressive.stage_of(state.epoch, state.step, ctx.schedule.stages, t.epochs,
                                                       ctx.total_steps, ctx.cfg.progressive.boundary))
     t_step = time.perf_counter()
-    loss = _optimizer_step(ctx, group)
+    loss = optimizer_step(ctx, group)
     _count_step(state, time.perf_counter() - t_step)
     state.loss_sum = state.loss_sum + loss  # a tensor: no device sync per step
     state.loss_count += len(group)
@@ -185,7 +185,7 @@ def _train_step(ctx: _Context, state: LoopState, group: list[list[int]], bar) ->
         _save(ctx, state, "last")
 
 
-def _finish(ctx: _Context, state: LoopState, seconds: float, resumed: bool) -> dict:
+def _finish(ctx: TrainContext, state: LoopState, seconds: float, resumed: bool) -> dict:
     """Test the selected weights on the test split(s), save them, write the record."""
     acc, run_dir = ctx.acc, ctx.run_dir
     if ctx.cfg.train.select == "best" and state.best is not None:
@@ -287,7 +287,7 @@ def _sync_from_main(acc: Accelerator, prepared: Prepared) -> list[str]:
     return gather_object([digest]) if acc.num_processes > 1 else [digest]
 
 
-def _trainable(model) -> dict[str, torch.nn.Parameter]:
+def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -300,7 +300,7 @@ def _load_trainable(trainable: dict, tensors: dict) -> None:
             p.copy_(tensors[name])
 
 
-def _linear_schedule(optimizer, warmup: int, total: int):
+def linear_schedule(optimizer, warmup: int, total: int):
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
@@ -318,7 +318,7 @@ def _writer(acc: Accelerator, cfg: RunConfig, run_dir: Path, step: int):
 
 
 @dataclass
-class _Context:
+class TrainContext:
     acc: Accelerator
     cfg: RunConfig
     run_dir: Path
@@ -340,7 +340,7 @@ class _Context:
 # Progtuning: the schedule, its pilot, entering stages, counting updated parameters.
 
 
-def _progtuning(ctx: _Context, state: LoopState) -> progressive.Schedule:
+def _progtuning(ctx: TrainContext, state: LoopState) -> progressive.Schedule:
     """The run's schedule (one stage when off); a fresh grad-norm run scores the blocks with a pilot first."""
     p, model = ctx.cfg.progressive, ctx.acc.unwrap_model(ctx.model)
     order = None
@@ -354,7 +354,7 @@ def _progtuning(ctx: _Context, state: LoopState) -> progressive.Schedule:
     return schedule
 
 
-def _pilot(ctx: _Context, model, blocks: progressive.Blocks) -> dict:
+def _pilot(ctx: TrainContext, model, blocks: progressive.Blocks) -> dict:
     t0, acc, t = time.perf_counter(), ctx.acc, ctx.cfg.train
     batches = train_batches(len(ctx.splits["train"]), t.batch_size, t.seed, 0, acc.process_index,
                             acc.num_processes)[:ctx.cfg.progressive.pilot_batches]
@@ -365,7 +365,7 @@ def _pilot(ctx: _Context, model, blocks: progressive.Blocks) -> dict:
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _enter_stage(ctx: _Context, state: LoopState, stage: int) -> None:
+def _enter_stage(ctx: TrainContext, state: LoopState, stage: int) -> None:
     if stage != state.stage:
         if ctx.cfg.progressive.reset_optimizer:
             ctx.optimizer.state.clear()  # every Adam moment and step count starts again
@@ -384,7 +384,7 @@ def _count_step(state: LoopState, seconds: float) -> None:
 # One optimizer step, evaluation, checkpoints.
 
 
-def _optimizer_step(ctx: _Context, group: list[list[int]]) -> torch.Tensor:
+def optimizer_step(ctx: TrainContext, group: list[list[int]]) -> torch.Tensor:
     """Forward and backward over the group's micro-batches, clip, step; the summed loss (detached)."""
     acc, model = ctx.acc, ctx.model
     total = torch.zeros((), device=acc.device)
@@ -406,18 +406,18 @@ def _optimizer_step(ctx: _Context, group: list[list[int]]) -> torch.Tensor:
     return total
 
 
-def _batch(ctx: _Context, idx: list[int]) -> dict[str, torch.Tensor]:
+def _batch(ctx: TrainContext, idx: list[int]) -> dict[str, torch.Tensor]:
     items = ctx.splits["train"]
     return {k: v.to(ctx.acc.device) for k, v in collate([items[j] for j in idx], ctx.tokenizer.pad_token_id).items()}
 
 
-def _eval(ctx: _Context, split: str) -> dict[str, float]:
+def _eval(ctx: TrainContext, split: str) -> dict[str, float]:
     t = ctx.cfg.train
     return evaluate(ctx.acc, ctx.model, ctx.splits[split], ctx.spec, ctx.tokenizer, t.eval_batch_size,
                     ctx.cfg.model.max_new_tokens)
 
 
-def _validate(ctx: _Context, state: LoopState) -> dict[str, float]:
+def _validate(ctx: TrainContext, state: LoopState) -> dict[str, float]:
     metrics = _eval(ctx, "validation")
     main = ctx.spec.main_metric
     state.evals.append({"step": state.step, "epoch": state.epoch + 1, "validation": metrics})
@@ -431,7 +431,7 @@ def _validate(ctx: _Context, state: LoopState) -> dict[str, float]:
     return metrics
 
 
-def _end_epoch(ctx: _Context, state: LoopState, seconds_so_far: float) -> None:
+def _end_epoch(ctx: TrainContext, state: LoopState, seconds_so_far: float) -> None:
     acc = ctx.acc
     sums = torch.tensor([float(state.loss_sum), float(state.loss_count)], device=acc.device, dtype=torch.float64)
     sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
@@ -448,7 +448,7 @@ def _end_epoch(ctx: _Context, state: LoopState, seconds_so_far: float) -> None:
     _save(ctx, state, "last")
 
 
-def _log_step(ctx: _Context, bar, state: LoopState, loss: torch.Tensor) -> None:
+def _log_step(ctx: TrainContext, bar, state: LoopState, loss: torch.Tensor) -> None:
     value = loss.item()
     lr = ctx.optimizer.param_groups[0]["lr"]
     bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", epoch=state.epoch + 1)
@@ -457,7 +457,7 @@ def _log_step(ctx: _Context, bar, state: LoopState, loss: torch.Tensor) -> None:
         ctx.writer.add_scalar("train/lr", lr, state.step)
 
 
-def _save(ctx: _Context, state: LoopState, which: str) -> None:
+def _save(ctx: TrainContext, state: LoopState, which: str) -> None:
     """Write checkpoints/{which}.pt atomically (main process); every process's RNG state goes in."""
     rngs = gather_object([record.rng_state()]) if ctx.acc.num_processes > 1 else [record.rng_state()]
     if ctx.acc.is_main_process:
@@ -482,7 +482,7 @@ def _restore(acc: Accelerator, path: Path, trainable, optimizer, scheduler) -> L
     return LoopState(**ckpt["loop"])
 
 
-def _results(ctx: _Context, state: LoopState, test: dict, adapter: dict, seconds: float, resumed: bool) -> dict:
+def _results(ctx: TrainContext, state: LoopState, test: dict, adapter: dict, seconds: float, resumed: bool) -> dict:
     cfg, spec, acc, hashes = ctx.cfg, ctx.spec, ctx.acc, ctx.hashes
     return {
         "status": "complete",
@@ -515,7 +515,7 @@ def _results(ctx: _Context, state: LoopState, test: dict, adapter: dict, seconds
     }
 
 
-def _progressive_record(ctx: _Context, state: LoopState) -> dict:
+def _progressive_record(ctx: TrainContext, state: LoopState) -> dict:
     p = ctx.cfg.progressive
     return {**ctx.schedule.describe(), "boundary": p.boundary, "reset_optimizer": p.reset_optimizer,
             "order_by": p.order, "pilot": state.pilot,
