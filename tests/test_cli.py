@@ -109,7 +109,7 @@ def test_init_refuses_a_non_empty_out_unless_overwrite(bert_dir, tmp_path, capsy
     argv = ["init", "--model", str(bert_dir), "--out", str(out), "--quiet", "--rank", "2"]
     assert main(argv) == 0
     assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "ailora.json",
-                                             "report.json"}
+                                             "README.md", "report.json"}
     assert main(argv) == 2
     assert "is not empty" in capsys.readouterr().err
     assert main(argv + ["--overwrite", "--method", "pissa"]) == 0

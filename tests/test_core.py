@@ -200,12 +200,14 @@ def test_per_role_policy_gives_any_role_any_start():
 
 
 def test_unknown_architecture_by_naming_modules():
+    """BERT's query and value have their usual names (the fallback finds them, tests/test_architectures.py);
+    its FFN's ``intermediate.dense`` has no usual name, so ``up`` must be named."""
     base = tiny_unknown_architecture("bert")
-    with pytest.raises(AiloraError, match="not known for model type 'mystery'.*attention.self.query"):
-        ailora.apply(copy.deepcopy(base), method="ailora")
-    model = ailora.apply(base, method="ailora", rank=2,
-                         modules={"query": [r"self\.query"], "value": [r"self\.value"]})
-    assert len(model.ailora_state.targets) == 4
+    with pytest.raises(AiloraError, match="'up' is not known for model type 'mystery'.*intermediate.dense"):
+        ailora.apply(copy.deepcopy(base), method="ailora", targets=["query", "up"])
+    model = ailora.apply(base, method="ailora", rank=2, targets=["query", "value", "up"],
+                         modules={"query": [r"self\.query"], "value": [r"self\.value"], "up": [r"intermediate\.dense"]})
+    assert len(model.ailora_state.targets) == 6 and model.ailora_state.roles_source == "modules"
 
 
 def test_bfloat16_model_decomposes_in_fp32_and_keeps_outputs():

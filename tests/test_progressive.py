@@ -101,10 +101,22 @@ def test_find_blocks(arch, path):
     assert blocks.index_of(f"{blocks.path}.1.x.lora_A.default.weight") == 1 and blocks.index_of("score.weight") is None
 
 
-@pytest.mark.parametrize("arch", ["bart", "t5"])
-def test_encoder_decoder_refused(arch):
-    with pytest.raises(AiloraError, match="encoder-decoder"):
-        prog.find_blocks(tiny(arch))
+@pytest.mark.parametrize("arch,enc,dec", [("bart", "model.encoder.layers", "model.decoder.layers"),
+                                          ("t5", "encoder.block", "decoder.block")])
+def test_encoder_decoder_stages_encoder_then_decoder(arch, enc, dec):
+    model = ailora.apply(tiny(arch), method="lora", rank=2)
+    blocks = prog.find_blocks(model)
+    enc, dec = f"base_model.model.{enc}", f"base_model.model.{dec}"
+    assert blocks.path == f"{enc}+{dec}" and blocks.count == 4
+    assert blocks.index_of(f"{enc}.1.x") == 1 and blocks.index_of(f"{dec}.0.x") == 2
+    schedule = prog.Schedule(model, 2)
+    assert schedule.parts == [[0, 1], [2, 3]]
+    schedule.enter(1)  # the encoder is frozen: only decoder adapters train, and backward still runs
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(f"{dec}." in n for n in trained)
+    ids = torch.tensor([[5, 6, 7, 2]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in trained)
 
 
 @pytest.mark.parametrize("method", LORA_FAMILY)

@@ -212,7 +212,7 @@ def test_real_tiny_sweep_is_interrupted_and_continued(bert_dir, tmp_path):
     assert all(run_state(p) == "resume" for p in where.glob("sweep-sentiment/*/*/seed*"))
     lines = []
     summary = run_sweep(SweepSpec.from_dict(data), where, log=lines.append)
-    assert summary["runs"] == {"planned": 4, "complete": 4} and sum("resuming" in x for x in lines) == 4
+    assert summary["runs"] == {"planned": 4, "complete": 4, "failed": []} and sum("resuming" in x for x in lines) == 4
     for label in ("lora", "ailora"):
         m = summary["tasks"]["sweep-sentiment"]["methods"][label]
         assert m["selected_lr"] == 3e-2 and m["test"]["accuracy"]["n"] == 2 and m["params"]["trainable"] > 0

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from ailora.errors import AiloraError
 from ailora.tasks import TaskSpec, register_task
 from ailora.train import RunConfig, check_run, load_config, train
-from ailora.train.data import IGNORE_INDEX, collate, encode_causal
+from ailora.train.data import IGNORE_INDEX, collate
+from ailora.train.generation import PromptFormat, encode_causal_lm
 from ailora.train.loop import trainable_parameters
 from tests.tiny_models import build, save_tiny_bert
 
@@ -185,19 +186,20 @@ def test_cli_parser_maps_flags_to_overrides(tmp_path):
 
 def test_causal_lm_answer_only_loss(llama_dir, tmp_path):
     tok = T.AutoTokenizer.from_pretrained(llama_dir)
-    enc = encode_causal(tok, [{"prompt": "1 2 3 =", "target": "3 2 1"}, {"prompt": "4 =", "target": "4"}], 32,
-                        False, 4)
+    plain = PromptFormat("", "")
+    enc = encode_causal_lm(tok, [{"prompt": "1 2 3 =", "target": "3 2 1"}, {"prompt": "4 =", "target": "4"}], plain,
+                           32, 16, False, 4)
     batch = collate(enc, tok.pad_token_id)
     first = batch["labels"][0].tolist()
     n_prompt = len(tok("1 2 3 =")["input_ids"])
     assert n_prompt >= 4 and first[:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert first[n_prompt:] == tok("3 2 1", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert batch["labels"][1].tolist()[-1] == IGNORE_INDEX and batch["attention_mask"][1].tolist()[-1] == 0
-    left = collate(encode_causal(tok, [{"prompt": "1 =", "target": "1"}, {"prompt": "1 2 3 =", "target": "3"}],
-                                 32, True, 4), tok.pad_token_id, left=True)
+    left = collate(encode_causal_lm(tok, [{"prompt": "1 =", "target": "1"}, {"prompt": "1 2 3 =", "target": "3"}],
+                                    plain, 32, 16, True, 4), tok.pad_token_id, left=True)
     assert left["input_ids"][0, 0].item() == tok.pad_token_id and left["input_ids"][0, -1].item() == tok.vocab["="]
     res = train(_cfg(llama_dir, tmp_path / "lm", "method.name=lora", "train.lr=1e-2", "train.epochs=2",
-                     "model.max_new_tokens=4", task="tiny-reverse"))
+                     "generation.max_new_tokens=4", task="tiny-reverse"))
     assert res["status"] == "complete" and "numeric_match" in res["test"]
     assert res["epochs"][-1]["train_loss"] < res["epochs"][0]["train_loss"]
 

@@ -113,3 +113,121 @@ def tiny_with_linear(name: str, path: str, in_features: int, out_features: int) 
     parent, _, attr = path.rpartition(".")
     setattr(model.get_submodule(parent), attr, torch.nn.Linear(in_features, out_features))
     return model
+
+
+# Tiny models of the other architectures of PEFT's default LoRA target mapping (tests/test_architectures.py),
+# apart from FAMILIES so that the tests looping over FAMILIES keep their size. A name with a suffix is a
+# layout variant: falcon's three fused-QKV layouts, GPT-BigCode without multi-query.
+_SPECIAL_IDS = dict(pad_token_id=0, bos_token_id=0, eos_token_id=0)
+_NEW_FALCON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, **_SPECIAL_IDS)
+_BIGCODE = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, **_SPECIAL_IDS)
+_GPTJ_SIZES = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4, **_SPECIAL_IDS)
+ARCHITECTURE_FAMILIES = {
+    "opt": Family(T.OPTConfig, T.OPTForCausalLM,
+                  dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=48, word_embed_proj_dim=32,
+                       max_position_embeddings=64, **_SPECIAL_IDS), ("dropout", "attention_dropout")),
+    "gpt_neox": Family(T.GPTNeoXConfig, T.GPTNeoXForCausalLM, dict(_BERT_SIZES, **_SPECIAL_IDS),
+                       ("hidden_dropout", "attention_dropout")),
+    "falcon-new": Family(T.FalconConfig, T.FalconForCausalLM,
+                         dict(_NEW_FALCON, new_decoder_architecture=True, num_kv_heads=2),
+                         ("hidden_dropout", "attention_dropout")),
+    "falcon-mq": Family(T.FalconConfig, T.FalconForCausalLM, dict(_NEW_FALCON, multi_query=True),
+                        ("hidden_dropout", "attention_dropout")),
+    "falcon-mha": Family(T.FalconConfig, T.FalconForCausalLM, dict(_NEW_FALCON, multi_query=False),
+                         ("hidden_dropout", "attention_dropout")),
+    "gptj": Family(T.GPTJConfig, T.GPTJForCausalLM, _GPTJ_SIZES, ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
+    "phi": Family(T.PhiConfig, T.PhiForCausalLM, dict(_BERT_SIZES, **_SPECIAL_IDS),
+                  ("resid_pdrop", "embd_pdrop", "attention_dropout")),
+    "stablelm": Family(T.StableLmConfig, T.StableLmForCausalLM, dict(_LLAMA_SIZES, **_SPECIAL_IDS),
+                       ("hidden_dropout", "attention_dropout")),
+    "gpt_bigcode": Family(T.GPTBigCodeConfig, T.GPTBigCodeForCausalLM, dict(_BIGCODE, multi_query=True),
+                          ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
+    "gpt_bigcode-mha": Family(T.GPTBigCodeConfig, T.GPTBigCodeForCausalLM, dict(_BIGCODE, multi_query=False),
+                              ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
+    "bloom": Family(T.BloomConfig, T.BloomForCausalLM, dict(hidden_size=32, n_layer=2, n_head=4, **_SPECIAL_IDS),
+                    ("hidden_dropout", "attention_dropout")),
+    "modernbert": Family(T.ModernBertConfig, T.ModernBertForSequenceClassification,
+                         dict(_BERT_SIZES, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                              sep_token_id=2, max_position_embeddings=64),
+                         ("embedding_dropout", "attention_dropout", "mlp_dropout")),
+    "mpt": Family(T.MptConfig, T.MptForCausalLM, dict(d_model=32, n_heads=4, n_layers=2, expansion_ratio=2),
+                  ("resid_pdrop", "emb_pdrop")),
+    "codegen": Family(T.CodeGenConfig, T.CodeGenForCausalLM, _GPTJ_SIZES, ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
+    "deberta": Family(T.DebertaConfig, T.DebertaForSequenceClassification, _BERT_SIZES, _BERT_DROPOUT),
+    "gpt_neo": Family(T.GPTNeoConfig, T.GPTNeoForCausalLM,
+                      dict(hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                           max_position_embeddings=64, **_SPECIAL_IDS), ("resid_dropout", "embed_dropout")),
+    "mixtral": Family(T.MixtralConfig, T.MixtralForCausalLM, dict(_LLAMA_SIZES, **_SPECIAL_IDS), ("attention_dropout",)),
+    "gemma3_text": Family(T.Gemma3TextConfig, T.Gemma3ForCausalLM, dict(_LLAMA_SIZES, head_dim=8, **_SPECIAL_IDS),
+                          ("attention_dropout",)),
+    "layoutlm": Family(T.LayoutLMConfig, T.LayoutLMForSequenceClassification, _BERT_SIZES, _BERT_DROPOUT),
+}
+
+
+def tiny_architecture(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """The tiny model of ``ARCHITECTURE_FAMILIES[name]`` (dropout off, eval mode), weights drawn after
+    ``torch.manual_seed(seed)``; ``overrides`` go to its config."""
+    family = ARCHITECTURE_FAMILIES[name]
+    config = family.config(**{"vocab_size": V, **family.sizes, **dict.fromkeys(family.dropout, 0.0), **overrides})
+    torch.manual_seed(seed)
+    return family.head(config).eval()
+
+
+# Encoder-decoders with a word-level tokenizer trained on the fly (no tokenizer files ship for BART/T5).
+
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3 in every word_tokenizer
+_SEQ2SEQ_IDS = {
+    "bart": dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None),
+    "t5": dict(pad_token_id=0, eos_token_id=2, decoder_start_token_id=0),
+}
+
+
+def word_tokenizer(texts, bos: bool = True) -> T.PreTrainedTokenizerFast:
+    """A fast word-level tokenizer trained with the ``tokenizers`` library on ``texts``: ids 0-3 are
+    <pad> <s> </s> <unk>, every text is encoded as ``[<s>] words </s>`` (``bos=False``: T5's ``words </s>``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    core = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.train_from_iterator(list(texts), trainers.WordLevelTrainer(special_tokens=list(SPECIALS)))
+    single = "<s> $A </s>" if bos else "$A </s>"
+    core.post_processor = processors.TemplateProcessing(
+        single=single, pair=f"{single} $B </s>", special_tokens=[(t, core.token_to_id(t)) for t in SPECIALS[1:3]])
+    return T.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                     unk_token="<unk>")
+
+
+def save_tiny_seq2seq(name: str, directory, texts, cls: type | None = None, **overrides):
+    """A tiny ``name`` ("bart" or "t5") encoder-decoder (default class: its conditional-generation
+    model) with a ``word_tokenizer`` trained on ``texts``, saved like a checkpoint; dropout off."""
+    tok = word_tokenizer(texts, bos=name != "t5")
+    model = build(name, cls, dropout=False, vocab_size=len(tok), **{**_SEQ2SEQ_IDS[name], **overrides})
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+# A word-level vocabulary for tiny causal LMs that need a real tokenizer (TRL's SFTTrainer, README snippets).
+TINY_WORDS = ("the a an is was and or not to of in on it this that movie film good bad great awful plot actor "
+              "story fun dull long short best worst love hate question answer yes no one two three four five "
+              "what why how cat dog sat ran mat rug").split()
+
+
+def tiny_tokenizer():
+    """A fast word-level tokenizer over ``TINY_WORDS`` with <pad>, <s>, </s> and <unk> (ids 0-3), built in code."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *TINY_WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return T.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                     unk_token="<unk>")
+
+
+def save_tiny_llama(directory, seed: int = 0):
+    """A tiny LlamaForCausalLM (dropout off) with ``tiny_tokenizer()``, saved like a checkpoint."""
+    tok = tiny_tokenizer()
+    build("llama", seed=seed, dropout=False, vocab_size=len(tok), pad_token_id=0, bos_token_id=1,
+          eos_token_id=2).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

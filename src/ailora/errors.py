@@ -7,3 +7,12 @@ class AiloraError(ValueError):
 
 class ExactnessError(AiloraError):
     """An initialisation, conversion or merge changed the model's outputs beyond tolerance."""
+
+
+class TrainingFailedError(AiloraError):
+    """Training stopped because it went wrong (a non-finite loss at ``step``); the run directory keeps
+    its last good checkpoint and records the run as failed (``failed.json``), never as complete."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step

@@ -12,7 +12,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from transformers import AutoTokenizer
 
 from ailora.analysis.curves import mean_by_method, read_run
 from ailora.analysis.lm import detect_objective, load_lm_pair, measure_forgetting, read_texts
@@ -39,7 +38,8 @@ from ailora.analysis.weights import (
 )
 from ailora.core.adapters import read_adapter
 from ailora.core.files import write_json
-from ailora.core.models import NAMED_MODELS, resolve_model_path
+from ailora.core.models import load_tokenizer as model_tokenizer
+from ailora.core.models import resolve_model_path
 from ailora.core.roles import find_targets
 from ailora.errors import AiloraError
 
@@ -162,13 +162,7 @@ def analyze_similarity(
 
 def load_tokenizer(path):
     """A tokenizer from a directory or short name; a missing or broken one is an AiloraError."""
-    directory = resolve_model_path(str(path)) if str(path) in NAMED_MODELS else Path(path)
-    try:
-        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise AiloraError(
-            f"no usable tokenizer in {directory} (pass a tokenizer): {str(exc).splitlines()[0]}"
-        ) from None
+    return model_tokenizer(path)
 
 
 def analyze_forgetting(

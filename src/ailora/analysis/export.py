@@ -20,7 +20,7 @@ from torch import nn
 from ailora.analysis.extract import check_rank_or_energy, extract_lora, peft_adapter
 from ailora.analysis.weights import DEFAULT_ROLES, align_names, load_checkpoint, matched_modules, parse_roles
 from ailora.core.adapters import CONFIG_FILE, WEIGHTS_FILE, load
-from ailora.core.files import atomic_dir, write_bytes, write_json
+from ailora.core.files import atomic_dir, check_empty_or_overwrite, write_bytes, write_json
 from ailora.core.models import resolve_model_path
 from ailora.core.probe import make_probe, run_probe
 from ailora.core.roles import Target
@@ -52,7 +52,7 @@ def target_rows(delta: torch.Tensor, target: Target) -> torch.Tensor:
     """dW (out, in) with the rows outside the target's role blocks zeroed (a fused module's other roles)."""
     keep = torch.zeros(delta.shape[0], dtype=torch.bool)
     for b in target.blocks:
-        keep[b.start : b.stop] = True
+        keep[b.rows] = True
     return delta * keep[:, None]
 
 
@@ -121,6 +121,7 @@ def extract_adapter_dir(
     check_rank_or_energy(rank, energy)
     roles = parse_roles(targets)
     base_dir, ft_dir = resolve_model_path(str(base)), resolve_model_path(str(finetuned))
+    check_empty_or_overwrite(Path(out), overwrite)  # before the models are loaded and decomposed
     base_model, ft_model = load_checkpoint(base_dir), load_checkpoint(ft_dir)
     found, base_w, ft_w = matched_modules(base_model, ft_model, roles)
     deltas = {t.name: target_rows(ft_w[t.name] - base_w[t.name], t) for t in found}

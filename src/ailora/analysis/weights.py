@@ -8,7 +8,6 @@ Models are loaded by ``ailora.core.models`` (directories, or the short names min
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 
@@ -39,13 +38,6 @@ def parse_roles(text: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(roles))
 
 
-def _architectures(path: os.PathLike) -> str:
-    try:
-        return repr(json.loads((path / "config.json").read_text()).get("architectures"))
-    except (OSError, ValueError, AttributeError):
-        return "its config.json"
-
-
 def load_checkpoint(name_or_path: str | os.PathLike, kind: str = "auto", info: bool = False):
     """A float32 model in eval mode from a directory or a short name (minilm, smollm2).
 
@@ -53,11 +45,7 @@ def load_checkpoint(name_or_path: str | os.PathLike, kind: str = "auto", info: b
     With ``info=True`` returns ``(model, loading_info)``, loading_info listing missing keys.
     """
     path = resolve_model_path(str(name_or_path))
-    try:
-        loaded = load_model(path, kind=kind, output_loading_info=info)
-    except (OSError, ValueError, KeyError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AiloraError(f"{path}: cannot load the model of {_architectures(path)}: {message}") from None
+    loaded = load_model(path, kind=kind, output_loading_info=info)  # broken files: one-line errors there
     model, loading = loaded if info else (loaded, None)
     model.eval()
     return (model, loading) if info else model
@@ -99,7 +87,7 @@ def split_roles(
     """Cut module weights into the row blocks of each role.
 
     weights: ``{module_name: W (out, in)}``, names paired with the targets' by `align_names` (so a
-    PEFT adapter's names, or a wrapped model's, work). Returns ``{role: {target_name: W[start:stop]
+    PEFT adapter's names, or a wrapped model's, work). Returns ``{role: {target_name: the role's rows of W
     (rows, in)}}``, roles in the targets' order; a target without a weight is left out.
     """
     targets = list(targets)
@@ -109,7 +97,7 @@ def split_roles(
         for b in t.blocks:
             role = out.setdefault(b.role, {})
             if t.name in pairs:
-                role[t.name] = weights[pairs[t.name]][b.start : b.stop]
+                role[t.name] = b.take(weights[pairs[t.name]])
     return out
 
 

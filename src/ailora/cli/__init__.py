@@ -1,7 +1,12 @@
 """The ``ailora`` command line: one subcommand per module, each a thin layer over the library.
 
 A subcommand module exposes ``add_parser(subparsers)``, which registers its parser and sets
-``func`` (called with the parsed namespace, returning an exit status).
+``func`` (called with the parsed namespace, returning an exit status), and may set
+``resume_hint`` (what to do after Ctrl-C).
+
+Exit statuses: 0 success; 2 a user's mistake or a failed check (one line, ``error: ...``; argparse
+uses 2 for bad flags as well); 1 an internal error (one line naming it; ``--debug`` or
+``AILORA_DEBUG=1`` shows the traceback); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,15 +23,25 @@ from ailora.errors import AiloraError
 from ailora.version import __version__
 
 # Module names under ailora.cli, in the order `ailora --help` lists them.
+DEBUG_ENV = "AILORA_DEBUG"  # set to 1: internal errors raise with their traceback (as --debug)
 SUBCOMMANDS = ["ls", "init", "train", "convert", "merge", "extract", "analyze", "sweep", "report", "demo"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): ``error: ailora train: ... (see --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ailora",
         description="AILoRA and the SVD-initialised LoRA family: exact, PEFT-compatible fine-tuning.",
     )
     parser.add_argument("--version", action="version", version=f"ailora {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an internal error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"ailora.cli.{name.replace('-', '_')}").add_parser(sub)
@@ -46,11 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AiloraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = getattr(args, "resume_hint", None)
+        print(f"interrupted; {hint}" if hint else "interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last line of defence: one line, the traceback on request
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug or {DEBUG_ENV}=1 "
+              "for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first non-empty line of ``exc``'s message."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ import inspect
 from ailora.analysis import ANALYSES
 from ailora.analysis.commands import DEFAULT_OUT, DEFAULT_TARGETS
 from ailora.analysis.lm import OBJECTIVES
+from ailora.core.files import require_writable
 
 MODEL = "model directory, or minilm / smollm2"
 LABELS = "one label per {} (default: directory names)"
@@ -141,6 +142,7 @@ SUBCOMMANDS = {
 
 def _run(args) -> int:
     analysis = ANALYSES[args.analysis]
+    require_writable(args.out, "--out")  # before any model is loaded
     png, js = analysis(**{name: getattr(args, name) for name in inspect.signature(analysis).parameters})
     print(f"wrote {png} and {js}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from collections.abc import Iterable
 
@@ -22,6 +24,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number above zero (``inf`` and ``nan`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
 def parse_modules(items: list[str] | None) -> dict[str, list[str]] | None:
     """``["query=attn.wq", "value=attn.wv"]`` -> {"query": ["attn.wq"], "value": ["attn.wv"]}."""
     if not items:
@@ -31,6 +44,10 @@ def parse_modules(items: list[str] | None) -> dict[str, list[str]] | None:
         if "=" not in item:
             raise AiloraError(f"--modules entry {item!r} is not ROLE=PATTERN")
         role, pat = item.split("=", 1)
+        try:
+            re.compile(pat.strip())
+        except re.error as exc:
+            raise AiloraError(f"--modules entry {item!r}: {pat.strip()!r} is not a regular expression ({exc})") from None
         out.setdefault(role.strip(), []).append(pat.strip())
     return out
 
@@ -94,7 +111,7 @@ def output_args(help: str) -> list[Argument]:
 METHOD_ARGS = [
     arg("--method", default="ailora", help="lora, pissa, milora, ailora (default), reailora; see `ailora ls`"),
     arg("--rank", type=positive_int, default=8, help="rank r of each adapted block (default 8)"),
-    arg("--alpha", type=float, default=None, help="LoRA alpha (default r for SVD starts, 2r for lora)"),
+    arg("--alpha", type=positive_float, default=None, help="LoRA alpha (default r for SVD starts, 2r for lora)"),
     arg("--targets", default=None, help="roles to adapt, comma-separated (default: query,value)"),
     arg("--policy", default=None,
         help="per-role starts overriding the method, e.g. query=principal,value=minor,key=lora"),

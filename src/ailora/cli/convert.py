@@ -19,7 +19,8 @@ ARGUMENTS = [
     arg("--rank", type=positive_int, default=None, help="compress every module to at most this rank"),
     arg("--initial", default=None,
         help="the adapter as it was at initialisation (for adapters trained on a residual base)"),
-    arg("--base", default=None, help="original base model directory: check outputs after conversion"),
+    arg("--base", default=None, help="original base model directory (or minilm / smollm2): check outputs after "
+        "conversion; built with the adapter's task head (class and number of labels)"),
 ]
 
 

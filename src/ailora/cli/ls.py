@@ -26,20 +26,24 @@ def _registry_rows() -> dict[str, list[tuple[str, str]]]:
         "inits": [(i.name, i.description) for i in INITS.values()],
         "solvers": [(s.name, s.description) for s in SOLVERS.values()],
         "roles": [(r, "") for r in ROLES],
-        "architectures": [(a, ", ".join(sorted(set(arch.roles) | {r for lay in arch.fused_layouts().values()
-                                                                   for r, _ in lay(_Any())})))
-                          for a, arch in sorted(ARCHITECTURES.items())],
+        "architectures": [(a, _architecture_row(arch)) for a, arch in sorted(ARCHITECTURES.items())]
+        + [("(other)", "roles found by their usual module names (q_proj, query, wq, ...) where unambiguous, "
+                       "with a warning; or modules=")],
         "tasks": [(name, getattr(spec, "description", "")) for name, spec in TASKS.items()],
         "presets": [(p.name, f"{p.description} ({run_count(p.spec())} runs; ailora sweep --preset {p.name})")
                     for p in PRESETS.values()],
     }
 
 
-class _Any:
-    """A stand-in config for listing the roles of fused layouts."""
-
-    def __getattr__(self, name):
-        return 1
+def _architecture_row(arch) -> str:
+    """Its roles, each fused projection's roles and row layout after them: ``output, up, down; fused
+    query_key_value = query,key,value (per head [q|k|v])``."""
+    plain = [r for r in ROLES if r in arch.roles]
+    fused = []
+    for pattern, f in arch.fused_layouts().items():
+        leaf = pattern.replace("\\", "").rsplit(".", 1)[-1]  # attn\.c_attn -> c_attn
+        fused.append(f"{leaf} = {','.join(f.roles)} ({f.description})")
+    return "; ".join([", ".join(plain)] + [f"fused {f}" for f in fused])
 
 
 def run(args) -> int:

@@ -9,7 +9,8 @@ HELP = "merge an adapter into its base model and write the full model"
 DESCRIPTION = (
     "Load the base model and a PEFT LoRA adapter (such as one written by ailora), merge the adapter into the "
     "weights, check the merged model's outputs against base+adapter, and write the full model as safetensors "
-    "(tokenizer files copied along)."
+    "(tokenizer files copied along). The base is built with the adapter's task head (its model class and number of "
+    "labels, from ailora.json or the head's tensors), whatever head the base checkpoint has; --kind overrides the class."
 )
 ARGUMENTS = [
     *model_args("--base", "base model directory"),

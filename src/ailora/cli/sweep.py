@@ -98,6 +98,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", default=None, help="sweep directory (default for a preset: runs/PRESET)")
     p.add_argument("--overwrite", action="store_true", help="replace a sweep directory that holds a different spec")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (train.progress=false)")
+    p.set_defaults(resume_hint="run the same command again to continue where it stopped (finished runs are kept)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config keys for every run, e.g. train.epochs=2 (see `ailora train --help`)")
 

@@ -19,6 +19,7 @@ SHORTCUTS = {
     "--max-train-samples": "task.max_train_samples", "--max-eval-samples": "task.max_eval_samples",
     "--data-dir": "task.data_dir", "--run-dir": "run_dir", "--progressive-stages": "progressive.stages",
 }
+RESUME_HINT = "continue from the last checkpoint with the same command plus --resume"
 SWITCHES = {"--resume": "resume", "--overwrite": "overwrite", "--no-progress": "train.progress"}
 
 
@@ -86,4 +87,4 @@ def add_parser(sub) -> None:
                        if not flag.startswith("--no-") else "no progress bars (train.progress=false)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. train.lr=3e-4")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resume_hint=RESUME_HINT)

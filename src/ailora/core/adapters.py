@@ -15,6 +15,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ailora.core.files import atomic_dir, write_json
+from ailora.core.files import atomic_dir, atomic_file, write_json, write_text
+from ailora.core.hub import CARD_FILE, model_card, push
 from ailora.core.probe import compare_outputs, make_probe, run_probe
 from ailora.core.roles import weight_of
 from ailora.core.state import AiloraState, state_of
@@ -35,6 +37,21 @@ PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 META_FILE = "ailora.json"
+# Model classes whose head has labels: their count is recorded so the head can be rebuilt on load.
+HEAD_CLASSES = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice")
+# The ``init_lora_weights`` an ailora model carries while its adapters train on a residual base
+# W - s B0 A0 (``mark_residual_form``). PEFT writes it into every raw save (``model.save_pretrained``,
+# a Trainer checkpoint without AiloraCallback), whose factors are right only on that residual base.
+# PEFT refuses an unknown init ("Unknown initialization init_lora_weights='ailora-residual-form: ...'"),
+# so such a save fails loudly on the original base instead of loading wrong. PEFT's own PiSSA saves
+# carry "pissa" and reload by re-running PiSSA on load; ailora's starts (per role: minor singular
+# vectors for V; per block of a fused layer; its sign convention; float32 residuals in a bf16 model)
+# are nothing PEFT can re-run, so ailora writes plain LoRA on the original weights instead.
+RESIDUAL_FORM = ("ailora-residual-form: these factors were trained on the residual base W - s*B0*A0 and are "
+                 "wrong on the original model; write a loadable adapter with ailora.save(model, dir), or train "
+                 "with callbacks=[ailora.hf.AiloraCallback()]")
+# The LoRA ranks vLLM accepts (its ``max_lora_rank`` choices); SGLang sizes its buffers the same way.
+VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def lora_scaling(rank: int, alpha: float, rslora: bool) -> float:
@@ -71,15 +88,17 @@ def module_rank_alpha(cfg: peft.LoraConfig, name: str) -> tuple[int, float]:
 
 
 def to_plain_lora(sd: dict, cfg: peft.LoraConfig, initial: dict, rank: int | None = None):
-    """Rewrite adapter tensors as plain LoRA on the original base, optionally compressed.
+    """Rewrite adapter tensors as plain LoRA on the original base, in serving form, optionally at one rank.
 
     Args:
         sd: PEFT adapter state dict (keys ``base_model.model.<module>.lora_A.weight`` ...).
         cfg: its LoraConfig. initial: module -> (A0, B0), the start of modules trained on a residual.
-        rank: compress every module above this rank.
-    Returns (new state dict, new config, per-module report).
+        rank: every module at exactly this rank: compressed when above (error reported), zero-padded
+            when below (exact).
+    Returns (new state dict, new config, per-module report). The config's ``r`` and ``lora_alpha``
+    describe the tensors (see ``serving_form``).
     """
-    sd, cfg, modules = dict(sd), copy.deepcopy(cfg), {}
+    sd, cfg, modules, factors = dict(sd), copy.deepcopy(cfg), {}, {}
     for key in [k for k in sd if k.endswith(".lora_A.weight")]:
         name = key[len(PREFIX):-len(".lora_A.weight")]
         a, b = sd[key].float(), sd[f"{PREFIX}{name}.lora_B.weight"].float()
@@ -94,16 +113,55 @@ def to_plain_lora(sd: dict, cfg: peft.LoraConfig, initial: dict, rank: int | Non
         info = {"trained_rank": r, "rank": a.shape[0], "converted": a.shape[0] != r, "relative_error": 0.0}
         if rank is not None and a.shape[0] > rank:
             b, a, info["relative_error"] = compress(b, a, rank)
-            info["rank"] = rank
+        elif rank is not None and a.shape[0] < rank:  # zero rows of A / columns of B add nothing to B A
+            a, b = torch.cat([a, a.new_zeros(rank - a.shape[0], a.shape[1])]), torch.cat(
+                [b, b.new_zeros(b.shape[0], rank - b.shape[1])], dim=1)
+        info["rank"] = a.shape[0]
         modules[name] = info
-        dtype = sd[key].dtype
-        sd[key], sd[f"{PREFIX}{name}.lora_B.weight"] = a.to(dtype).contiguous(), b.to(dtype).contiguous()
-        if info["rank"] != r:
-            cfg.rank_pattern[re.escape(name)] = info["rank"]
-            cfg.alpha_pattern[re.escape(name)] = _alpha_for(s, info["rank"], cfg.use_rslora)
+        factors[name] = (a, b, s, sd[key].dtype)
+    for name, (a, b, dtype) in serving_form(cfg, factors).items():
+        sd[f"{PREFIX}{name}.lora_A.weight"] = a.to(dtype).contiguous()
+        sd[f"{PREFIX}{name}.lora_B.weight"] = b.to(dtype).contiguous()
     cfg.init_lora_weights = True
     cfg.inference_mode = True
     return sd, cfg, modules
+
+
+def serving_form(cfg: peft.LoraConfig, factors: dict) -> dict:
+    """Set ``cfg`` so that ONE scale, ``lora_alpha / r`` (``/ sqrt(r)`` under rsLoRA), is right for every module.
+
+    vLLM and SGLang read only ``r``, ``lora_alpha``, ``use_rslora`` and ``target_modules``: they size
+    their buffers from ``r`` and apply one scale to all modules. So ``r`` is the largest module rank,
+    ``lora_alpha`` gives the scale most modules have, a module with another scale has the ratio folded
+    into its B (B A is what matters), and ``rank_pattern`` / ``alpha_pattern`` (for PEFT, which sizes
+    each layer from them) name only the modules whose rank differs from ``r``; a uniform adapter has none.
+
+    Args: factors: module -> (A: (k, in), B: (out, k), scale s, dtype), A and B in float32.
+    Returns module -> (A, B, dtype), B rescaled where needed. ``cfg`` is changed in place.
+    """
+    if not factors:
+        return {}
+    ranks = {name: f[0].shape[0] for name, f in factors.items()}
+    scales = [f[2] for f in factors.values()]
+    scale = max(scales, key=scales.count)
+    top = max(ranks.values())
+    cfg.r, cfg.lora_alpha = top, _alpha_for(scale, top, cfg.use_rslora)
+    cfg.rank_pattern = {re.escape(n): k for n, k in ranks.items() if k != top}
+    cfg.alpha_pattern = {p: _alpha_for(scale, k, cfg.use_rslora) for p, k in cfg.rank_pattern.items()}
+    out = {}
+    for name, (a, b, s, dtype) in factors.items():
+        out[name] = (a, b if math.isclose(s, scale, rel_tol=1e-12) else b * (s / scale), dtype)
+    return out
+
+
+def rank_warning(r: int) -> str | None:
+    """Why an adapter of rank ``r`` may not serve on vLLM / SGLang, or None if ``r`` is one they accept."""
+    if r in VLLM_RANKS:
+        return None
+    above = [k for k in VLLM_RANKS if k > r]
+    fix = (f"save(..., rank={above[0]}) pads it to that rank with zeros (exact)" if above
+           else f"save(..., rank={VLLM_RANKS[-1]}) compresses it (relative error reported)")
+    return f"adapter rank r={r} is not one vLLM accepts ({', '.join(map(str, VLLM_RANKS))}); {fix}"
 
 
 def converted_state(model: peft.PeftModel, rank: int | None = None, state: AiloraState | None = None):
@@ -117,17 +175,42 @@ def converted_state(model: peft.PeftModel, rank: int | None = None, state: Ailor
     return to_plain_lora(sd, model.peft_config["default"], state.initial if state is not None else {}, rank)
 
 
+def model_record(model: torch.nn.Module) -> dict:
+    """What loading the base again needs, as written to ``ailora.json``: the transformers class of the
+    adapted model (its task head), its label count and problem type, and where it was loaded from."""
+    base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
+    config = getattr(base, "config", None)
+    record = {"class": type(base).__name__, "name_or_path": getattr(config, "_name_or_path", "") or None}
+    if config is not None and any(type(base).__name__.endswith(k) for k in HEAD_CLASSES):
+        record.update(num_labels=config.num_labels, problem_type=config.problem_type,
+                      id2label={str(k): v for k, v in config.id2label.items()})
+    return record
+
+
+def _provenance(state: AiloraState | None) -> dict:
+    return {**state.metadata(), "output_check": state.check} if state is not None else {}
+
+
 def save(model: peft.PeftModel, out_dir, rank: int | None = None, overwrite: bool = False,
-         state: AiloraState | None = None, extra_json: Mapping[str, object] | None = None) -> dict:
+         state: AiloraState | None = None, extra_json: Mapping[str, object] | None = None,
+         base_model: str | None = None, push_to_hub: str | None = None) -> dict:
     """Write a standard PEFT LoRA adapter that reproduces ``model`` on the original base weights.
 
+    The directory is ready to serve: ``r`` and ``lora_alpha`` describe the tensors (one scale for
+    every module, see ``serving_form``; a warning when vLLM would refuse ``r``), and ``README.md`` is
+    a Hub model card. Every save of an ailora model should go through here (or ``ailora.hf.AiloraCallback``):
+    the model's own ``save_pretrained`` writes residual-form factors, which PEFT refuses to load.
+
     Args:
-        rank: compress every module to at most this rank (SVD of the delta; errors reported).
+        rank: every module at exactly this rank (compressed by an SVD of its delta, error reported, or
+            zero-padded, exact), e.g. a rank vLLM accepts (8, 16, 32, ...).
         overwrite: replace a non-empty ``out_dir`` (refused otherwise).
         state: the model's AiloraState (default: ``state_of(model)``).
         extra_json: file name -> object, further JSON files written into the same directory.
-    Returns the report also written as ``ailora.json``: provenance and, per module, its rank and
-    the relative error of the compression (0 when uncompressed).
+        base_model: the base model's Hub id for the model card (default: where the model was loaded from).
+        push_to_hub: a Hub repo id: upload the written directory there (needs network and a token).
+    Returns the report also written as ``ailora.json``: provenance, the model class and label count,
+    the serving config, and per module its rank and the relative error of the compression.
     """
     if not isinstance(model, peft.PeftModel):
         raise AiloraError("save expects the PeftModel returned by ailora.core.apply")
@@ -135,30 +218,89 @@ def save(model: peft.PeftModel, out_dir, rank: int | None = None, overwrite: boo
         raise AiloraError(f"rank must be a positive integer, got {rank!r}")
     state = state if state is not None else state_of(model)
     sd, cfg, modules = converted_state(model, rank, state)
-    meta = plain_adapter_meta(state.metadata() if state is not None else {}, modules, rank)
+    record = model_record(model)
+    provenance = {**_provenance(state), "model": record, "base_model": base_model or record["name_or_path"]}
+    meta = plain_adapter_meta(provenance, modules, rank, cfg)
     write_adapter_dir(out_dir, sd, cfg, meta, overwrite, extra_json)
+    if push_to_hub:
+        meta["pushed"] = push(out_dir, push_to_hub)
     return meta
 
 
-def plain_adapter_meta(meta: dict, modules: dict, rank: int | None) -> dict:
-    """``ailora.json`` of a plain-LoRA adapter: provenance ``meta`` plus the conversion report."""
+def plain_adapter_meta(meta: dict, modules: dict, rank: int | None, cfg: peft.LoraConfig) -> dict:
+    """``ailora.json`` of a plain-LoRA adapter: provenance ``meta``, the conversion report and what
+    serving engines read (warned about when vLLM would refuse the rank)."""
+    serving = {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "use_rslora": cfg.use_rslora,
+               "rank_pattern": dict(cfg.rank_pattern), "warning": rank_warning(cfg.r)}
+    if serving["warning"]:
+        warnings.warn(serving["warning"], stacklevel=3)
     return {**meta, "format": "plain-lora-on-original-base", "compressed_rank": rank, "modules": modules,
-            "max_relative_error": max((m["relative_error"] for m in modules.values()), default=0.0)}
+            "max_relative_error": max((m["relative_error"] for m in modules.values()), default=0.0),
+            "serving": serving}
+
+
+def _config_text(cfg: peft.LoraConfig, meta: dict) -> str:
+    """adapter_config.json as PEFT writes it, with PEFT's ``auto_mapping`` naming the model class."""
+    out = {k: list(v) if isinstance(v, set) else v for k, v in cfg.to_dict().items()}
+    model_class = (meta.get("model") or {}).get("class")
+    if cfg.task_type is None and model_class:
+        out["auto_mapping"] = {"base_model_class": model_class, "parent_library": "transformers"}
+    return json.dumps(out, indent=2, sort_keys=True)
+
+
+def write_adapter_files(directory, sd: dict, cfg: peft.LoraConfig, meta: dict) -> None:
+    """Write (or replace) an adapter's files in ``directory``, each atomically: the weights, the config,
+    ``ailora.json`` = ``meta`` and the model card. Other files there are left alone."""
+    d = Path(directory)
+    with atomic_file(d / WEIGHTS_FILE) as tmp:
+        save_file(sd, tmp, metadata={"format": "pt"})
+    write_text(d / CONFIG_FILE, _config_text(cfg, meta))
+    write_json(d / META_FILE, meta)
+    write_text(d / CARD_FILE, model_card(meta, {"r": cfg.r, "lora_alpha": cfg.lora_alpha}, meta.get("base_model")))
 
 
 def write_adapter_dir(out_dir, sd: dict, cfg: peft.LoraConfig, meta: dict, overwrite: bool,
                       extra_json: Mapping[str, object] | None = None) -> None:
-    """Write an adapter directory atomically: PEFT's two files, ``ailora.json`` = ``meta``, and
-    ``extra_json`` (file name -> object). A non-empty ``out_dir`` is refused unless ``overwrite``."""
+    """Write an adapter directory atomically: PEFT's two files, ``ailora.json`` = ``meta``, the model
+    card and ``extra_json`` (file name -> object). A non-empty ``out_dir`` is refused unless ``overwrite``."""
     with atomic_dir(out_dir, overwrite) as tmp:
-        cfg.save_pretrained(tmp)
-        save_file(sd, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        for name, obj in {META_FILE: meta, **(extra_json or {})}.items():
+        write_adapter_files(tmp, sd, cfg, meta)
+        for name, obj in (extra_json or {}).items():
             write_json(tmp / name, obj)
 
 
-def read_adapter_config(adapter_dir) -> tuple[Path, peft.LoraConfig]:
-    """The directory and LoraConfig of an adapter directory that has both of PEFT's files."""
+def mark_residual_form(model: peft.PeftModel, state: AiloraState) -> None:
+    """Label the config of an ailora model whose adapters train on a residual base with
+    ``RESIDUAL_FORM``, so that a raw save of it fails to load on the original base (see there).
+    Models whose every start has B0 = 0 (plain LoRA) keep W and save correctly as they are."""
+    if any(b0.abs().max() > 0 for _, b0 in state.initial.values()):
+        model.peft_config["default"].init_lora_weights = RESIDUAL_FORM
+
+
+def convert_raw_save(directory, model: peft.PeftModel, state: AiloraState | None = None) -> dict | None:
+    """Rewrite in place the raw PEFT save of ``model`` in ``directory`` (``model.save_pretrained``, as a
+    Trainer checkpoint holds) as the plain-LoRA adapter ``save`` writes; other files stay.
+
+    Works from the files written, not the live parameters, so it is the same under FSDP or DeepSpeed.
+    Returns the new ``ailora.json``, or None when the directory already holds a converted adapter."""
+    state = state if state is not None else state_of(model)
+    if state is None:
+        raise AiloraError("convert_raw_save expects a model returned by ailora.apply")
+    if (Path(directory) / META_FILE).is_file():
+        return None
+    sd, cfg, _ = read_adapter(directory, residual_form_ok=True)
+    sd, cfg, modules = to_plain_lora(sd, cfg, state.initial)
+    record = model_record(model)
+    meta = plain_adapter_meta({**_provenance(state), "model": record, "base_model": record["name_or_path"]},
+                              modules, None, cfg)
+    write_adapter_files(directory, sd, cfg, meta)
+    return meta
+
+
+def read_adapter_config(adapter_dir, residual_form_ok: bool = False) -> tuple[Path, peft.LoraConfig]:
+    """The directory and LoraConfig of an adapter directory that has both of PEFT's files.
+
+    A raw save of an ailora model (``RESIDUAL_FORM``) is refused unless ``residual_form_ok``."""
     d = Path(adapter_dir)
     if not d.is_dir():
         raise AiloraError(f"adapter directory {d} does not exist")
@@ -166,20 +308,27 @@ def read_adapter_config(adapter_dir) -> tuple[Path, peft.LoraConfig]:
         if not (d / f).is_file():
             raise AiloraError(f"adapter directory {d} is missing {f}")
     try:
-        return d, peft.LoraConfig.from_pretrained(d)
+        cfg = peft.LoraConfig.from_pretrained(d)
     except Exception as exc:  # a broken JSON file or a non-LoRA config
         raise AiloraError(f"{d / CONFIG_FILE} is not a LoRA adapter config: {exc}".splitlines()[0]) from None
+    if cfg.init_lora_weights == RESIDUAL_FORM and not residual_form_ok:
+        raise AiloraError(f"{d} is a raw save of an ailora model (model.save_pretrained, or a Trainer checkpoint "
+                          "without ailora.hf.AiloraCallback): its factors were trained on the residual base and do not "
+                          "apply to the original model; save with ailora.save(model, dir)")
+    return d, cfg
 
 
-def read_adapter(adapter_dir) -> tuple[dict[str, torch.Tensor], peft.LoraConfig, dict]:
+def read_adapter(adapter_dir, residual_form_ok: bool = False) -> tuple[dict[str, torch.Tensor], peft.LoraConfig, dict]:
     """(tensors, LoraConfig, ailora.json or {}) of an adapter directory; a one-line error if any is broken.
 
-    The one reader of adapter directories: load checks, conversion and the analyses use it."""
-    d, cfg = read_adapter_config(adapter_dir)
+    The one reader of adapter directories: load checks, conversion and the analyses use it. A raw
+    save of an ailora model is refused unless ``residual_form_ok``."""
+    d, cfg = read_adapter_config(adapter_dir, residual_form_ok)
     try:
         sd = load_file(d / WEIGHTS_FILE)
     except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
         raise AiloraError(f"cannot read adapter weights {d / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from None
+    check_lora_pairs(sd, d / WEIGHTS_FILE)
     meta = {}
     if (d / META_FILE).is_file():
         try:
@@ -189,10 +338,27 @@ def read_adapter(adapter_dir) -> tuple[dict[str, torch.Tensor], peft.LoraConfig,
     return sd, cfg, meta
 
 
+def check_lora_pairs(keys, path) -> None:
+    """Every layer's lora_A has its lora_B and the reverse (PEFT would silently start a missing one
+    afresh); a one-line error names the file and the layer."""
+    halves = {half: {k.replace(f".{half}.", ".lora_?.") for k in keys if f".{half}." in k}
+              for half in ("lora_A", "lora_B")}
+    odd = sorted(halves["lora_A"] ^ halves["lora_B"])
+    if odd:
+        lacking = "lora_B" if odd[0] in halves["lora_A"] else "lora_A"
+        layer = odd[0].removeprefix(PREFIX).split(".lora_?.")[0]
+        raise AiloraError(f"{path} lacks the {lacking} tensor of layer {layer}")
+
+
 def check_adapter_dir(base: torch.nn.Module, adapter_dir) -> peft.LoraConfig:
     """Validate an adapter directory against a base model; a one-line error names what is wrong."""
     d, cfg = read_adapter_config(adapter_dir)
-    with safe_open(d / WEIGHTS_FILE, framework="pt") as f:
+    try:
+        f = safe_open(d / WEIGHTS_FILE, framework="pt")
+    except Exception as exc:  # a truncated or foreign file
+        raise AiloraError(f"cannot read adapter weights {d / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from None
+    with f:
+        check_lora_pairs(f.keys(), d / WEIGHTS_FILE)
         for key in f.keys():
             if ".lora_A." not in key and ".lora_B." not in key:
                 continue

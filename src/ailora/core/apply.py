@@ -5,10 +5,12 @@ starting values and rewrites each adapted base weight as the frozen residual
 ``W_res = W - s * B0 @ A0``, so that the model's outputs are unchanged at step 0. That is checked
 on a probe batch on every call.
 
-Fused projections (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``): one PEFT LoRA layer of rank r per
-adapted block (rank 2r for Q and V), A stacked by block and B block-structured (the Q rows of B
-only use the Q columns, ...). A gradient mask keeps B's off-block entries at zero during
-training, so the blocks stay separate, and the trained layer is still a plain PEFT LoRA.
+Fused projections (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``, GPT-NeoX's per-head ``query_key_value``):
+one PEFT LoRA layer of rank r per adapted block (rank 2r for Q and V), each block's start taken
+from the SVD of its own rows (contiguous or one slice per head, ``ailora.core.layouts``), A stacked
+by block and B block-structured (the Q rows of B only use the Q columns, ...). A gradient mask
+keeps B's off-block entries at zero during training, so the blocks stay separate, and the trained
+layer is still a plain PEFT LoRA.
 
 ``apply`` gathers its keywords in an ``ApplyOptions`` (checked when built) and ``apply_with`` runs
 the steps in order: validate the model, plan every start (all decompositions, before the model is
@@ -29,11 +31,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ailora.core.adapters import lora_scaling
+from ailora.core.adapters import lora_scaling, mark_residual_form
 from ailora.core.inits import INITS, InitConfig, InitFn
 from ailora.core.policies import get_policy_method, resolve_policy
 from ailora.core.probe import compare_outputs, make_probe, model_dtype, run_probe
-from ailora.core.roles import Target, find_targets, weight_of
+from ailora.core.roles import Target, find_targets, roles_source, weight_of
 from ailora.core.state import AiloraState, LayerRecord, attach_state, state_of
 from ailora.core.svd import SOLVERS
 from ailora.errors import AiloraError, ExactnessError
@@ -98,7 +100,7 @@ def _validate_weight(name: str, module: nn.Module, target: Target, rank: int) ->
         raise AiloraError(f"layer {name} has quantised or integer weights ({w.dtype}, {kind}); "
                           "load the model in float32/bfloat16/float16 to initialise adapters")
     for b in target.blocks:
-        limit = min(b.stop - b.start, target.in_features)
+        limit = min(b.size, target.in_features)
         if rank > limit:
             raise AiloraError(f"rank {rank} exceeds min(out, in) = {limit} of layer {name} ({b.role} block)")
     if not torch.isfinite(w).all():
@@ -173,15 +175,15 @@ class _Plan:
                    torch.zeros(t.out_features, k * rank, device=dev), record)
 
     def block(self, j: int) -> torch.Tensor:
-        """Block j's rows of the weight: (rows, in) float32 on the plan's device."""
+        """Block j's rows of the weight, in row order: (rows, in) float32 on the plan's device."""
         blk = self.target.blocks[j]
-        return weight_of(self.module).detach()[blk.start:blk.stop].to(device=self.device, dtype=torch.float32)
+        return blk.take(weight_of(self.module).detach()).to(device=self.device, dtype=torch.float32)
 
     def store(self, j: int, a: torch.Tensor, b: torch.Tensor, svals, seconds: float) -> None:
         """Put block j's factors A: (r, in), B: (rows, r) in place; record its singular values and time."""
         blk = self.target.blocks[j]
         cols = slice(j * self.rank, (j + 1) * self.rank)
-        self.A[cols], self.B[blk.start:blk.stop, cols] = a, b
+        self.A[cols], self.B[blk.rows, cols] = a, b
         if svals is not None:
             self.record.singular_values[blk.role] = svals.tolist()
         self.record.seconds += seconds
@@ -214,7 +216,7 @@ def _batches(plans: list[_Plan], policy: dict[str, str], solver: str) -> Iterato
         for j, blk in enumerate(plan.target.blocks):
             init = INITS[policy[blk.role]]
             if init.uses_svd:
-                key = (init.name, blk.stop - blk.start, plan.target.in_features, plan.device)
+                key = (init.name, blk.size, plan.target.in_features, plan.device)
                 groups.setdefault(key, []).append((plan, j))
             else:
                 yield init, [(plan, j)], False
@@ -276,7 +278,7 @@ def _lora_config(layout: _Layout, options: ApplyOptions) -> peft.LoraConfig:
 def _block_mask(target: Target, rank: int) -> torch.Tensor:
     mask = torch.zeros(target.out_features, len(target.blocks) * rank)
     for i, blk in enumerate(target.blocks):
-        mask[blk.start:blk.stop, i * rank:(i + 1) * rank] = 1
+        mask[blk.rows, i * rank:(i + 1) * rank] = 1
     return mask
 
 
@@ -348,6 +350,7 @@ def _new_state(layout: _Layout, options: ApplyOptions, plans: list[_Plan]) -> Ai
         dtype=str(layout.dtype).removeprefix("torch."),
         lr_ratios=dict(get_policy_method(options.method).lr_ratios),
         head=layout.head, targets={t.name: t for t in layout.targets}, use_dora=options.use_dora,
+        roles_source=roles_source(layout.targets),
         initial={p.target.name: (p.A.detach().cpu().clone(), p.B.detach().cpu().clone()) for p in plans},
         layers=[p.record for p in plans],
     )
@@ -389,7 +392,9 @@ def apply(
         rank: r of every adapted block. alpha: LoRA alpha (default: r for the SVD starts, 2r for lora).
         targets: roles to adapt (default: the method's, query and value), e.g. ``["query", "value"]``.
         policy: per-role starts overriding the method's, e.g. ``"query=principal,value=minor,key=lora"``.
-        modules: role -> module-name patterns for architectures ailora does not know.
+        modules: role -> module-name patterns for architectures ailora does not know; ``"PATTERN@ROWS"``
+            or ``(PATTERN, ROWS)`` takes some rows of a fused module (``rows:0:64``, ``block:0/3``,
+            ``heads:0/3:16``; see ``ailora.core.layouts``).
         solver: ``exact`` (full SVD) or ``fast`` (randomised / Gram eigendecomposition).
         head: task-head modules trained in full ("auto": classifier/score/... when present).
         use_rslora: scale by alpha / sqrt(r). use_dora: PEFT's DoRA, whose magnitude PEFT sets to the
@@ -423,6 +428,7 @@ def apply_with(model: nn.Module, options: ApplyOptions) -> peft.PeftModel:
         _write_layer(peft_model, plan, layout.scaling, options.residual_dtype, options.rank)
     state = _new_state(layout, options, plans)
     attach_state(peft_model, state)
+    mark_residual_form(peft_model, state)  # a raw save_pretrained must not load silently wrong
     if options.check:
         _check_outputs(peft_model, state, probe, reference, layout.dtype)
     state.total_seconds = time.perf_counter() - t_start

@@ -20,7 +20,9 @@ from ailora.core.adapters import (
     verify,
     write_adapter_dir,
 )
-from ailora.core.models import load_model, resolve_model_path
+from ailora.core.apply import HEAD_NAMES
+from ailora.core.files import check_empty_or_overwrite
+from ailora.core.models import load_config, load_model, resolve_model_path
 from ailora.core.roles import weight_of
 from ailora.errors import AiloraError
 
@@ -68,6 +70,7 @@ def convert_dir(adapter, out, rank: int | None = None, initial=None, base=None, 
             against the model as trained (and, when compressing, report the difference).
     """
     sd, cfg, meta = read_adapter(adapter)
+    check_empty_or_overwrite(Path(out), overwrite)  # before a base model is loaded and checked
     if initial is None and rank is None:
         raise AiloraError(f"adapter {adapter} is already plain LoRA: give --rank to compress it, or --initial "
                           "for an adapter trained on a residual base")
@@ -76,7 +79,7 @@ def convert_dir(adapter, out, rank: int | None = None, initial=None, base=None, 
     provenance = {k: v for k, v in meta.items() if k not in ("modules", "compressed_rank", "max_relative_error")}
     if base is not None:
         provenance["check"] = _check_against_base(base, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial)
-    report = plain_adapter_meta(provenance, modules, rank)
+    report = plain_adapter_meta(provenance, modules, rank, new_cfg)
     write_adapter_dir(out, new_sd, new_cfg, report, overwrite, {REPORT_FILE: report})
     return report
 
@@ -96,13 +99,86 @@ def _initial_factors_of(initial, sd: dict, cfg: peft.LoraConfig) -> dict[str, tu
 
 def _check_against_base(base_path, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial) -> dict:
     path = resolve_model_path(base_path)
-    fresh = load_model(path)
+    fresh = load_base_for_adapter(path, adapter)
     if not init_factors:
         check_adapter_dir(fresh, adapter)
     if init_factors:
-        reference = _residual_reference(load_model(path), sd, cfg, load_file(Path(initial) / WEIGHTS_FILE))
+        reference = _residual_reference(load_base_for_adapter(path, adapter), sd, cfg,
+                                        load_file(Path(initial) / WEIGHTS_FILE))
     else:
-        reference = peft.PeftModel.from_pretrained(load_model(path), str(adapter))
+        reference = peft.PeftModel.from_pretrained(load_base_for_adapter(path, adapter), str(adapter))
     converted = peft.get_peft_model(fresh, _plain_copy(new_cfg))
     peft.set_peft_model_state_dict(converted, new_sd)
     return verify(reference, converted)
+
+
+# PEFT task types -> the kinds of ``ailora.core.models.load_model``.
+TASK_KINDS = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq-lm", "QUESTION_ANS": "qa"}
+# Head modules whose output size is the number of labels, and the tensor that holds it.
+LABEL_TENSORS = ("classifier.weight", "classifier.out_proj.weight", "score.weight", "classification_head.out_proj.weight")
+
+
+def _kind_of_class(name: str) -> str | None:
+    """The ``load_model`` kind whose Auto class builds transformers class ``name`` (None: no such kind)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    tables = {"seq-cls": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+              "causal-lm": auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "qa": auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
+              "seq2seq-lm": auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, "masked-lm": auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+              "base": auto.MODEL_MAPPING_NAMES}
+    return next((kind for kind, table in tables.items() if name in set(table.values())), None)
+
+
+def adapter_head(adapter) -> dict:
+    """The model class, label count and head modules an adapter was trained with, from its ``ailora.json``
+    (``model``, written by ``ailora.save``) or, for other adapters, its config's ``task_type`` /
+    ``auto_mapping`` and the shape of its head tensors. Keys: class, kind, num_labels, head (module names)."""
+    sd, cfg, meta = read_adapter(adapter)
+    record = dict(meta.get("model") or {})
+    heads = sorted({k[len(PREFIX):].split(".")[0] for k in sd if ".lora_" not in k and k.startswith(PREFIX)})
+    if "num_labels" not in record:
+        shapes = [sd[PREFIX + t].shape[0] for t in LABEL_TENSORS if PREFIX + t in sd]
+        if shapes:
+            record["num_labels"] = shapes[0]
+    cls = record.get("class") or (getattr(cfg, "auto_mapping", None) or {}).get("base_model_class")
+    kind = _kind_of_class(cls) if cls else TASK_KINDS.get(str(cfg.task_type).rsplit(".", 1)[-1])
+    if kind is None and record.get("num_labels"):
+        kind = "seq-cls"
+    return {**record, "class": cls, "kind": kind, "head": meta.get("head") or heads, "tensors": heads}
+
+
+def load_base_for_adapter(path, adapter, kind: str = "auto", dtype: str | None = None,
+                          trust_remote_code: bool = False):
+    """The original base at ``path`` built with the adapter's task head (class and number of labels),
+    whatever head the checkpoint itself has (none, as MiniLM; or another label count).
+
+    The head's weights come from the adapter (PEFT's ``modules_to_save``): a head the checkpoint lacks,
+    or whose size differs, that the adapter does not hold in full is refused, never left random."""
+    info = adapter_head(adapter)
+    kind = (info["kind"] or "auto") if kind == "auto" else kind
+    config = load_config(path, trust_remote_code)
+    extra = {}
+    if info.get("num_labels") is not None and kind == "seq-cls":
+        extra = {"num_labels": info["num_labels"]}
+        if info.get("problem_type"):
+            extra["problem_type"] = info["problem_type"]
+        if info.get("id2label"):
+            extra["id2label"] = {int(k): v for k, v in info["id2label"].items()}
+    own = (getattr(config, "architectures", None) or [None])[0]
+    same_head = info["class"] in (None, own) and extra.get("num_labels", config.num_labels) == config.num_labels
+    if extra and not same_head:
+        extra["ignore_mismatched_sizes"] = True  # the checkpoint's head (if any) is replaced by the adapter's
+    model = load_model(path, kind=kind, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+    if not same_head:
+        _require_head_tensors(model, info, adapter)
+    return model
+
+
+def _require_head_tensors(model, info: dict, adapter) -> None:
+    sd, _, _ = read_adapter(adapter)
+    children = {n for n, _ in model.named_children()}
+    for head in [h for h in info["head"] if h in children] or [h for h in children if h in HEAD_NAMES]:
+        missing = [n for n, _ in model.get_submodule(head).named_parameters() if f"{PREFIX}{head}.{n}" not in sd]
+        if missing:
+            raise AiloraError(f"adapter {adapter} has no weights for the task head {head}.{missing[0]}, which the base "
+                              f"checkpoint does not have either; give the fine-tuned checkpoint with its head as the base")

@@ -10,7 +10,9 @@ see after a crash:
   the old one removed, so ``out`` never exists half-written. A non-empty ``out`` is refused
   unless ``overwrite``.
 - ``remove_stale(out)`` deletes the ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings a killed process
-  left behind (a resumed run calls it before writing again).
+  left behind (``atomic_dir`` calls it before writing again), ``remove_stale_in(dir)`` every such
+  entry in a directory (a resumed run calls it on its run directory).
+- ``require_writable(out)`` refuses, before any work, an output that could not be created.
 
 Temporary names start with a dot and carry the final name, so ``ls`` hides them and a person
 can tell what they were for.
@@ -53,8 +55,9 @@ def _fsync_dir(path: Path) -> None:
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` when the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_staging_prefix(path, "tmp"))
+    with _os_errors_named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_staging_prefix(path, "tmp"))
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -82,10 +85,47 @@ def write_json(path: str | os.PathLike, obj, sort_keys: bool = False) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
-def check_empty_or_overwrite(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` (or a file in its place) unless ``overwrite``."""
+def require_writable(out: str | os.PathLike, what: str = "output") -> Path:
+    """``out`` as a Path, or a one-line error if it could not be created (or replaced) and written.
+
+    Checked before any heavy work: the nearest existing ancestor must be a directory where a file
+    can be created (a path under a regular file, or in a read-only place, is refused). Nothing is
+    left behind: a probe file is created and removed.
+    """
+    out = Path(out)
+    parent = out.parent if out.name else out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.exists():
+        raise AiloraError(f"{what} {out}: no part of the path exists")
+    if not parent.is_dir():
+        raise AiloraError(f"{what} {out} cannot be created: {parent} is a file, not a directory")
+    for d in (parent, out) if out.is_dir() else (parent,):
+        try:  # os.access says yes to root on a read-only mount or in /proc: try it
+            fd, probe = tempfile.mkstemp(dir=d, prefix=_staging_prefix(out, "tmp"))
+        except OSError as exc:
+            raise AiloraError(f"{what} {out} cannot be written: {d} is not writable ({exc.strerror})") from None
+        os.close(fd)
+        os.unlink(probe)
+    return out
+
+
+def check_empty_or_overwrite(out: Path, overwrite: bool, what: str = "output") -> None:
+    """Refuse a non-empty ``out`` (or a file in its place) unless ``overwrite``, and an ``out`` that
+    cannot be written (``require_writable``)."""
+    out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise AiloraError(f"output {out} already exists and is not empty; choose another or allow overwrite")
+        raise AiloraError(f"{what} {out} already exists and is not empty; choose another or allow overwrite")
+    require_writable(out, what)
+
+
+@contextmanager
+def _os_errors_named(path: Path) -> Iterator[None]:
+    """An OSError while creating a staging file or directory for ``path`` as a one-line AiloraError."""
+    try:
+        yield
+    except OSError as exc:
+        raise AiloraError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @contextmanager
@@ -93,8 +133,10 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     """Yield a temporary sibling directory of ``out`` to fill; it becomes ``out`` on success."""
     out = Path(out)
     check_empty_or_overwrite(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out, "tmp")))
+    remove_stale(out)  # what a writer of ``out`` killed mid-save left
+    with _os_errors_named(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out, "tmp")))
     try:
         yield tmp
         if out.exists() or out.is_symlink():
@@ -122,6 +164,16 @@ def remove_stale(out: str | os.PathLike) -> list[Path]:
         else:
             p.unlink(missing_ok=True)
     return stale
+
+
+def remove_stale_in(directory: str | os.PathLike) -> list[Path]:
+    """Delete every staging entry (``.NAME.tmp-*`` / ``.NAME.old-*``) directly inside ``directory``:
+    what writers killed mid-save left there (a resumed or rerun command calls it first)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    names = {p.name[1:].split(f".{tag}-")[0] for tag in STAGING_TAGS for p in d.glob(f".*.{tag}-*")}
+    return [p for name in sorted(names) for p in remove_stale(d / name)]
 
 
 def require_dir(path: str | os.PathLike, what: str, required: tuple[str, ...] = ()) -> Path:

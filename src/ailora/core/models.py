@@ -43,6 +43,45 @@ def model_class(config, kind: str = "auto"):
     return getattr(transformers, arch, transformers.AutoModel) if arch else transformers.AutoModel
 
 
+def is_encoder_decoder(config) -> bool:
+    """Whether a checkpoint's config is an encoder-decoder (BART, mBART, T5, Pegasus...): its
+    ``is_encoder_decoder`` flag, or an architecture transformers lists as a seq2seq LM."""
+    if getattr(config, "is_encoder_decoder", False):
+        return True
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    seq2seq = set(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values())
+    return any(a in seq2seq for a in getattr(config, "architectures", None) or [])
+
+
+def check_kind(config, kind: str, where) -> None:
+    """A causal LM from an encoder-decoder checkpoint (BartForCausalLM: the encoder dropped) or a
+    seq2seq LM from a decoder is an error, never a silent fallback."""
+    seq2seq = is_encoder_decoder(config)
+    if kind == "causal-lm" and seq2seq:
+        raise AiloraError(f"{where} is an encoder-decoder ({config.model_type}); load it as seq2seq-lm, not causal-lm")
+    if kind == "seq2seq-lm" and not seq2seq:
+        raise AiloraError(f"{where} is not an encoder-decoder ({config.model_type}); load it as causal-lm, not seq2seq-lm")
+
+
+def load_config(path, trust_remote_code: bool = False):
+    """The transformers config of the checkpoint in directory ``path``; an unreadable config.json
+    (not JSON, no model_type) is a one-line error naming it."""
+    p = check_model_dir(path)
+    try:
+        return transformers.AutoConfig.from_pretrained(p, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise AiloraError(f"{p / 'config.json'} cannot be read{_architectures(p)}: {_first_line(exc)}") from None
+
+
+def _architectures(p: Path) -> str:
+    """`` (architectures [...])`` from a config.json transformers refused, when it is JSON at all."""
+    try:
+        return f" (architectures {json.loads((p / 'config.json').read_text()).get('architectures')})"
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 def check_model_dir(path: str | os.PathLike) -> Path:
     p = require_dir(path, "model path", ("config.json",))
     if not any(p.glob("*.safetensors")):
@@ -52,13 +91,59 @@ def check_model_dir(path: str | os.PathLike) -> Path:
 
 def load_model(path, kind: str = "auto", dtype: str | None = None, trust_remote_code: bool = False,
                **kwargs) -> nn.Module:
-    """A transformers model from a local directory, weights through safetensors only."""
+    """A transformers model from a local directory, weights through safetensors only.
+
+    The one model loader: an unreadable ``config.json`` or weights file (not JSON, truncated, not
+    safetensors), a tensor of the wrong shape, or a weight of the backbone missing from the files
+    is a one-line ``AiloraError`` naming the directory (a new task head may be missing: it is
+    initialised, as transformers does). ``output_loading_info=True`` returns ``(model, info)``.
+    """
     p = check_model_dir(path)
-    config = transformers.AutoConfig.from_pretrained(p, trust_remote_code=trust_remote_code)
+    config = load_config(p, trust_remote_code)
+    check_kind(config, kind, p)
     cls = model_class(config, kind)
     torch_dtype = parse_dtype(dtype)
     extra = {"dtype": torch_dtype} if torch_dtype is not None else {"dtype": torch.float32}
-    return cls.from_pretrained(p, use_safetensors=True, trust_remote_code=trust_remote_code, **extra, **kwargs)
+    want_info = kwargs.pop("output_loading_info", False)
+    strict_shapes = not kwargs.get("ignore_mismatched_sizes", False)
+    kwargs.setdefault("ignore_mismatched_sizes", True)  # mismatches are reported below, by name
+    try:
+        model, info = cls.from_pretrained(p, use_safetensors=True, trust_remote_code=trust_remote_code,
+                                          output_loading_info=True, **extra, **kwargs)
+    except Exception as exc:  # safetensors' and transformers' own errors for broken or foreign files
+        raise AiloraError(f"model {p}: cannot load its weights as {cls.__name__}: {_first_line(exc)}") from None
+    _check_loaded(p, model, info, strict_shapes)
+    return (model, info) if want_info else model
+
+
+def load_tokenizer(path, trust_remote_code: bool = False):
+    """The tokenizer in directory ``path`` (or of a named offline model); a missing or broken one
+    (tokenizer files, or a config.json that is not JSON) is a one-line error naming the directory."""
+    p = resolve_model_path(str(path)) if str(path) in NAMED_MODELS else require_dir(path, "tokenizer path")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers' and tokenizers' own errors for missing or broken files
+        raise AiloraError(f"no usable tokenizer in {p}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _check_loaded(path: Path, model: nn.Module, info: dict, strict_shapes: bool) -> None:
+    """A weight of the wrong shape, or a backbone weight the files lack, as a one-line error."""
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
+    if strict_shapes and mismatched:
+        name, theirs, ours = mismatched[0]
+        raise AiloraError(f"model {path}: tensor {name} has shape {tuple(theirs)} in the weights file, config.json "
+                          f"implies {tuple(ours)}")
+    prefix = getattr(model, "base_model_prefix", "")
+    backbone_is_root = not prefix or not hasattr(model, prefix)
+    missing = sorted(k for k in info.get("missing_keys") or []
+                     if (backbone_is_root or k.startswith(prefix + ".")) and ".pooler." not in f".{k}")
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise AiloraError(f"model {path}: the weights file lacks {missing[0]}{more}")
 
 
 def _package_dir(package: str, pip_name: str) -> Path:

@@ -31,14 +31,23 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def make_probe(model: nn.Module, batch: int = 2, length: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A seeded batch of token ids valid for the model (and decoder ids for encoder-decoders)."""
+    """A seeded batch of token ids valid for the model (and decoder ids for encoder-decoders).
+
+    Encoder-decoders get decoder ids as long as the encoder's, and every row ends with the eos
+    token, which appears nowhere else: their sequence-classification heads (BART, T5) read the
+    decoder's state at the input's eos positions and need the same count of them in every row.
+    """
     cfg = model.config
     vocab = model.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, length), generator=g)
     probe = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if getattr(cfg, "is_encoder_decoder", False):
-        probe["decoder_input_ids"] = torch.randint(0, vocab, (batch, max(2, length // 2)), generator=g)
+        eos = getattr(cfg, "eos_token_id", None)
+        if isinstance(eos, int) and 0 <= eos < vocab:
+            ids[ids == eos] = (eos + 1) % vocab
+            ids[:, -1] = eos
+        probe["decoder_input_ids"] = torch.randint(0, vocab, (batch, length), generator=g)
     device = model_device(model)
     return {k: v.to(device) for k, v in probe.items()}
 

@@ -54,6 +54,7 @@ class AiloraState:
     targets: dict[str, Target]
     initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
     use_dora: bool = False
+    roles_source: str = "architecture"  # architecture, modules or fallback (``ailora.core.roles``)
     layers: list[LayerRecord] = field(default_factory=list)
     check: dict = field(default_factory=dict)
     total_seconds: float = 0.0
@@ -66,7 +67,8 @@ class AiloraState:
             "policy": self.policy, "rank": self.rank, "alpha": self.alpha, "use_rslora": self.use_rslora,
             "solver": self.solver, "seed": self.seed, "dtype": self.dtype, "lr_ratios": self.lr_ratios,
             "head": self.head, "use_dora": self.use_dora,
-            "targets": {n: [asdict(b) for b in t.blocks] for n, t in self.targets.items()},
+            "roles_source": self.roles_source,
+            "targets": {n: [b.describe() for b in t.blocks] for n, t in self.targets.items()},
         }
 
     def report(self) -> dict:

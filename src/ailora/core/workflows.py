@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ailora.core.adapters import load, merge_to_dir, save
+from ailora.core.adapters import load, merge_to_dir, read_adapter_config, save
 from ailora.core.apply import ApplyOptions, apply_with
+from ailora.core.convert import load_base_for_adapter
 from ailora.core.files import check_empty_or_overwrite
 from ailora.core.models import load_model, resolve_model_path
 from ailora.core.state import state_of
@@ -42,5 +43,9 @@ def merge_dir(base: str, adapter, out, kind: str = "auto", dtype: str | None = N
     """Load ``base`` (a directory, or minilm / smollm2) with the adapter directory ``adapter``, merge,
     and write the full model (and the base's tokenizer files) to ``out``; returns the output check."""
     path = resolve_model_path(base)
-    model = load(load_model(path, kind=kind, dtype=dtype, trust_remote_code=trust_remote_code), adapter)
+    read_adapter_config(adapter)  # cheap checks before the model is loaded
+    check_empty_or_overwrite(Path(out), overwrite)
+    # built with the adapter's task head (class, number of labels) unless ``kind`` names another class
+    base_model = load_base_for_adapter(path, adapter, kind=kind, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load(base_model, adapter)
     return merge_to_dir(model, out, overwrite=overwrite, tokenizer_from=path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ailora.analysis.curves import mean_by_method, read_run
 from ailora.analysis.plots import plot_curves, save_figure
-from ailora.core.files import write_text
+from ailora.core.files import require_writable, write_text
 from ailora.experiments.sweep import summarize, task_dir
 from ailora.tasks.metrics import is_better
 from ailora.train import record
@@ -223,6 +223,7 @@ def write_report(sweep_dir, out=None) -> dict:
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out else sweep_dir / REPORT_DIR
     summary = summarize(sweep_dir)
+    require_writable(out, "report directory")
     table = build_table(summary)
     figures = []
     for task in summary["spec"]["tasks"]:

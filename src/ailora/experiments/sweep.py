@@ -46,8 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ailora.core.files import remove_stale_in, require_writable
 from ailora.core.models import resolve_model_path
-from ailora.errors import AiloraError
+from ailora.errors import AiloraError, TrainingFailedError
 from ailora.tasks.metrics import get_metric, is_better
 from ailora.train import record
 from ailora.train.checks import check_run
@@ -275,10 +276,13 @@ def plan(spec: SweepSpec, sweep_dir) -> list[tuple[PlannedRun, RunConfig]]:
 
 
 def run_state(run_dir) -> str:
-    """done (results.json), resume (a checkpoint), restart (partial, no checkpoint) or new."""
+    """done (results.json), failed (failed.json: not redone; delete the directory to retry), resume
+    (a checkpoint), restart (partial, no checkpoint) or new."""
     d = Path(run_dir)
     if (d / record.RESULTS).is_file():
         return "done"
+    if (d / record.FAILED).is_file():
+        return "failed"
     if (d / record.CHECKPOINTS / "last.pt").is_file():
         return "resume"
     return "restart" if d.is_dir() and any(d.iterdir()) else "new"
@@ -286,7 +290,11 @@ def run_state(run_dir) -> str:
 
 def prepare_sweep_dir(spec: SweepSpec, sweep_dir, overwrite: bool = False) -> None:
     """Write sweep.json in a new or empty directory; accept the same spec; refuse a different one."""
-    d = Path(sweep_dir)
+    d = require_writable(sweep_dir, "sweep directory")
+    if d.exists() and not d.is_dir():
+        raise AiloraError(f"sweep directory {d} is a file; choose another path")
+    if (d / SPEC).is_file():
+        remove_stale_in(d)  # a sweep's directory: what a summary write killed mid-save left
     if (d / SPEC).is_file():
         try:
             held = SweepSpec.from_dict(json.loads((d / SPEC).read_text()))
@@ -322,12 +330,16 @@ def run_sweep(spec: SweepSpec, sweep_dir, overwrite: bool = False,
     for i, (run, cfg) in enumerate(runs, 1):
         state = run_state(cfg.run_dir)
         where = f"[{i}/{len(runs)}] {run.path}"
-        if state == "done":
-            log(f"{where}: done before")
+        if state in ("done", "failed"):
+            log(f"{where}: {state} before")
             continue
         log(f"{where}: {'resuming' if state == 'resume' else 'training'}")
         cfg = dataclasses.replace(cfg, resume=state == "resume", overwrite=state == "restart")
-        results = train_fn(cfg)
+        try:
+            results = train_fn(cfg)
+        except TrainingFailedError as exc:  # recorded in the run's failed.json; the sweep goes on
+            log(f"{where}: failed: {exc}")
+            continue
         if results.get("status") != "complete":
             log(f"{where}: stopped at step {results.get('step')}; run the sweep again to continue")
             continue
@@ -388,8 +400,10 @@ def summarize(sweep_dir) -> dict:
     spec = load_spec(d / SPEC)
     runs = planned_runs(spec)
     results = {r.path: _read_results(d / r.path) for r in runs}
+    failed = [r.path for r in runs if results[r.path] is None and (d / r.path / record.FAILED).is_file()]
     summary = {"spec": spec.to_dict(), "runs": {"planned": len(runs), "complete": sum(v is not None for v in
-                                                                                          results.values())},
+                                                                                          results.values()),
+                                                "failed": failed},
                "tasks": {}}
     for task in spec.tasks:
         done = [results[r.path] for r in runs if r.task == task and results[r.path]]

@@ -188,13 +188,14 @@ def _squad(name: str, version: str, hub: str, train_size: int, dev_size: int) ->
     return TaskSpec(
         name=name,
         description=f"SQuAD v{version} extractive QA{' with unanswerable questions' if version == '2.0' else ''}; "
-        "official dev set as test, validation = whole train articles (about 2,000 questions)",
+        "official dev set as test, validation = whole train articles (2,000 questions with the official file, "
+        "the same fraction of any other)",
         kind="extractive_qa",
         metrics=("squad_f1", "squad_em"),
         loader=load_squad,
         text_fields=("question", "context"),
         source=f"hub {hub}, or data_dir with {files['train']} and {files['test']}",
-        validation_size=2000,
+        validation_size=2000 / train_size,  # 2,000 with the official file, a file of any size works
         sizes={"train+validation": train_size, "test": dev_size},
         options={"hub": hub, "files": files, "hub_splits": {"train": "train", "test": "validation"}},
     )

@@ -146,12 +146,12 @@ _SINGLE_NUMBER = re.compile(r"^-?\d[\d,]*(?:\.\d+)?(?:\s+[^\d:;/]*)?$")
 
 def load_asdiv(spec: TaskSpec, data_dir: Path | None) -> RawSplits:
     """ASDiv word problems whose answer is a single number (2,084 of 2,305; 2,083 distinct):
-    prompt = passage + " " + question, target = the answer string ("9 apples"), scored by its number."""
+    prompt = passage + newline + question, target = the answer string ("9 apples"), scored by its number."""
     examples = []
     for where, row in read_jsonl(package_file(*_ASDIV), ("passage", "question", "answer")):
         answer = str(row["answer"]).strip()
         if _SINGLE_NUMBER.match(answer):
-            prompt = f"{row['passage'].strip()} {row['question'].strip()}"
+            prompt = f"{row['passage'].strip()}\n{row['question'].strip()}"
             examples.append({"prompt": prompt, "target": answer, "_src": where})
     return {"all": examples}
 
@@ -255,6 +255,8 @@ BUNDLED = [
         loader=load_asdiv,
         text_fields=("passage", "question"),
         source=_source(_ASDIV),
+        options={"prompt": {"template": "Question: {input}\nAnswer:", "keep": "end"},
+                 "decoding": {"max_new_tokens": 24}},
         validation_size=200,
         test_size=500,
         dedupe=True,
@@ -269,6 +271,9 @@ BUNDLED = [
         loader=load_xsum,
         text_fields=("document",),
         source=_source(_XSUM),
+        options={"prompt": {"template": "Summarize the article in one sentence.\n\nArticle: {input}\n\nSummary:",
+                            "keep": "start"},
+                 "decoding": {"max_new_tokens": 64, "no_repeat_ngram_size": 3}},
         validation_size=100,
         test_size=200,
         sizes={"train": 699, "validation": 100, "test": 200},

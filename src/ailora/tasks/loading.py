@@ -128,7 +128,11 @@ def _carve(
             break
         picked.update(groups[key])
     carved = [ex for i, ex in enumerate(examples) if i in picked]
-    return carved, [ex for i, ex in enumerate(examples) if i not in picked]
+    rest = [ex for i, ex in enumerate(examples) if i not in picked]
+    if not rest:  # whole groups: one big group (a SQuAD file with one article) can take everything
+        raise AiloraError(f"task {spec.name!r}: carving {what} takes every example (groups are kept whole); "
+                          "the data needs more groups (articles)")
+    return carved, rest
 
 
 def _input_key(ex: Example) -> tuple[Any, ...]:
@@ -151,12 +155,15 @@ def _dedupe(examples: list[Example]) -> list[Example]:
 
 
 def _label_set(spec: TaskSpec, splits: RawSplits) -> tuple[str, ...]:
+    """The spec's label names, else the sorted labels of the TRAINING split: a class that appears only
+    in validation or test could never be learnt, so ``_finalise`` refuses it there, naming the file."""
     if spec.label_names is not None:
         return spec.label_names
-    names = sorted({str(ex["label"]).strip() for examples in splits.values() for ex in examples})
+    names = sorted({str(ex["label"]).strip() for ex in splits["train"]})
     if len(names) < 2:
         raise AiloraError(
-            f"task {spec.name!r}: found {len(names)} distinct label(s) {names}; classification needs two or more"
+            f"task {spec.name!r}: found {len(names)} distinct label(s) {names} in the training split; "
+            "classification needs two or more"
         )
     return tuple(names)
 
@@ -169,7 +176,8 @@ def _finalise(spec: TaskSpec, label_names: tuple[str, ...] | None, ex: Example) 
         assert label_names is not None
         index = label_index(out["label"], label_names)
         if index is None:
-            raise AiloraError(f"{where}: label {out['label']!r} is not in the label set {list(label_names)}")
+            raise AiloraError(f"{where}: label {out['label']!r} is not in the label set {list(label_names)} "
+                              "(the training split's labels, or the spec's label_names)")
         out["label"] = index
     elif spec.kind == "regression":
         try:

@@ -1,6 +1,6 @@
 """One nested config per training run, validated at construction, with strict dotted overrides.
 
-``RunConfig`` holds five sections (model, method, task, train, progressive) and where the run is
+``RunConfig`` holds seven sections (model, method, task, train, progressive, generation, qa) and where the run is
 written. Each field's docstring is its help text (``field_help``), so the CLI and the docs cannot
 drift. ``RunConfig.from_dict`` and ``apply_overrides`` are strict: an unknown key or a value of the
 wrong type is an ``AiloraError`` that names the key.
@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import textwrap
 import types
 import typing
@@ -34,6 +35,7 @@ EMBEDDINGS = ("first-stage", "frozen", "always")
 REMAINDERS = ("top", "bottom")
 BOUNDARIES = ("epoch", "steps")
 ORDERS = ("depth", "grad-norm")
+MODEL_KINDS = ("auto", "seq-cls", "causal-lm", "seq2seq-lm", "qa")
 
 
 @dataclass
@@ -41,19 +43,56 @@ class ModelConfig:
     name: str = "minilm"
     """Model directory, or a model shipped in offline packages (minilm, smollm2)."""
     kind: str = "auto"
-    """auto: a sequence-classification head for classification/regression tasks, a causal LM for generation."""
+    """auto: from the task and the checkpoint (seq-cls for classification/regression, qa for extractive QA, seq2seq-lm for generation on an encoder-decoder, causal-lm on a decoder); a kind the checkpoint cannot be is an error."""
     dtype: str = "float32"
     """Weights' dtype when loading: float32, bfloat16 or float16."""
     max_length: int = 128
-    """Most tokens per example (prompt and answer together for a causal LM); longer ones are truncated."""
-    max_new_tokens: int = 16
-    """Tokens generated per example when a causal LM is evaluated (greedy)."""
+    """Most tokens per example (prompt and answer together for a causal LM, the encoder input for an encoder-decoder, question and window for QA); prompts are cut in their body, keeping instruction and answer cue."""
 
     def validate(self) -> None:
-        _choice("model.kind", self.kind, ("auto", "seq-cls", "causal-lm"))
+        _choice("model.kind", self.kind, MODEL_KINDS)
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _positive("model.max_length", self.max_length)
-        _positive("model.max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int | None = None
+    """Most tokens generated per example at evaluation (default: the task's, e.g. 24 for asdiv, 64 for xsum, else 32)."""
+    num_beams: int | None = None
+    """Beam search width; 1 is greedy (default: the task's, else 1)."""
+    length_penalty: float | None = None
+    """Beam search length penalty: > 1 favours longer outputs (default: the task's, else 1.0)."""
+    no_repeat_ngram_size: int | None = None
+    """Never repeat an n-gram of this size (0: off; default: the task's, 3 for xsum, else 0)."""
+    max_target_length: int = 128
+    """Most target tokens trained on per example (the answer or summary, eos included)."""
+    chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template when it has one (causal LMs)."""
+
+    def validate(self) -> None:
+        for key in ("max_new_tokens", "num_beams"):
+            if getattr(self, key) is not None:
+                _positive(f"generation.{key}", getattr(self, key))
+        if self.length_penalty is not None and not math.isfinite(self.length_penalty):
+            raise AiloraError(f"generation.length_penalty must be finite, got {self.length_penalty}")
+        if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0:
+            raise AiloraError(f"generation.no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        _positive("generation.max_target_length", self.max_target_length)
+
+
+@dataclass
+class QAConfig:
+    doc_stride: int = 128
+    """Extractive QA: tokens shared by consecutive windows of a context longer than model.max_length."""
+    max_answer_length: int = 30
+    """Extractive QA: most tokens in a predicted answer span."""
+    n_best: int = 20
+    """Extractive QA: start and end candidates per window in post-processing."""
+
+    def validate(self) -> None:
+        for key in ("doc_stride", "max_answer_length", "n_best"):
+            _positive(f"qa.{key}", getattr(self, key))
 
 
 @dataclass
@@ -154,6 +193,8 @@ class TrainConfig:
     """Write TensorBoard logs under RUN_DIR/tb."""
     progress: bool = True
     """Show tqdm progress bars."""
+    eval_before: bool = False
+    """Evaluate the untrained model on every evaluation split first (recorded as step 0, results "before")."""
 
     def validate(self) -> None:
         _positive("train.lr", self.lr)
@@ -215,6 +256,10 @@ class RunConfig:
     """Optimisation, evaluation and checkpoints."""
     progressive: ProgressiveConfig = field(default_factory=ProgressiveConfig)
     """Progtuning (arXiv 2506.21119): progressively fewer updated transformer blocks."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """Prompts and decoding of generation tasks."""
+    qa: QAConfig = field(default_factory=QAConfig)
+    """Windows and answer post-processing of extractive QA tasks."""
     run_dir: str = ""
     """Directory the run writes (config, metrics, results, checkpoints, adapter)."""
     resume: bool = False
@@ -227,7 +272,8 @@ class RunConfig:
             raise AiloraError("run_dir is empty; give the directory the run writes (--run-dir)")
         if self.resume and self.overwrite:
             raise AiloraError("resume and overwrite exclude each other; choose one")
-        for section in (self.model, self.method, self.task, self.train, self.progressive):
+        _check_finite(self)
+        for section in (self.model, self.method, self.task, self.train, self.progressive, self.generation, self.qa):
             section.validate()
         p = self.progressive
         if p.boundary == "epoch" and p.stages > self.train.epochs:
@@ -424,6 +470,17 @@ def all_help() -> dict[str, str]:
         else:
             out[name] = doc
     return out
+
+
+def _check_finite(config, prefix: str = "") -> None:
+    """Every number of ``config`` (a config dataclass, its sections included) is finite: a NaN or an
+    infinity (``--lr inf``, ``train.max_grad_norm=nan``) is an error naming the key."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise AiloraError(f"{prefix}{f.name} must be a finite number, got {value}")
 
 
 def _positive(key: str, value) -> None:

@@ -6,9 +6,10 @@ interrupted one would have; with P processes the permutation is padded to a mult
 repeating its start (as ``DistributedSampler`` does) and process p takes rows p, p + P, ..., so
 every process runs the same number of steps.
 
-Causal-LM examples are ``prompt + target + eos`` with labels -100 on the prompt and the padding:
-the loss is on the answer only. Training batches are right-padded; generation batches are
-left-padded so that every prompt ends where generation starts.
+Generation examples are built in ``ailora.train.generation`` (causal LM: ``prompt + target +
+eos`` with labels -100 on the prompt and the padding; encoder-decoder: the target as labels), and
+extractive QA windows in ``ailora.train.qa``. Training batches are right-padded; a causal LM's
+generation batches are left-padded so that every prompt ends where generation starts.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ from dataclasses import dataclass
 
 import torch
 
-from ailora.errors import AiloraError
-
 IGNORE_INDEX = -100
 
 
 @dataclass
 class Encoded:
-    """One tokenised example. ``labels`` only for causal LMs; ``target`` is what metrics compare to."""
+    """One tokenised example. ``labels``: token labels (generation, training); ``target``: what metrics
+    compare to, a class, a number, a text, or (start, end) token positions (extractive QA, training)."""
 
     input_ids: list[int]
     target: object
     labels: list[int] | None = None
     token_type_ids: list[int] | None = None
+    meta: dict | None = None  # an extractive-QA window's example index, offsets and [CLS] position
 
 
 def encode_classification(tokenizer, examples: list[dict], max_length: int, regression: bool) -> list[Encoded]:
@@ -42,35 +43,13 @@ def encode_classification(tokenizer, examples: list[dict], max_length: int, regr
     return out
 
 
-def _prompt_ids(tokenizer, prompt: str, room: int) -> list[int]:
-    ids = tokenizer(prompt)["input_ids"]
-    return ids[-room:] if len(ids) > room else ids  # keep the prompt's end, next to the answer
-
-
-def encode_causal(tokenizer, examples: list[dict], max_length: int, for_generation: bool,
-                  max_new_tokens: int) -> list[Encoded]:
-    """Prompt + target + eos with the loss on the answer (training), or the prompt alone (generation)."""
-    if tokenizer.eos_token_id is None:
-        raise AiloraError("the tokenizer has no eos token; a causal LM needs one to end its answers")
-    out = []
-    for ex in examples:
-        if for_generation:
-            ids = _prompt_ids(tokenizer, ex["prompt"], max(1, max_length - max_new_tokens))
-            out.append(Encoded(ids, ex["target"]))
-            continue
-        target = tokenizer(ex["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        target = target[: max(1, max_length // 2)] if len(target) >= max_length else target
-        prompt = _prompt_ids(tokenizer, ex["prompt"], max(1, max_length - len(target)))
-        out.append(Encoded(prompt + target, ex["target"], labels=[IGNORE_INDEX] * len(prompt) + target))
-    return out
-
-
 def collate(items: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example. Keys: input_ids, attention_mask, [token_type_ids], [labels]."""
+    """Pad a batch to its longest example. Keys: input_ids, attention_mask, [token_type_ids], [labels]
+    (token labels padded to the longest labels), or [start_positions, end_positions] (extractive QA)."""
     width = max(len(e.input_ids) for e in items)
 
-    def pad(seq, value):
-        fill = [value] * (width - len(seq))
+    def pad(seq, value, to=width):
+        fill = [value] * (to - len(seq))
         return fill + seq if left else seq + fill
 
     batch = {
@@ -79,9 +58,14 @@ def collate(items: list[Encoded], pad_id: int, left: bool = False) -> dict[str, 
     }
     if items[0].token_type_ids is not None:
         batch["token_type_ids"] = torch.tensor([pad(e.token_type_ids, 0) for e in items])
+    target = items[0].target
     if items[0].labels is not None:
-        batch["labels"] = torch.tensor([pad(e.labels, IGNORE_INDEX) for e in items])
-    elif not isinstance(items[0].target, str):
+        to = max(len(e.labels) for e in items)
+        batch["labels"] = torch.tensor([pad(e.labels, IGNORE_INDEX, to) for e in items])
+    elif isinstance(target, tuple):
+        batch["start_positions"] = torch.tensor([e.target[0] for e in items])
+        batch["end_positions"] = torch.tensor([e.target[1] for e in items])
+    elif target is not None and not isinstance(target, str):
         dtype = torch.float32 if isinstance(items[0].target, float) else torch.long
         batch["labels"] = torch.tensor([e.target for e in items], dtype=dtype)
     return batch

@@ -36,24 +36,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from ailora.core.models import load_model, resolve_model_path
+from ailora.core.models import load_tokenizer, resolve_model_path
 from ailora.core.optim import param_groups
-from ailora.errors import AiloraError
+from ailora.errors import AiloraError, TrainingFailedError
 from ailora.methods import BaselineState, Prepared, get_method
 from ailora.tasks import load_task
 from ailora.tasks.metrics import get_metric, is_better
 from ailora.train import progressive, record
 from ailora.train.checks import check_run
 from ailora.train.config import RunConfig
-from ailora.train.data import IGNORE_INDEX, collate, encode_causal, encode_classification, train_batches
-from ailora.train.evaluate import evaluate
+from ailora.train.data import IGNORE_INDEX, collate, train_batches
+from ailora.train.evaluate import Evaluation, evaluate, prediction_rows
+from ailora.train.generation import decoding
+from ailora.train.kinds import checkpoint_is_seq2seq, encode_splits, load_for_task, model_kind
+from ailora.train.qa import has_null_answers
 
 LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates (each one syncs)
+PREDICTIONS = "predictions"  # RUN_DIR/predictions/<split>-step<N>.jsonl: input, reference, prediction
 
 
 @dataclass
@@ -66,12 +69,14 @@ class LoopState:
     loss_sum: float = 0.0  # sum of micro-batch losses in the current epoch (this process)
     loss_count: int = 0
     epoch_seconds: float = 0.0  # time spent in the current epoch before an interruption
+    wall_seconds: float = 0.0  # wall time of the earlier processes of this run, to their last checkpoint
     history: list[dict] = field(default_factory=list)  # the per-epoch records (metrics.jsonl)
     evals: list[dict] = field(default_factory=list)  # every validation, per epoch or per N steps
     best: dict | None = None  # {"step", "epoch", "metric", "value"}
     stage: int = 0  # Progtuning stage of the last optimizer step, 0-based (0 when off)
     stages: list[dict] = field(default_factory=list)  # per stage: steps, updated parameters, seconds
     pilot: dict | None = None  # the grad-norm pilot's block scores (kept so a resume reuses them)
+    before: dict | None = None  # train.eval_before: every evaluation split's scores at step 0
 
 
 def train(cfg: RunConfig) -> dict:
@@ -87,9 +92,17 @@ def train(cfg: RunConfig) -> dict:
     if cfg.resume and (run_dir / record.RESULTS).is_file():
         return json.loads((run_dir / record.RESULTS).read_text())  # already complete: nothing to do
     ctx, state = _setup(acc, cfg, run_dir, resuming)
-    if not _fit(ctx, state):
+    ctx.t_start = t_start
+    if cfg.train.eval_before and state.before is None:
+        _eval_before(ctx, state)
+    try:
+        finished = _fit(ctx, state)
+    except TrainingFailedError as exc:
+        _record_failure(ctx, state, exc)
+        raise
+    if not finished:
         return {"status": "interrupted", "step": state.step, "run_dir": str(run_dir)}
-    return _finish(ctx, state, time.perf_counter() - t_start, resuming)
+    return _finish(ctx, state, state.wall_seconds + time.perf_counter() - t_start, resuming)
 
 
 def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> tuple[TrainContext, LoopState]:
@@ -100,10 +113,12 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     data = load_task(cfg.task.name, cfg.task.data_dir, max_samples={k: v for k, v in caps.items() if v})
     model_path = resolve_model_path(cfg.model.name)
     tokenizer = _tokenizer(model_path)
-    prepared = get_method(cfg.method.name).prepare(_load(cfg, model_path, data, tokenizer), cfg.method,
+    seq2seq = checkpoint_is_seq2seq(model_path)
+    model_kind(cfg, data.spec.kind, seq2seq)  # a kind that does not fit fails before the weights load
+    prepared = get_method(cfg.method.name).prepare(load_for_task(cfg, model_path, data, tokenizer), cfg.method,
                                                    cfg.train.seed)
     hashes = _sync_from_main(acc, prepared)
-    splits = _encode(cfg, data, tokenizer)
+    splits = encode_splits(cfg, data, tokenizer, seq2seq)
     set_seed(cfg.train.seed, device_specific=True)  # dropout differs per process, not per run
 
     optimizer = torch.optim.AdamW(_param_groups(cfg, prepared))
@@ -118,7 +133,7 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     if resuming:
         state = _restore(acc, run_dir / record.CHECKPOINTS / "last.pt", trainable, optimizer, scheduler)
     elif acc.is_main_process:
-        record.write_json(run_dir / record.CONFIG, cfg.to_dict())
+        record.write_json(run_dir / record.CONFIG, _recorded_config(cfg))
         record.write_json(run_dir / "init_hashes.json", hashes)
     ctx = TrainContext(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, data.spec, tokenizer,
                    _writer(acc, cfg, run_dir, state.step), prepared=prepared, data=data, hashes=hashes,
@@ -175,6 +190,7 @@ def _train_step(ctx: TrainContext, state: LoopState, group: list[list[int]], bar
     state.loss_count += len(group)
     state.step += 1
     state.group += 1
+    _note_finite(ctx, loss, state.step)
     bar.update(1)
     if state.step % LOG_EVERY == 0:
         _log_step(ctx, bar, state, loss)
@@ -191,13 +207,16 @@ def _finish(ctx: TrainContext, state: LoopState, seconds: float, resumed: bool) 
     if ctx.cfg.train.select == "best" and state.best is not None:
         best = record.load_checkpoint(run_dir / record.CHECKPOINTS / "best.pt")
         _load_trainable(ctx.trainable, best["trainable"])
-    test = {name: _eval(ctx, name) for name in ctx.splits if name.startswith("test")}
+    if ctx.spec.kind == "extractive_qa":  # the null threshold of the selected weights, chosen on validation
+        _eval(ctx, "validation", state.step)
+    test = {name: _eval(ctx, name, state.step) for name in ctx.splits if name.startswith("test")}
     results = None
     if acc.is_main_process:
         prepared = dataclasses.replace(ctx.prepared, model=acc.unwrap_model(ctx.model))
         adapter = get_method(ctx.cfg.method.name).save(prepared, run_dir / record.ADAPTER)
         results = _results(ctx, state, test, adapter, seconds, resumed)
         record.write_json(run_dir / record.RESULTS, results)
+        (run_dir / record.FAILED).unlink(missing_ok=True)  # an earlier failed attempt, now superseded
     if ctx.writer is not None:
         ctx.writer.close()
     acc.wait_for_everyone()
@@ -223,49 +242,12 @@ def _on_main_then_share(acc: Accelerator, fn):
 
 
 def _tokenizer(model_path: Path):
-    tok = transformers.AutoTokenizer.from_pretrained(model_path)
+    tok = load_tokenizer(model_path)
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise AiloraError(f"the tokenizer of {model_path} has neither a pad nor an eos token")
         tok.pad_token = tok.eos_token
     return tok
-
-
-def model_kind(cfg: RunConfig, task_kind: str) -> str:
-    if task_kind not in ("classification", "regression", "generation"):
-        raise AiloraError(f"task kind {task_kind} is not supported by the trainer yet")
-    auto = "causal-lm" if task_kind == "generation" else "seq-cls"
-    kind = auto if cfg.model.kind == "auto" else cfg.model.kind
-    if kind != auto:
-        raise AiloraError(f"model.kind {kind} does not fit a {task_kind} task (it needs {auto})")
-    return kind
-
-
-def _load(cfg: RunConfig, path: Path, data, tokenizer):
-    spec = data.spec
-    kind = model_kind(cfg, spec.kind)
-    extra = {}
-    if spec.kind == "classification":
-        names = list(data.label_names)
-        extra = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                 "label2id": {n: i for i, n in enumerate(names)}}
-    elif spec.kind == "regression":
-        extra = {"num_labels": 1, "problem_type": "regression"}
-    model = load_model(path, kind=kind, dtype=cfg.model.dtype, **extra)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id  # decoders' sequence heads need it
-    return model
-
-
-def _encode(cfg: RunConfig, data, tokenizer) -> dict:
-    m, spec = cfg.model, data.spec
-    out = {}
-    for name, examples in data.splits().items():
-        if spec.kind == "generation":
-            out[name] = encode_causal(tokenizer, examples, m.max_length, name != "train", m.max_new_tokens)
-        else:
-            out[name] = encode_classification(tokenizer, examples, m.max_length, spec.kind == "regression")
-    return out
 
 
 def _sync_from_main(acc: Accelerator, prepared: Prepared) -> list[str]:
@@ -335,6 +317,9 @@ class TrainContext:
     data: object = None  # the TaskData (split sizes for the record)
     hashes: list[str] = field(default_factory=list)  # each process's hash of the prepared model
     total_steps: int = 0
+    null_threshold: float | None = None  # extractive QA: chosen on the last validation, used on test
+    nonfinite: torch.Tensor | None = None  # first optimizer step with a non-finite loss (0: none), on the device
+    t_start: float = 0.0  # perf_counter() when this process started the run
 
 
 # Progtuning: the schedule, its pilot, entering stages, counting updated parameters.
@@ -411,14 +396,35 @@ def _batch(ctx: TrainContext, idx: list[int]) -> dict[str, torch.Tensor]:
     return {k: v.to(ctx.acc.device) for k, v in collate([items[j] for j in idx], ctx.tokenizer.pad_token_id).items()}
 
 
-def _eval(ctx: TrainContext, split: str) -> dict[str, float]:
-    t = ctx.cfg.train
-    return evaluate(ctx.acc, ctx.model, ctx.splits[split], ctx.spec, ctx.tokenizer, t.eval_batch_size,
-                    ctx.cfg.model.max_new_tokens)
+def _eval(ctx: TrainContext, split: str, step: int) -> dict[str, float]:
+    """Scores on ``split``; its predictions go to RUN_DIR/predictions/<split>-step<step>.jsonl. Test
+    splits use the null threshold of the last validation (extractive QA with unanswerable questions)."""
+    cfg, examples = ctx.cfg, ctx.data.splits()[split]
+    qa = {"n_best": cfg.qa.n_best, "max_answer_length": cfg.qa.max_answer_length,
+          "null_answers": ctx.spec.kind == "extractive_qa" and has_null_answers(ctx.data.train + ctx.data.validation)}
+    result: Evaluation = evaluate(ctx.acc, ctx.model, ctx.splits[split], ctx.spec, ctx.tokenizer,
+                                  cfg.train.eval_batch_size, decoding(cfg, ctx.spec), examples, qa,
+                                  None if split == "validation" else ctx.null_threshold)
+    if split == "validation":
+        ctx.null_threshold = result.threshold
+    if ctx.acc.is_main_process:
+        rows = prediction_rows(ctx.spec, examples, ctx.splits[split], result.predictions, ctx.tokenizer)
+        record.write_jsonl(ctx.run_dir / PREDICTIONS / f"{split}-step{step}.jsonl", rows)
+    extra = {} if result.threshold is None else {"null_threshold": result.threshold}
+    return {**result.metrics, **extra}
+
+
+def _eval_before(ctx: TrainContext, state: LoopState) -> None:
+    """``train.eval_before``: the untrained model on every evaluation split, recorded as step 0."""
+    state.before = {name: _eval(ctx, name, 0) for name in ctx.splits if name != "train"}
+    state.evals.append({"step": 0, "epoch": 0, "validation": state.before["validation"]})
+    if ctx.writer is not None:
+        for k, v in state.before["validation"].items():
+            ctx.writer.add_scalar(f"validation/{k}", v, 0)
 
 
 def _validate(ctx: TrainContext, state: LoopState) -> dict[str, float]:
-    metrics = _eval(ctx, "validation")
+    metrics = _eval(ctx, "validation", state.step)
     main = ctx.spec.main_metric
     state.evals.append({"step": state.step, "epoch": state.epoch + 1, "validation": metrics})
     if ctx.writer is not None:
@@ -433,6 +439,7 @@ def _validate(ctx: TrainContext, state: LoopState) -> dict[str, float]:
 
 def _end_epoch(ctx: TrainContext, state: LoopState, seconds_so_far: float) -> None:
     acc = ctx.acc
+    _check_finite(ctx)
     sums = torch.tensor([float(state.loss_sum), float(state.loss_count)], device=acc.device, dtype=torch.float64)
     sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
     t0 = time.perf_counter()
@@ -449,6 +456,7 @@ def _end_epoch(ctx: TrainContext, state: LoopState, seconds_so_far: float) -> No
 
 
 def _log_step(ctx: TrainContext, bar, state: LoopState, loss: torch.Tensor) -> None:
+    _check_finite(ctx)
     value = loss.item()
     lr = ctx.optimizer.param_groups[0]["lr"]
     bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", epoch=state.epoch + 1)
@@ -459,15 +467,64 @@ def _log_step(ctx: TrainContext, bar, state: LoopState, loss: torch.Tensor) -> N
 
 def _save(ctx: TrainContext, state: LoopState, which: str) -> None:
     """Write checkpoints/{which}.pt atomically (main process); every process's RNG state goes in."""
+    _check_finite(ctx)
+    weights = {n: p.detach().cpu().clone() for n, p in ctx.trainable.items()}
+    bad = next((n for n, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:  # a finite loss, then an update that overflowed: never checkpoint it
+        raise TrainingFailedError(f"weight {bad} is not finite after optimizer step {state.step}; lower train.lr "
+                                  "(the last good checkpoint is kept)", state.step)
     rngs = gather_object([record.rng_state()]) if ctx.acc.num_processes > 1 else [record.rng_state()]
     if ctx.acc.is_main_process:
-        loop = {**state.__dict__, "loss_sum": float(state.loss_sum)}
+        loop = {**state.__dict__, "loss_sum": float(state.loss_sum),
+                "wall_seconds": state.wall_seconds + time.perf_counter() - ctx.t_start}
         record.save_checkpoint(ctx.run_dir / record.CHECKPOINTS / f"{which}.pt", {
-            "trainable": {n: p.detach().cpu().clone() for n, p in ctx.trainable.items()},
+            "trainable": weights,
             "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
             "rng": rngs, "loop": loop, "num_processes": ctx.acc.num_processes,
         })
     ctx.acc.wait_for_everyone()
+
+
+def _note_finite(ctx: TrainContext, loss: torch.Tensor, step: int) -> None:
+    """Remember the first step whose loss was not finite, on the device: no sync per step; the next
+    log, epoch end or checkpoint checks it (``_check_finite``), before anything is written."""
+    first = ctx.nonfinite if ctx.nonfinite is not None else torch.zeros((), dtype=torch.long, device=loss.device)
+    ctx.nonfinite = torch.where((first == 0) & ~torch.isfinite(loss), torch.full_like(first, step), first)
+
+
+def _check_finite(ctx: TrainContext) -> None:
+    """A TrainingFailedError naming the first step (of any process) whose loss was not finite."""
+    if ctx.nonfinite is None:
+        return
+    firsts = ctx.nonfinite.reshape(1)
+    firsts = ctx.acc.gather(firsts) if ctx.acc.num_processes > 1 else firsts
+    bad = [s for s in firsts.tolist() if s > 0]
+    if bad:
+        raise TrainingFailedError(f"the training loss is not finite (NaN or inf) at optimizer step {min(bad)}; lower "
+                                  "train.lr or clip gradients (train.max_grad_norm); the last good checkpoint is kept",
+                                  min(bad))
+
+
+def _record_failure(ctx: TrainContext, state: LoopState, exc: TrainingFailedError) -> None:
+    """RUN_DIR/failed.json: the run as failed (never complete), with the error and its step."""
+    if ctx.acc.is_main_process:
+        last = ctx.run_dir / record.CHECKPOINTS / "last.pt"
+        record.write_json(ctx.run_dir / record.FAILED, {
+            "status": "failed", "error": str(exc), "step": exc.step, "config": _recorded_config(ctx.cfg),
+            "last_checkpoint": str(last.relative_to(ctx.run_dir)) if last.is_file() else None,
+            "wall_seconds": round(state.wall_seconds + time.perf_counter() - ctx.t_start, 3),
+            "versions": record.package_versions(), "git": record.git_revision()})
+    if ctx.writer is not None:
+        ctx.writer.close()
+
+
+def _recorded_config(cfg: RunConfig) -> dict:
+    """The config as the run records it: how this process was started (resume, overwrite) and where
+    it was told to stop (stop_after_steps, an interruption) left out, so that a resumed or restarted
+    run's record equals an uninterrupted one's."""
+    data = cfg.to_dict()
+    data["train"]["stop_after_steps"] = None
+    return {**data, "resume": False, "overwrite": False}
 
 
 def _restore(acc: Accelerator, path: Path, trainable, optimizer, scheduler) -> LoopState:
@@ -486,14 +543,16 @@ def _results(ctx: TrainContext, state: LoopState, test: dict, adapter: dict, sec
     cfg, spec, acc, hashes = ctx.cfg, ctx.spec, ctx.acc, ctx.hashes
     return {
         "status": "complete",
-        "config": cfg.to_dict(),
+        "config": _recorded_config(cfg),
         "task": {"name": spec.name, "kind": spec.kind, "metrics": list(spec.metrics),
-                 "main_metric": spec.main_metric, "sizes": ctx.data.sizes()},
+                 "main_metric": spec.main_metric, "sizes": ctx.data.sizes(),
+                 "label_names": list(ctx.data.label_names) if ctx.data.label_names is not None else None},
         "epochs": state.history,
         "evaluations": state.evals,
         "best": state.best,
         "selected": cfg.train.select if state.best is not None else "last",
         "validation": state.history[-1]["validation"] if state.history else {},
+        "before": state.before,
         "test": test.get("test", {}),
         "extra_test": {k: v for k, v in test.items() if k != "test"},
         "steps": state.step,

@@ -46,25 +46,39 @@ from ailora.train.config import EMBEDDINGS, REMAINDERS, comparable
 
 @dataclass(frozen=True)
 class Blocks:
-    """The transformer blocks: the ModuleList at ``path`` (``bert.encoder.layer``...) and its length."""
+    """The transformer blocks: the ModuleList at ``path`` (``bert.encoder.layer``...) and its length.
+
+    An encoder-decoder has two stacks, ``stacks`` = ((encoder path, Le), (decoder path, Ld)), numbered
+    as one: encoder blocks 0..Le-1, then decoder blocks Le..Le+Ld-1 (``path`` joins them with "+")."""
 
     path: str
     count: int
+    stacks: tuple[tuple[str, int], ...] = ()
+
+    def _stacks(self) -> tuple[tuple[str, int], ...]:
+        return self.stacks or ((self.path, self.count),)
 
     def index_of(self, param_name: str) -> int | None:
-        """Block i holds ``<path>.<i>.*``; None for a parameter outside every block."""
-        prefix = self.path + "."
-        if not param_name.startswith(prefix):
-            return None
-        head = param_name[len(prefix):].split(".", 1)[0]
-        return int(head) if head.isdigit() else None
+        """Block i holds ``<path>.<i>.*`` (offset by the encoder's count in the decoder); None outside every block."""
+        base = 0
+        for path, count in self._stacks():
+            if param_name.startswith(path + "."):
+                head = param_name[len(path) + 1:].split(".", 1)[0]
+                return base + int(head) if head.isdigit() else None
+            base += count
+        return None
+
+    def modules(self, model: nn.Module) -> list[nn.Module]:
+        """The blocks in index order."""
+        return [block for path, _ in self._stacks() for block in model.get_submodule(path)]
 
 
 def find_blocks(model: nn.Module) -> Blocks:
     """The ModuleList of transformer layers: the list of same-typed modules holding most parameters.
 
-    Lists nested inside it (experts, sub-layers) hold fewer. Two comparable stacks that are not
-    nested (an encoder and a decoder) are refused: which of them freezes first is undefined.
+    Lists nested inside it (experts, sub-layers) hold fewer. An encoder-decoder's two stacks are
+    staged as one sequence, encoder then decoder (the encoder freezes first: the decoder reads it,
+    it does not read the decoder); two comparable stacks in any other model are refused.
     """
     lists = []
     for name, m in model.named_modules():
@@ -75,9 +89,13 @@ def find_blocks(model: nn.Module) -> Blocks:
     size, path, count = max(lists)
     rivals = [n for s, n, _ in lists if n != path and s >= size / 2 and not n.startswith(path + ".")
               and not path.startswith(n + ".")]
+    if len(rivals) == 1 and getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        order = [n for n, _ in model.named_modules()]
+        stacks = sorted([(path, count), (rivals[0], len(model.get_submodule(rivals[0])))], key=lambda s: order.index(s[0]))
+        return Blocks("+".join(p for p, _ in stacks), sum(c for _, c in stacks), tuple(stacks))
     if rivals:
         raise AiloraError(f"Progtuning needs one stack of blocks; {type(model).__name__} has {path} and "
-                          f"{rivals[0]} (encoder-decoder models are not supported)")
+                          f"{rivals[0]}")
     return Blocks(path, count)
 
 
@@ -141,7 +159,7 @@ class Schedule:
         if sorted(self.order) != list(range(self.blocks.count)):
             raise AiloraError(f"a block order must hold each of 0..{self.blocks.count - 1} once, got {self.order}")
         self.parts = split_parts(self.order, self.stages, remainder)
-        self.modules = model.get_submodule(self.blocks.path)
+        self.modules = self.blocks.modules(model)
         self.where = _where(model, self.blocks, self.params)
 
     def active_blocks(self, stage: int) -> list[int]:

@@ -5,6 +5,7 @@ Layout of RUN_DIR::
     config.json            the full RunConfig
     metrics.jsonl          one object per epoch: {"epoch", "train_loss", "validation": {...}, "seconds"}
     results.json           everything (config, per-epoch metrics, test, params, time, memory, versions)
+    failed.json            instead, when training failed (a non-finite loss): the error and its step
     adapter/               what the method saved (LoRA family: ailora.save, loads on the original base)
     checkpoints/last.pt    trainable weights, optimizer, scheduler, RNG states, step (for --resume)
     checkpoints/best.pt    the same at the best validation score
@@ -31,13 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ailora.core.files import atomic_file, write_text
+from ailora.core.files import atomic_file, remove_stale_in, require_writable, write_text
 from ailora.errors import AiloraError
 from ailora.train.config import RunConfig
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
+FAILED = "failed.json"  # a run stopped by a failure (a non-finite loss): {"status": "failed", "error", "step", ...}
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 PACKAGES = ("ailora", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "numpy")
@@ -65,7 +67,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, identity: dict
 
     Refuses a directory that already holds a run unless resuming (the same config) or overwriting.
     """
-    run_dir = Path(run_dir)
+    run_dir = require_writable(run_dir, "run directory")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AiloraError(f"run directory {run_dir} is a file; choose another path")
+    if (run_dir / CONFIG).is_file():  # a run's directory (never a stranger's): what a killed save left
+        for d in (run_dir, run_dir / CHECKPOINTS):
+            remove_stale_in(d)
     held = run_dir.exists() and any(run_dir.iterdir())
     if overwrite and held:
         shutil.rmtree(run_dir)
