@@ -228,6 +228,10 @@ def test_bfloat16_model_decomposes_in_fp32_and_keeps_outputs():
     ({"targets": ["query", "keys"]}, "unknown role 'keys'"),
     ({"solver": "magic"}, "unknown solver 'magic'"),
     ({"modules": {"query": [r"nothing\.here"]}}, "matches no module; linear modules: .*q_proj"),
+    ({"modules": {"query": ["q_proj("]}}, "'q_proj\\(' is not a valid regular expression"),
+    ({"alpha": float("inf")}, "alpha must be a finite positive number"),
+    ({"alpha": float("nan")}, "alpha must be a finite positive number"),
+    ({"dropout": 1.5}, "dropout must be a number in \\[0, 1\\)"),
 ])
 def test_bad_arguments_are_one_line_errors_and_leave_model_untouched(kwargs, message):
     base = tiny("llama")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from collections.abc import Iterable
 
 from ailora.core.apply import ApplyOptions
+from ailora.core.layouts import split_pattern
 from ailora.errors import AiloraError
 
 
@@ -44,10 +44,7 @@ def parse_modules(items: list[str] | None) -> dict[str, list[str]] | None:
         if "=" not in item:
             raise AiloraError(f"--modules entry {item!r} is not ROLE=PATTERN")
         role, pat = item.split("=", 1)
-        try:
-            re.compile(pat.strip())
-        except re.error as exc:
-            raise AiloraError(f"--modules entry {item!r}: {pat.strip()!r} is not a regular expression ({exc})") from None
+        split_pattern(pat.strip())  # a bad regex or row description fails here, before any model loads
         out.setdefault(role.strip(), []).append(pat.strip())
     return out
 

@@ -81,6 +81,11 @@ class ApplyOptions:
             raise AiloraError(f"unknown solver {self.solver!r}; solvers are: {', '.join(SOLVERS)}")
         if self.residual_dtype not in RESIDUAL_DTYPES:
             raise AiloraError(f"residual_dtype must be auto, model or float32, got {self.residual_dtype!r}")
+        if self.alpha is not None and not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha)
+                                           and self.alpha > 0):
+            raise AiloraError(f"alpha must be a finite positive number, got {self.alpha!r}")
+        if not (isinstance(self.dropout, int | float) and 0 <= self.dropout < 1):
+            raise AiloraError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
     def resolved_policy(self) -> dict[str, str]:
         """role -> init name: the method's starts, restricted to ``targets``, overridden by ``policy``."""

@@ -182,13 +182,22 @@ def module_entries(value) -> list:
     return list(value)
 
 
+def _checked_regex(pattern: str) -> str:
+    """``pattern`` if it is a valid regular expression, else a one-line error naming it."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise AiloraError(f"modules pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    return pattern
+
+
 def split_pattern(entry) -> tuple[str, RowSpec | None]:
     """A ``modules=`` entry: ``PATTERN``, ``PATTERN@ROWS`` or ``(PATTERN, ROWS)`` -> (pattern, rows or None)."""
     if isinstance(entry, str):
         pattern, sep, rows = entry.rpartition("@") if "@" in entry else (entry, "", "")
-        return pattern, (RowSpec(rows) if sep else None)
+        return _checked_regex(pattern), (RowSpec(rows) if sep else None)
     if isinstance(entry, (tuple, list)) and len(entry) == 2 and all(isinstance(x, str) for x in entry):
-        return entry[0], RowSpec(entry[1])
+        return _checked_regex(entry[0]), RowSpec(entry[1])
     raise AiloraError(f"bad modules entry {entry!r}: expected a pattern, 'PATTERN@ROWS' or (PATTERN, ROWS) "
                       f"with ROWS one of {ROW_FORMS}")
 
