@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import peft
 import pytest
@@ -12,7 +13,7 @@ import ailora
 from ailora.core.apply import ApplyOptions, apply_with, state_of
 from ailora.core.probe import make_probe, run_probe
 from ailora.core.roles import find_targets, weight_of
-from ailora.errors import AiloraError
+from ailora.errors import AiloraError, ExactnessError
 from tests.tiny_models import FAMILIES, tiny, tiny_unknown_architecture, tiny_with_linear
 
 METHODS = ["lora", "pissa", "milora", "ailora", "reailora"]
@@ -304,3 +305,45 @@ def test_apply_options_are_checked_when_built_and_apply_with_matches_apply():
     for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert na == nb and torch.equal(pa, pb), na
     assert state_of(b).report()["layers"][0]["inits"] == ["principal", "minor"]
+
+
+def _plant_bad_residual(monkeypatch, victim: str, fraction: float) -> None:
+    """A planted bug: the residual of ``victim``'s last block subtracts only ``fraction`` of s B A
+    while the adapter keeps all of it (a wrong block, not a wrong model)."""
+    import ailora.core.apply as apply_module
+
+    real = apply_module._replace_with_residual
+
+    def planted(base, t, a, b, scaling, residual_dtype):
+        if t.name == victim:
+            b = b.clone()
+            b[t.blocks[-1].rows] *= fraction
+        return real(base, t, a, b, scaling, residual_dtype)
+
+    monkeypatch.setattr(apply_module, "_replace_with_residual", planted)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])  # gpt2: the V block of fused c_attn
+def test_planted_bad_residual_is_caught_and_names_the_layer(monkeypatch, arch):
+    victim = find_targets(tiny(arch), ["query", "value"])[-1].name
+    _plant_bad_residual(monkeypatch, victim, 0.5)
+    with pytest.raises(ExactnessError, match=f"layer {re.escape(victim)} changed its outputs by"):
+        ailora.apply(tiny(arch), method="ailora", rank=2)
+    # the same bug without the check goes through, and the layer computes something else (the
+    # model's outputs may move less: a tiny BERT's logits hardly see its last value projection)
+    original = tiny(arch).get_submodule(victim)
+    unchecked = ailora.apply(tiny(arch), method="ailora", rank=2, check=False)
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (unchecked.base_model.model.get_submodule(victim)(x) - original(x)).abs().max() > 1e-3
+
+
+def test_per_layer_check_is_recorded_with_a_short_end_to_end_probe():
+    model = ailora.apply(tiny("gpt2"), method="pissa", rank=2)
+    check = model.ailora_state.check
+    assert check["layers"]["count"] == len(model.ailora_state.layers) == 2
+    assert check["layers"]["rows"] == 4 and check["layers"]["passed"] and check["passed"]
+    assert check["layers"]["worst"] in model.ailora_state.targets
+    assert 0 <= check["layers"]["max_abs_diff"] <= check["layers"]["tolerance"] == 1e-4
+    assert check["probe"] == {"input_ids": [1, 8], "attention_mask": [1, 8]}
+    assert "layers" not in ailora.apply(tiny("gpt2"), method="pissa", rank=2, check=False).ailora_state.check

@@ -13,8 +13,10 @@ import pytest
 from ailora.cli import main
 from ailora.errors import AiloraError
 from ailora.experiments.presets import PRESETS, run_count
+from ailora.experiments.report import write_report
 from ailora.experiments.sweep import SweepSpec, compose, plan, run_state, run_sweep, select_lr
 from ailora.tasks import TaskSpec, get_task, register_task
+from ailora.tasks.metrics import get_metric
 from ailora.train import record
 from tests.tiny_models import save_tiny_bert
 
@@ -37,15 +39,32 @@ VAL = {("lora", 1e-3): 0.80, ("lora", 2e-3): 0.70, ("ailora", 1e-4): 0.75, ("ail
 TEST = {("lora", 1e-3): 0.78, ("lora", 2e-3): 0.99, ("ailora", 1e-4): 0.99, ("ailora", 5e-4): 0.88}
 
 
-def fake_results(cfg, val: float, test: float) -> dict:
-    """What ``train`` writes, with the given scores (results.json, config.json, metrics.jsonl)."""
+def fake_predictions(cfg, task, test: float, n: int) -> dict:
+    """Test predictions (labels i % 2) that score ``test`` on the main metric: the first ones right;
+    written to predictions/test-step10.jsonl. Returns every metric recomputed from them."""
+    refs = [i % 2 for i in range(n)]
+    metric = get_metric(task.main_metric)
+    right = round((test if metric.higher_is_better else 1 - test) * n)
+    preds = [r if i < right else 1 - r for i, r in enumerate(refs)]
+    record.write_jsonl(Path(cfg.run_dir) / "predictions" / "test-step10.jsonl",
+                       [{"input": f"x{i}", "reference": r, "prediction": q} for i, (r, q) in enumerate(zip(refs, preds))])
+    return {m: get_metric(m).compute(preds, refs) for m in task.metrics}
+
+
+def fake_results(cfg, val: float, test: float, n_test: int = 0) -> dict:
+    """What ``train`` writes, with the given scores (results.json, config.json, metrics.jsonl); with
+    ``n_test``, test predictions too (``fake_predictions``). Validations at steps 5 and 10."""
     d = Path(cfg.run_dir)
     if cfg.overwrite and d.exists():
         shutil.rmtree(d)
     task = get_task(cfg.task.name)
+    tests = fake_predictions(cfg, task, test, n_test) if n_test else {m: test for m in task.metrics}
     res = {"status": "complete", "config": cfg.to_dict(), "seed": cfg.train.seed, "selected": "last", "best": None,
            "task": {"name": task.name, "kind": task.kind, "metrics": list(task.metrics), "main_metric": task.main_metric},
-           "validation": {m: val for m in task.metrics}, "test": {m: test for m in task.metrics}, "steps": 10,
+           "validation": {m: val for m in task.metrics}, "test": tests, "steps": 10,
+           "evaluations": [{"step": 5, "epoch": 1, "validation": {m: val / 2 for m in task.metrics}},
+                           {"step": 10, "epoch": 2, "validation": {m: val for m in task.metrics}}],
+           "train_log": [{"step": 5, "train_loss": 1.0}, {"step": 10, "train_loss": 0.5}],
            "parameters": {"trainable": 1000 * cfg.method.rank, "total": 10**6, "trainable_percent": 0.1 * cfg.method.rank},
            "wall_seconds": 2.0, "epochs": [{"epoch": e, "train_loss": 1 / e, "validation": {m: val for m in task.metrics}}
                                            for e in (1, 2)]}
@@ -56,14 +75,14 @@ def fake_results(cfg, val: float, test: float) -> dict:
 
 
 class FakeTrain:
-    def __init__(self, scores=None):
-        self.calls = []
+    def __init__(self, scores=None, n_test: int = 0):
+        self.calls, self.n_test = [], n_test
         self.scores = scores or (lambda cfg: (VAL[cfg.method.name, cfg.train.lr] + 0.01 * cfg.train.seed,
                                               TEST[cfg.method.name, cfg.train.lr] + 0.04 * cfg.train.seed))
 
     def __call__(self, cfg):
         self.calls.append(cfg)
-        return fake_results(cfg, *self.scores(cfg))
+        return fake_results(cfg, *self.scores(cfg), n_test=self.n_test)
 
 
 def _spec(**kw) -> SweepSpec:
@@ -204,7 +223,7 @@ def test_real_tiny_sweep_is_interrupted_and_continued(bert_dir, tmp_path):
     data = {"model": str(bert_dir), "tasks": ["sweep-sentiment"], "seeds": [0, 1], "lrs": [3e-2],
             "methods": ["lora", "ailora"],
             "options": {"model.max_length": 16, "method.rank": 2, "train.epochs": 2, "train.batch_size": 16,
-                        "train.progress": False, "train.tensorboard": False}}
+                        "train.progress": False, "train.tensorboard": False, "train.eval_every_steps": 2}}
     where = tmp_path / "real"
     stopped = compose(data, overrides=["train.stop_after_steps=2"])
     summary = run_sweep(stopped, where)
@@ -218,3 +237,25 @@ def test_real_tiny_sweep_is_interrupted_and_continued(bert_dir, tmp_path):
         assert m["selected_lr"] == 3e-2 and m["test"]["accuracy"]["n"] == 2 and m["params"]["trainable"] > 0
         res = json.loads((where / m["runs"][0] / "results.json").read_text())
         assert res["resumed"] and res["config"]["train"]["epochs"] == 2
+        # 4 steps an epoch: validations every 2 steps, the epoch ends reuse theirs (no second one).
+        assert [e["step"] for e in res["evaluations"]] == [2, 4, 6, 8]
+        assert [r["step"] for r in res["train_log"]] == [4, 8]  # LOG_EVERY > 4: intervals cut at epoch ends
+    # The report on real runs: the saved test predictions reproduce the recorded scores (else a note).
+    out = write_report(where)
+    boot = out["comparisons"].splitlines()[2].split(" | ")
+    assert boot[1] == "lora" and "[" in boot[6] and "predictions" not in out["comparisons"]
+    assert [f.name for f in out["figures"]] == ["curves-sweep-sentiment.png", "steps-sweep-sentiment.png"]
+    assert out["verdicts"][0].startswith("sweep-sentiment (2 seeds, 16 test examples): ")
+
+
+def test_demo_selects_among_two_lrs_and_prints_the_paired_verdict(tmp_path, monkeypatch, capsys):
+    demo = PRESETS["demo"].spec()
+    assert demo["lrs"] == [1e-3, 2e-3] and demo["options"]["train.eval_every_steps"] > 0 and demo["seeds"] == [0]
+    test = {"lora": 0.9, "pissa": 0.8, "milora": 0.8, "ailora": 0.8}
+    fake = FakeTrain(lambda cfg: (0.5 + 0.1 * (cfg.train.lr == 2e-3), test[cfg.method.name]), n_test=100)
+    monkeypatch.setattr("ailora.experiments.sweep._default_train", fake)
+    assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert len(fake.calls) == 8 and "| lora | 8.0K | **90.00** | 2e-3 |" in out
+    assert ("paired verdict, movie-sentiment (1 seed, 100 test examples): lora is better than ailora by 10.00 "
+            "points (significant over test examples); pissa, milora cannot be told apart from ailora") in out

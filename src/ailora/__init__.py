@@ -10,23 +10,43 @@
 and ``optimizer_cls_and_kwargs``.
 """
 
-from ailora.core.adapters import load, merge, merge_to_dir, save, unmerge, verify
-from ailora.core.apply import apply
-from ailora.core.optim import param_groups
-from ailora.core.state import AiloraState, state_of
+from typing import TYPE_CHECKING
+
 from ailora.errors import AiloraError, ExactnessError, TrainingFailedError
 from ailora.version import __version__
+
+if TYPE_CHECKING:
+    from ailora.core.adapters import load, merge, merge_to_dir, save, unmerge, verify
+    from ailora.core.apply import apply
+    from ailora.core.optim import param_groups
+    from ailora.core.state import AiloraState, state_of
 
 __all__ = [
     "__version__", "AiloraError", "AiloraState", "ExactnessError", "apply", "load", "merge", "merge_to_dir",
     "param_groups", "save", "state_of", "unmerge", "verify", "TrainingFailedError",
 ]
 
+# name -> the module defining it. Imported on first use (lazy imports for start-up speed): `import ailora`,
+# and so the `ailora` command's --help and ls, do not import torch, transformers or PEFT.
+_LAZY = {
+    **dict.fromkeys(["load", "merge", "merge_to_dir", "save", "unmerge", "verify"], "ailora.core.adapters"),
+    "apply": "ailora.core.apply", "param_groups": "ailora.core.optim",
+    "AiloraState": "ailora.core.state", "state_of": "ailora.core.state", "hf": None,
+}
+
 
 def __getattr__(name: str):
-    """``ailora.hf`` is imported on first use (it imports transformers' Trainer machinery)."""
-    if name == "hf":
-        import importlib
+    """The public names above, and ``ailora.hf`` (the Trainer / TRL integration), imported on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ailora' has no attribute {name!r}")
+    import importlib
 
-        return importlib.import_module("ailora.hf")
-    raise AttributeError(f"module 'ailora' has no attribute {name!r}")
+    if _LAZY[name] is None:
+        return importlib.import_module(f"ailora.{name}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -3,7 +3,8 @@
 Figure 1 c, d: `update_norms`; Figures 1 a, b and 8: `tsne_of_weights`; spectra with the
 slices SVD initialisations take: `singular_spectrum`; Figures 4a and 7: `subspace_similarity`,
 `similarity_by_layer`, `lora_deltas`; Figure 4b: `forgetting_loss`; Figure 3: `read_run`,
-`mean_by_method`; post-hoc adapters: `extract_lora`, `peft_adapter`, `extract_adapter_dir`.
+`mean_by_method`, and against optimizer steps `read_steps`, `band`, `steps_to_fraction`,
+`plot_step_curves`; post-hoc adapters: `extract_lora`, `peft_adapter`, `extract_adapter_dir`.
 The target weights come from `role_weights` / `role_deltas` (``ailora.core.roles``), and each
 analysis end to end, as ``ailora analyze`` runs it, from `ANALYSES` (``analyze_<name>``).
 """
@@ -17,12 +18,21 @@ from ailora.analysis.commands import (
     analyze_spectrum,
     analyze_tsne,
 )
-from ailora.analysis.curves import RunCurves, mean_by_method, parse_metrics_lines, read_run
+from ailora.analysis.curves import (
+    RunCurves,
+    StepCurves,
+    band,
+    mean_by_method,
+    parse_metrics_lines,
+    read_run,
+    read_steps,
+    steps_to_fraction,
+)
 from ailora.analysis.export import extract_adapter_dir
 from ailora.analysis.extract import LoraFactors, energy_rank, extract_lora, peft_adapter, truncated_lora
 from ailora.analysis.forgetting import combine_forgetting, forgetting_loss, mlm_positions
 from ailora.analysis.norms import relative_update_norms, update_norms
-from ailora.analysis.plots import plot_curves, save_figure
+from ailora.analysis.plots import plot_curves, plot_step_curves, save_figure
 from ailora.analysis.similarity import (
     lora_deltas,
     similarity_by_layer,
@@ -44,6 +54,7 @@ __all__ = [
     "ANALYSES",
     "LoraFactors",
     "RunCurves",
+    "StepCurves",
     "analyze_curves",
     "analyze_forgetting",
     "analyze_norms",
@@ -52,6 +63,7 @@ __all__ = [
     "analyze_tsne",
     "combine_forgetting",
     "default_perplexity",
+    "band",
     "energy_rank",
     "extract_adapter_dir",
     "extract_lora",
@@ -64,13 +76,16 @@ __all__ = [
     "parse_metrics_lines",
     "peft_adapter",
     "plot_curves",
+    "plot_step_curves",
     "read_run",
+    "read_steps",
     "relative_update_norms",
     "role_deltas",
     "role_weights",
     "save_figure",
     "similarity_by_layer",
     "singular_spectrum",
+    "steps_to_fraction",
     "split_roles",
     "subspace_similarity",
     "top_left_singular_vectors",

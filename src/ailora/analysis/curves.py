@@ -1,4 +1,5 @@
-"""Training curves across runs: loss and validation metric per epoch (AILoRA paper, Figure 3).
+"""Training curves across runs: loss and validation metric per epoch (AILoRA paper, Figure 3),
+and per optimizer step (``read_steps``, ``band``, ``steps_to_fraction``).
 
 Expected run directory (what the trainer writes):
 
@@ -137,3 +138,72 @@ def mean_by_method(runs: list[RunCurves], metric: str | None) -> dict[str, dict]
             else [],
         }
     return out
+
+
+# Curves against optimizer steps (results.json of ``ailora.train``): every validation (per epoch
+# and every ``train.eval_every_steps``) and the training loss per logging interval.
+
+
+@dataclass
+class StepCurves:
+    """One run's step-level curves: validation values and interval training losses, by step."""
+
+    path: str
+    method: str
+    seed: int | None
+    eval_steps: list[int] = field(default_factory=list)
+    metrics: dict[str, list[float | None]] = field(default_factory=dict)
+    loss_steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+
+
+def read_steps(path: str | os.PathLike, method: str | None = None) -> StepCurves:
+    """A finished run's ``results.json``: ``evaluations`` (a repeated step keeps its last record)
+    and ``train_log`` ([{"step", "train_loss"}], the mean loss of each logging interval)."""
+    p = require_dir(path, "run directory", ("results.json",))
+    try:
+        res = json.loads((p / "results.json").read_text())
+    except json.JSONDecodeError:
+        raise AiloraError(f"{p / 'results.json'} is not valid JSON") from None
+    by_step = {int(e["step"]): e.get("validation", {}) for e in res.get("evaluations") or []}
+    names = sorted({m for v in by_step.values() for m in v})
+    steps = sorted(by_step)
+    log = sorted((int(r["step"]), float(r["train_loss"])) for r in res.get("train_log") or [])
+    seed = res.get("seed")
+    return StepCurves(str(p), method or method_name(res.get("config", {}), p.name),
+                      seed if isinstance(seed, int) else None, steps,
+                      {m: [by_step[s].get(m) for s in steps] for m in names},
+                      [s for s, _ in log], [v for _, v in log])
+
+
+def band(series: list[tuple[list[int], list[float | None]]]) -> dict:
+    """Mean and min-max band over runs of (steps, values) series, on the union of their steps
+    (a step counts the runs that have a value there): {"steps", "mean", "low", "high", "runs"}."""
+    steps = sorted({s for xs, _ in series for s in xs})
+    values = {s: [] for s in steps}
+    for xs, ys in series:
+        for s, y in zip(xs, ys):
+            if y is not None:
+                values[s].append(y)
+    steps = [s for s in steps if values[s]]
+    return {"steps": steps, "mean": [sum(values[s]) / len(values[s]) for s in steps],
+            "low": [min(values[s]) for s in steps], "high": [max(values[s]) for s in steps],
+            "runs": len(series)}
+
+
+def steps_to_fraction(steps: list[int], values: list[float | None], higher_is_better: bool,
+                      fraction: float = 0.95) -> int | None:
+    """The first step whose validation value reaches ``fraction`` of the run's best value.
+
+    Higher-is-better: value >= fraction * best; lower-is-better (an error): value <= best / fraction.
+    None when nothing was recorded, or when "a fraction of the best" means nothing (best <= 0
+    for a higher-is-better metric, best < 0 for a lower-is-better one).
+    """
+    pairs = [(s, v) for s, v in zip(steps, values) if v is not None and v == v]
+    if not pairs:
+        return None
+    best = max(v for _, v in pairs) if higher_is_better else min(v for _, v in pairs)
+    if (higher_is_better and best <= 0) or (not higher_is_better and best < 0):
+        return None
+    target = fraction * best if higher_is_better else best / fraction
+    return next(s for s, v in pairs if (v >= target if higher_is_better else v <= target))

@@ -183,3 +183,28 @@ def plot_curves(means: Mapping[str, Mapping], runs: list[Mapping], metric: str |
         ax.set_ylabel(title)
         ax.legend(loc="best", fontsize=8)
     return fig
+
+
+def plot_step_curves(loss: Mapping[str, Mapping], metric: Mapping[str, Mapping], metric_name: str) -> Figure:
+    """Training loss per logging interval and validation metric against optimizer steps: per
+    method the mean over seeds, the min-max band over seeds shaded (convergence in steps).
+
+    loss, metric: ``{method: curves.band(...)}``; a method may be missing from either.
+    """
+    fig, axes = _figure(2)
+    colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys([*loss, *metric]))}
+    panels = [(loss, "training loss (per logging interval)"), (metric, f"validation {metric_name}")]
+    for ax, (bands, title) in zip(axes, panels):
+        for method, b in bands.items():
+            if not b["steps"]:
+                continue
+            ax.plot(b["steps"], b["mean"], color=colours[method], marker="." if len(b["steps"]) < 40 else None,
+                    label=f"{method} (n={b['runs']})")
+            if b["runs"] > 1:
+                ax.fill_between(b["steps"], b["low"], b["high"], color=colours[method], alpha=0.2, lw=0)
+        ax.set_title(f"{title} by step")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(title)
+        if bands:
+            ax.legend(loc="best", fontsize=8)
+    return fig

@@ -2,7 +2,9 @@
 
 A subcommand module exposes ``add_parser(subparsers)``, which registers its parser and sets
 ``func`` (called with the parsed namespace, returning an exit status), and may set
-``resume_hint`` (what to do after Ctrl-C).
+``resume_hint`` (what to do after Ctrl-C) and ``loads_models=False`` (it never imports transformers,
+so ``main`` does not configure transformers' logging for it). Its module imports the library inside
+``func``, so that building the parser stays light (start-up speed).
 
 Exit statuses: 0 success; 2 a user's mistake or a failed check (one line, ``error: ...``; argparse
 uses 2 for bad flags as well); 1 an internal error (one line naming it; ``--debug`` or
@@ -16,8 +18,6 @@ import importlib
 import os
 import sys
 import warnings
-
-import transformers
 
 from ailora.errors import AiloraError
 from ailora.version import __version__
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of an internal error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Each module's top level is its table of arguments; the library it runs is imported by its handler,
+    # so that building this parser imports neither torch, transformers nor PEFT (start-up speed).
     for name in SUBCOMMANDS:
         importlib.import_module(f"ailora.cli.{name.replace('-', '_')}").add_parser(sub)
     return parser
@@ -53,16 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     # Deprecation chatter from transformers internals that PEFT calls; nothing a user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     args = build_parser().parse_args(argv)
-    # Weight-loading bars from transformers would drown our own output (and one-line errors).
-    transformers.utils.logging.disable_progress_bar()
-    # Loading a base model into a task class reports its new, randomly initialised head at warning
-    # level on every run; ailora says what it trains itself.
-    transformers.utils.logging.set_verbosity_error()
+    if getattr(args, "loads_models", True):  # `ailora ls` sets it False: it never imports transformers
+        _quiet_transformers()
     try:
         return int(args.func(args) or 0)
     except AiloraError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ailora ls | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except KeyboardInterrupt:
         hint = getattr(args, "resume_hint", None)
         print(f"interrupted; {hint}" if hint else "interrupted", file=sys.stderr)
@@ -73,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug or {DEBUG_ENV}=1 "
               "for the traceback)", file=sys.stderr)
         return 1
+
+
+def _quiet_transformers() -> None:
+    import transformers  # here, not at the top: --help and ls start without torch (start-up speed)
+
+    # Weight-loading bars from transformers would drown our own output (and one-line errors).
+    transformers.utils.logging.disable_progress_bar()
+    # Loading a base model into a task class reports its new, randomly initialised head at warning
+    # level on every run; ailora says what it trains itself.
+    transformers.utils.logging.set_verbosity_error()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from ailora.analysis import ANALYSES
-from ailora.analysis.commands import DEFAULT_OUT, DEFAULT_TARGETS
-from ailora.analysis.lm import OBJECTIVES
-from ailora.core.files import require_writable
-
+# The library's defaults, repeated here so that the parser imports no torch or matplotlib (start-up
+# speed); tests/test_startup.py checks they equal ailora.analysis.commands' and ailora.analysis.lm's.
+DEFAULT_OUT = "analysis"
+DEFAULT_TARGETS = "query,value"
+OBJECTIVES = ("auto", "mlm", "causal")
 MODEL = "model directory, or minilm / smollm2"
 LABELS = "one label per {} (default: directory names)"
 
@@ -141,6 +141,9 @@ SUBCOMMANDS = {
 
 
 def _run(args) -> int:
+    from ailora.analysis import ANALYSES  # imported on use: start-up speed
+    from ailora.core.files import require_writable
+
     analysis = ANALYSES[args.analysis]
     require_writable(args.out, "--out")  # before any model is loaded
     png, js = analysis(**{name: getattr(args, name) for name in inspect.signature(analysis).parameters})

@@ -9,8 +9,6 @@ import math
 import sys
 from collections.abc import Iterable
 
-from ailora.core.apply import ApplyOptions
-from ailora.core.layouts import split_pattern
 from ailora.errors import AiloraError
 
 
@@ -39,6 +37,8 @@ def parse_modules(items: list[str] | None) -> dict[str, list[str]] | None:
     """``["query=attn.wq", "value=attn.wv"]`` -> {"query": ["attn.wq"], "value": ["attn.wv"]}."""
     if not items:
         return None
+    from ailora.core.layouts import split_pattern  # imported on use: start-up speed
+
     out: dict[str, list[str]] = {}
     for item in items:
         if "=" not in item:
@@ -123,8 +123,10 @@ METHOD_ARGS = [
 ]
 
 
-def apply_options(args: argparse.Namespace) -> ApplyOptions:
-    """The options of ``METHOD_ARGS`` (and --quiet) as ``ApplyOptions``, validated."""
+def apply_options(args: argparse.Namespace):
+    """The options of ``METHOD_ARGS`` (and --quiet) as ``ailora.core.apply.ApplyOptions``, validated."""
+    from ailora.core.apply import ApplyOptions  # imported on use: start-up speed
+
     return ApplyOptions(
         method=args.method, rank=args.rank, alpha=args.alpha, targets=args.targets, policy=args.policy,
         modules=parse_modules(args.modules), solver=args.solver, seed=args.seed, use_rslora=args.rslora,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ailora.cli.common import add_command, arg, output_args, positive_int, say
-from ailora.core.convert import convert_dir
 
 HELP = "convert an adapter to plain LoRA on the original base, optionally at a lower rank"
 DESCRIPTION = (
@@ -25,6 +24,8 @@ ARGUMENTS = [
 
 
 def run(args) -> int:
+    from ailora.core.convert import convert_dir  # imported on use: start-up speed
+
     report = convert_dir(args.adapter, args.out, rank=args.rank, initial=args.initial, base=args.base,
                          overwrite=args.overwrite)
     lines = [f"wrote {args.out}/: {len(report['modules'])} modules, rank {args.rank or 'unchanged'}, "

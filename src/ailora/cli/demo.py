@@ -1,7 +1,8 @@
 """``ailora demo``: LoRA, PiSSA, MiLoRA and AILoRA at rank 8 on all-MiniLM-L6-v2 / movie-sentiment.
 
-The ``demo`` sweep preset (``ailora sweep --preset demo``) followed by its report: a few minutes
-on two CPU cores. Running it again reuses finished runs.
+The ``demo`` sweep preset (``ailora sweep --preset demo``: two lrs per method, chosen on
+validation) followed by its report and one verdict line per task from the paired comparisons
+against AILoRA: a few minutes on two CPU cores. Running it again reuses finished runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def run(args) -> int:
     seeds = "one seed" if len(spec.seeds) == 1 else f"mean ± std over {len(spec.seeds)} seeds"
     print(f"\nTest {', '.join(spec.tasks)} (x 100) at each method's lr, {seeds}:\n")
     print(out["table"])
+    for line in out["verdicts"]:
+        print(f"paired verdict, {line}")
     print(f"report: {out['markdown']} and {out['html']}")
     print("plots: " + ", ".join(str(f) for f in out["figures"]))
     print(f"demo took {time.perf_counter() - t0:.0f} s")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ailora.analysis import extract_adapter_dir
-
 
 def summary(report: dict) -> str:
     """The lines ``ailora extract`` prints about an extraction report."""
@@ -25,6 +23,8 @@ def summary(report: dict) -> str:
 
 
 def _run(args) -> int:
+    from ailora.analysis import extract_adapter_dir  # imported on use: start-up speed
+
     report = extract_adapter_dir(
         args.base,
         args.finetuned,

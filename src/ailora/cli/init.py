@@ -11,7 +11,6 @@ from ailora.cli.common import (
     output_args,
     say,
 )
-from ailora.core.workflows import init_dir
 
 HELP = "initialise adapters on a model and write them with a JSON report"
 DESCRIPTION = (
@@ -28,6 +27,8 @@ ARGUMENTS = [
 
 
 def run(args) -> int:
+    from ailora.core.workflows import init_dir  # imported on use: start-up speed
+
     report = init_dir(args.model, args.out, apply_options(args), overwrite=args.overwrite, **model_kwargs(args))
     check = report["output_check"]
     triplets = sum(len(v) for rec in report["layers"] for v in rec["singular_values"].values())

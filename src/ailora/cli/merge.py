@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ailora.cli.common import add_command, arg, model_args, model_kwargs, output_args, say
-from ailora.core.workflows import merge_dir
 
 HELP = "merge an adapter into its base model and write the full model"
 DESCRIPTION = (
@@ -20,6 +19,8 @@ ARGUMENTS = [
 
 
 def run(args) -> int:
+    from ailora.core.workflows import merge_dir  # imported on use: start-up speed
+
     check = merge_dir(args.base, args.adapter, args.out, overwrite=args.overwrite, **model_kwargs(args))
     return say(args, f"wrote {args.out}/ (merged safetensors); max |diff| against base+adapter = "
                f"{check['max_abs_diff']:.2e} (tolerance {check['tolerance']:.0e})")

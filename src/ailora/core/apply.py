@@ -2,8 +2,11 @@
 
 The adapters are PEFT's own LoRA layers (``peft.tuners.lora.Linear``); ailora only chooses their
 starting values and rewrites each adapted base weight as the frozen residual
-``W_res = W - s * B0 @ A0``, so that the model's outputs are unchanged at step 0. That is checked
-on a probe batch on every call.
+``W_res = W - s * B0 @ A0``, so that the model's outputs are unchanged at step 0. That is checked on
+every call, at two levels: each adapted layer, as PEFT runs it (residual, factors, scaling, dtypes,
+hooks), against its original weight on a few seeded random input rows (``W_res x + s B (A x)`` against
+``W x``: cost O(rows * out * in), nothing next to a decomposition, and any wrong block is caught with
+probability one); then the whole model on one short probe sequence, before and after.
 
 Fused projections (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``, GPT-NeoX's per-head ``query_key_value``):
 one PEFT LoRA layer of rank r per adapted block (rank 2r for Q and V), each block's start taken
@@ -34,7 +37,16 @@ from tqdm.auto import tqdm
 from ailora.core.adapters import lora_scaling, mark_residual_form
 from ailora.core.inits import INITS, InitConfig, InitFn
 from ailora.core.policies import get_policy_method, resolve_policy
-from ailora.core.probe import compare_outputs, make_probe, model_dtype, run_probe
+from ailora.core.probe import (
+    LAYER_PROBE_ROWS,
+    compare_outputs,
+    layer_probe,
+    layer_tolerance,
+    make_probe,
+    model_dtype,
+    run_layer,
+    run_probe,
+)
 from ailora.core.roles import Target, find_targets, roles_source, weight_of
 from ailora.core.state import AiloraState, LayerRecord, attach_state, state_of
 from ailora.core.svd import SOLVERS
@@ -49,6 +61,9 @@ PROGRESS_MIN_LAYERS = 24
 # A residual stays in a half-precision model's dtype only if rounding it moves no weight by more.
 RESIDUAL_TOLERANCE = 1e-4
 RESIDUAL_DTYPES = ("auto", "model", "float32")
+# The end-to-end part of the output check: one row of this many tokens (the per-layer check carries the
+# rest; see the module docstring).
+PROBE_BATCH, PROBE_LENGTH = 1, 8
 
 
 @dataclass(frozen=True)
@@ -328,12 +343,19 @@ def _keep_blocks_apart(layer: nn.Module, t: Target, rank: int) -> None:
         layer.lora_magnitude_vector["default"].weight.register_hook(lambda g, r=rows: g * r.to(g.dtype))
 
 
-def _write_layer(peft_model, plan: _Plan, scaling: float, residual_dtype: str, rank: int) -> None:
-    """Copy a plan's factors into its PEFT layer; an SVD start also replaces W by its residual."""
+def _write_layer(peft_model, plan: _Plan, scaling: float, residual_dtype: str, rank: int,
+                 generator: torch.Generator | None) -> dict | None:
+    """Copy a plan's factors into its PEFT layer; an SVD start also replaces W by its residual.
+    With a ``generator``, check the layer on seeded random rows against its original weight and
+    return {"max_abs_diff", "tolerance"}."""
     t = plan.target
     layer = peft_model.base_model.model.get_submodule(t.name)
     base = layer.get_base_layer()
     device = weight_of(base).device
+    x = reference = None
+    if generator is not None:
+        x = layer_probe(t.in_features, weight_of(base).dtype, device, generator)
+        reference = run_layer(base, x)  # W x (+ bias), before W is touched
     a, b = plan.A.to(device), plan.B.to(device)
     lora_dtype = layer.lora_A["default"].weight.dtype
     with torch.no_grad():
@@ -346,6 +368,11 @@ def _write_layer(peft_model, plan: _Plan, scaling: float, residual_dtype: str, r
             plan.record.residual_dtype = "unchanged"
     if t.fused:
         _keep_blocks_apart(layer, t, rank)
+    if x is None:
+        return None
+    diff = (run_layer(layer, x) - reference).abs().max().item()
+    # The layer runs in its input's dtype (the model's) whatever dtype the residual is kept in.
+    return {"max_abs_diff": diff, "tolerance": layer_tolerance(x.dtype, reference)}
 
 
 def _new_state(layout: _Layout, options: ApplyOptions, plans: list[_Plan]) -> AiloraState:
@@ -361,12 +388,26 @@ def _new_state(layout: _Layout, options: ApplyOptions, plans: list[_Plan]) -> Ai
     )
 
 
+def _check_layers(state: AiloraState, layers: dict[str, dict]) -> None:
+    """Record the per-layer check in ``state.check["layers"]``; raise ExactnessError naming the layer
+    furthest past its tolerance."""
+    worst = max(layers, key=lambda n: layers[n]["max_abs_diff"] / layers[n]["tolerance"], default=None)
+    passed = all(c["max_abs_diff"] <= c["tolerance"] for c in layers.values())
+    state.check = {"layers": {"rows": LAYER_PROBE_ROWS, "count": len(layers), "passed": passed, "worst": worst,
+                              **(layers[worst] if worst else {"max_abs_diff": 0.0, "tolerance": 0.0})}}
+    if not passed:
+        diff, tol = layers[worst]["max_abs_diff"], layers[worst]["tolerance"]
+        raise ExactnessError(f"layer {worst} changed its outputs by {diff:.3g} after {state.method} init "
+                             f"(tolerance {tol:.1g})")
+
+
 def _check_outputs(peft_model: peft.PeftModel, state: AiloraState, probe: dict, reference: torch.Tensor,
                    dtype: torch.dtype) -> None:
-    """Record the output check in ``state.check``; raise ExactnessError past tolerance."""
-    state.check = {**compare_outputs(peft_model, probe, reference, dtype),
-                   "probe": {k: list(v.shape) for k, v in probe.items()}}
+    """Record the end-to-end output check in ``state.check``; raise ExactnessError past tolerance."""
+    state.check.update(compare_outputs(peft_model, probe, reference, dtype),
+                       probe={k: list(v.shape) for k, v in probe.items()})
     diff, tol = state.check["max_abs_diff"], state.check["tolerance"]
+    state.check["passed"] = state.check["passed"] and state.check["layers"]["passed"]
     if diff > tol:
         raise ExactnessError(f"outputs changed by {diff:.3g} after {state.method} init (tolerance {tol:.1g})")
 
@@ -407,7 +448,8 @@ def apply(
         residual_dtype: "auto" keeps a half-precision model's dtype when rounding the residual moves
             no weight by more than 1e-4, else keeps that residual in float32; "model" or "float32" force.
         device: where the decompositions run (default: where each weight is; "cuda" to use a GPU).
-        check: compare outputs on a probe batch before and after; raise ExactnessError past tolerance.
+        check: check every adapted layer on seeded random rows against its original weight, and the
+            model's outputs on a short probe before and after; raise ExactnessError past tolerance.
     Returns the PeftModel, with ``model.ailora_state`` (an AiloraState, also ``state_of(model)``)
     describing what was done.
     """
@@ -424,17 +466,19 @@ def apply_with(model: nn.Module, options: ApplyOptions) -> peft.PeftModel:
     validate the model, plan every start, wrap it in PEFT, write the factors, check the outputs."""
     t_start = time.perf_counter()
     layout = _layout(model, options)
-    probe = make_probe(model) if options.check else None
+    probe = make_probe(model, PROBE_BATCH, PROBE_LENGTH, options.seed) if options.check else None
     reference = run_probe(model, probe) if options.check else None
     # All decompositions first, before the model is touched: a failure leaves it as it was.
     plans = _plan_all(model, layout, options)
     peft_model = peft.get_peft_model(model, _lora_config(layout, options))
-    for plan in plans:
-        _write_layer(peft_model, plan, layout.scaling, options.residual_dtype, options.rank)
+    generator = torch.Generator().manual_seed(options.seed) if options.check else None
+    layer_checks = {plan.target.name: _write_layer(peft_model, plan, layout.scaling, options.residual_dtype,
+                                                   options.rank, generator) for plan in plans}
     state = _new_state(layout, options, plans)
     attach_state(peft_model, state)
     mark_residual_form(peft_model, state)  # a raw save_pretrained must not load silently wrong
     if options.check:
+        _check_layers(state, layer_checks)
         _check_outputs(peft_model, state, probe, reference, layout.dtype)
     state.total_seconds = time.perf_counter() - t_start
     return peft_model

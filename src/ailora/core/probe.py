@@ -1,4 +1,5 @@
-"""The output check: a fixed probe batch, run before and after a change to the model."""
+"""The output checks: a fixed probe batch, run before and after a change to the model, and a few
+seeded random input rows per changed layer, run through the layer before and after."""
 
 from __future__ import annotations
 
@@ -11,12 +12,22 @@ from torch import nn
 FP32_TOLERANCE = 1e-4
 # Half-precision models compute in bf16/fp16, whose own rounding is ~1e-2 relative: the check is relative there.
 HALF_RELATIVE_TOLERANCE = 2e-2
+# Random input rows per layer in the per-layer check: x: (rows, in) ~ N(0, 1). A wrong weight block D
+# (any D != 0) moves D @ x off zero with probability one, so a few rows catch it.
+LAYER_PROBE_ROWS = 4
 
 
 def tolerance_for(dtype: torch.dtype, reference: torch.Tensor) -> float:
     if dtype in (torch.float32, torch.float64):
         return FP32_TOLERANCE
     return HALF_RELATIVE_TOLERANCE * max(1.0, reference.abs().max().item())
+
+
+def layer_tolerance(dtype: torch.dtype, reference: torch.Tensor) -> float:
+    """Tolerance of the per-layer check: relative to the layer's largest output on N(0, 1) rows (which
+    scales with its weights' row norms) once that exceeds 1, in float32 as in half precision."""
+    scale = max(1.0, reference.abs().max().item())
+    return (FP32_TOLERANCE if dtype in (torch.float32, torch.float64) else HALF_RELATIVE_TOLERANCE) * scale
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -74,6 +85,18 @@ def run_probe(model: nn.Module, probe: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model's first output on the probe, in float32, with dropout off."""
     with eval_mode(model):
         return first_output(model(**probe)).detach().float().clone()
+
+
+def layer_probe(in_features: int, dtype: torch.dtype, device, generator: torch.Generator,
+                rows: int = LAYER_PROBE_ROWS) -> torch.Tensor:
+    """Seeded N(0, 1) input rows for one layer: (rows, in_features), drawn on the CPU by ``generator``."""
+    return torch.randn(rows, in_features, generator=generator).to(device=device, dtype=dtype)
+
+
+def run_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer``'s output on ``x`` (its hooks, dropout off), in float32: (rows, out)."""
+    with eval_mode(layer):
+        return layer(x).detach().float()
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

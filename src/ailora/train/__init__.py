@@ -8,8 +8,26 @@
 Methods come from ``ailora.methods`` (``get_method``, ``register_method``).
 """
 
-from ailora.train.checks import check_run
+from typing import TYPE_CHECKING
+
 from ailora.train.config import RunConfig, all_help, apply_overrides, load_config
-from ailora.train.loop import train
+
+if TYPE_CHECKING:
+    from ailora.train.checks import check_run
+    from ailora.train.loop import train
 
 __all__ = ["RunConfig", "all_help", "apply_overrides", "check_run", "load_config", "train"]
+
+# Imported on first use (lazy imports for start-up speed): the config alone, which `ailora train --help`
+# reads, needs neither torch nor transformers.
+_LAZY = {"check_run": "ailora.train.checks", "train": "ailora.train.loop"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ailora.train' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -55,7 +55,7 @@ from ailora.train.generation import decoding
 from ailora.train.kinds import checkpoint_is_seq2seq, encode_splits, load_for_task, model_kind
 from ailora.train.qa import has_null_answers
 
-LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates (each one syncs)
+LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates and results["train_log"] means (each syncs)
 PREDICTIONS = "predictions"  # RUN_DIR/predictions/<split>-step<N>.jsonl: input, reference, prediction
 
 
@@ -72,6 +72,9 @@ class LoopState:
     wall_seconds: float = 0.0  # wall time of the earlier processes of this run, to their last checkpoint
     history: list[dict] = field(default_factory=list)  # the per-epoch records (metrics.jsonl)
     evals: list[dict] = field(default_factory=list)  # every validation, per epoch or per N steps
+    log_sum: float = 0.0  # sum of micro-batch losses since the last logging interval closed (this process)
+    log_count: int = 0
+    train_log: list[dict] = field(default_factory=list)  # {"step", "train_loss"}: mean loss per logging interval
     best: dict | None = None  # {"step", "epoch", "metric", "value"}
     stage: int = 0  # Progtuning stage of the last optimizer step, 0-based (0 when off)
     stages: list[dict] = field(default_factory=list)  # per stage: steps, updated parameters, seconds
@@ -188,12 +191,15 @@ def _train_step(ctx: TrainContext, state: LoopState, group: list[list[int]], bar
     _count_step(state, time.perf_counter() - t_step)
     state.loss_sum = state.loss_sum + loss  # a tensor: no device sync per step
     state.loss_count += len(group)
+    state.log_sum = state.log_sum + loss
+    state.log_count += len(group)
     state.step += 1
     state.group += 1
     _note_finite(ctx, loss, state.step)
     bar.update(1)
     if state.step % LOG_EVERY == 0:
         _log_step(ctx, bar, state, loss)
+        _close_log_interval(state)
     if t.eval_every_steps and state.step % t.eval_every_steps == 0:
         _validate(ctx, state)
         _save(ctx, state, "last")
@@ -442,8 +448,11 @@ def _end_epoch(ctx: TrainContext, state: LoopState, seconds_so_far: float) -> No
     _check_finite(ctx)
     sums = torch.tensor([float(state.loss_sum), float(state.loss_count)], device=acc.device, dtype=torch.float64)
     sums = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
+    _close_log_interval(state)
     t0 = time.perf_counter()
-    metrics = _validate(ctx, state)
+    # A validation at this very step (train.eval_every_steps) already scored these weights.
+    same = state.evals and state.evals[-1]["step"] == state.step and state.evals[-1]["epoch"] == state.epoch + 1
+    metrics = state.evals[-1]["validation"] if same else _validate(ctx, state)
     seconds = seconds_so_far + time.perf_counter() - t0
     state.history.append({"epoch": state.epoch + 1, "step": state.step, "train_loss": (sums[0] / sums[1]).item(),
                           "validation": metrics, "seconds": round(seconds, 3)})
@@ -453,6 +462,14 @@ def _end_epoch(ctx: TrainContext, state: LoopState, seconds_so_far: float) -> No
     if acc.is_main_process:
         record.write_jsonl(ctx.run_dir / record.METRICS, state.history)
     _save(ctx, state, "last")
+
+
+def _close_log_interval(state: LoopState) -> None:
+    """Record the mean training loss of the logging interval that ends at this step (intervals of
+    LOG_EVERY steps, cut at epoch ends), for loss curves against steps."""
+    if state.log_count:
+        state.train_log.append({"step": state.step, "train_loss": float(state.log_sum) / state.log_count})
+    state.log_sum, state.log_count = 0.0, 0
 
 
 def _log_step(ctx: TrainContext, bar, state: LoopState, loss: torch.Tensor) -> None:
@@ -475,7 +492,7 @@ def _save(ctx: TrainContext, state: LoopState, which: str) -> None:
                                   "(the last good checkpoint is kept)", state.step)
     rngs = gather_object([record.rng_state()]) if ctx.acc.num_processes > 1 else [record.rng_state()]
     if ctx.acc.is_main_process:
-        loop = {**state.__dict__, "loss_sum": float(state.loss_sum),
+        loop = {**state.__dict__, "loss_sum": float(state.loss_sum), "log_sum": float(state.log_sum),
                 "wall_seconds": state.wall_seconds + time.perf_counter() - ctx.t_start}
         record.save_checkpoint(ctx.run_dir / record.CHECKPOINTS / f"{which}.pt", {
             "trainable": weights,
@@ -549,6 +566,7 @@ def _results(ctx: TrainContext, state: LoopState, test: dict, adapter: dict, sec
                  "label_names": list(ctx.data.label_names) if ctx.data.label_names is not None else None},
         "epochs": state.history,
         "evaluations": state.evals,
+        "train_log": state.train_log,
         "best": state.best,
         "selected": cfg.train.select if state.best is not None else "last",
         "validation": state.history[-1]["validation"] if state.history else {},
