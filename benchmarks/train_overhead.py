@@ -27,8 +27,9 @@ import ailora
 from ailora.core.models import load_model, minilm_dir
 from ailora.tasks import get_task, load_task
 from ailora.train.config import RunConfig
+from ailora.train.context import TrainContext
 from ailora.train.data import encode_classification
-from ailora.train.loop import TrainContext, linear_schedule, optimizer_step, trainable_parameters
+from ailora.train.loop import linear_schedule, optimizer_step, trainable_parameters
 
 
 def hand_variant(path, tokenizer, examples, batch_size):

@@ -14,6 +14,7 @@ import pytest
 from ailora.errors import AiloraError
 from ailora.tasks import TASKS, TaskSpec, benchmarks, get_task, load_task, task_from_dict, task_from_json
 from ailora.tasks.metrics import compute_metrics, extract_number
+from ailora.tasks.prompts import decoding_defaults, prompt_template
 
 BUNDLED = ["movie-sentiment", "movie-score", "trec", "boolq", "sms-spam", "bbc-news", "asdiv", "xsum"]
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
@@ -425,6 +426,61 @@ def test_custom_generation_and_regression(tmp_path):
     }
     with pytest.raises(AiloraError, match=r"s.csv line 4: label 'x' is not a number"):
         load_task(task_from_dict(reg))
+
+
+def write_qa_spec(tmp_path: Path, **keys) -> Path:
+    """A JSON spec of a generation task over 10 JSONL question/answer rows, plus ``keys``."""
+    (tmp_path / "qa.jsonl").write_text(
+        "".join(json.dumps({"q": f"how many {i}?", "a": str(i)}) + "\n" for i in range(10))
+    )
+    spec = {"name": "qa", "kind": "generation", "path": "qa.jsonl", "text_fields": ["q"], "label_field": "a",
+            "validation_size": 2, "test_size": 2, **keys}  # fmt: skip
+    (tmp_path / "qa.json").write_text(json.dumps(spec))
+    return tmp_path / "qa.json"
+
+
+def test_custom_generation_prompt_template_keep_and_decoding(tmp_path):
+    spec = task_from_json(write_qa_spec(tmp_path, prompt_template="Q: {input}\nA (a number):", keep="end",
+                                        decoding={"max_new_tokens": 8, "num_beams": 3, "length_penalty": 0.5}))  # fmt: skip
+    template = prompt_template(spec)
+    assert template.keep == "end"
+    assert template.render(load_task(spec).test[0]["prompt"]).startswith("Q: how many ")
+    assert template.render("how many 7?") == "Q: how many 7?\nA (a number):"
+    assert decoding_defaults(spec) == {"max_new_tokens": 8, "num_beams": 3, "length_penalty": 0.5,
+                                       "no_repeat_ngram_size": 0}  # fmt: skip
+    plain = task_from_json(write_qa_spec(tmp_path))
+    assert prompt_template(plain).render("x") == "x\nAnswer:" and decoding_defaults(plain)["max_new_tokens"] == 32
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"prompt_template": "Q: no slot"}, r"'prompt_template' must hold \{input\} exactly once"),
+        ({"prompt_template": "{input} and {input}"}, r"'prompt_template' must hold \{input\} exactly once"),
+        ({"prompt_template": "{question}: {input}"}, r"'prompt_template' has an unknown placeholder \{question\}"),
+        ({"prompt_template": 3}, r"'prompt_template' must be a string"),
+        ({"keep": "middle"}, r"'keep' must be one of start, end, got 'middle'"),
+        ({"decoding": {"max_new_tokens": 0}}, r"'decoding.max_new_tokens' must be an integer >= 1, got 0"),
+        ({"decoding": {"num_beams": 2.5}}, r"'decoding.num_beams' must be an integer >= 1, got 2.5"),
+        ({"decoding": {"num_beams": True}}, r"'decoding.num_beams' must be an integer >= 1, got True"),
+        ({"decoding": {"no_repeat_ngram_size": -1}}, r"'decoding.no_repeat_ngram_size' must be an integer >= 0"),
+        ({"decoding": {"length_penalty": "inf"}}, r"'decoding.length_penalty' must be a finite number"),
+        ({"decoding": {"temperature": 0.7}}, r"'decoding.temperature' is not a decoding setting"),
+        ({"decoding": [8]}, r"'decoding' must be an object"),
+        ({"kind": "classification", "keep": "end"}, r"'keep' is for generation tasks only"),
+    ],
+)  # fmt: skip
+def test_bad_generation_spec_keys_are_one_line_errors_naming_key_and_file(tmp_path, keys, message):
+    path = write_qa_spec(tmp_path, **keys)
+    with pytest.raises(AiloraError, match=message) as info:
+        task_from_json(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value) and "'qa'" in str(info.value)
+
+
+def test_non_finite_length_penalty_is_rejected(tmp_path):
+    config = json.loads(write_qa_spec(tmp_path).read_text()) | {"decoding": {"length_penalty": float("nan")}}
+    with pytest.raises(AiloraError, match=r"task spec 'qa': 'decoding.length_penalty' must be a finite number"):
+        task_from_dict(config, base_dir=tmp_path)
 
 
 @pytest.fixture

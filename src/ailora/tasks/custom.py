@@ -16,6 +16,10 @@ text. ``label_names`` fixes the classes and their order (default: the sorted lab
 Optional: ``description``, ``main_metric``, ``validation_size`` and ``test_size`` (a count or a
 fraction, default 0.1), ``seed`` (default 0), ``dedupe`` (default false). Extractive QA files
 must be in the SQuAD JSON format. The file format follows the extension: .csv, .tsv, .jsonl, .json.
+Generation only: ``prompt_template`` (holds ``{input}`` once, e.g. ``"Question: {input}\nAnswer:"``),
+``keep`` (``"start"`` or ``"end"``: the end of an over-long input kept) and ``decoding`` (any of
+``max_new_tokens``, ``num_beams``, ``no_repeat_ngram_size``, ``length_penalty``), checked when the
+spec is read (see ``ailora.tasks.prompts``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ailora.errors import AiloraError
+from ailora.tasks.prompts import KEEP, decoding_problem, template_problem
 from ailora.tasks.readers import Row, read_json_records, read_jsonl, read_squad, read_table, require_file
 from ailora.tasks.spec import RawSplits, TaskSpec
 
@@ -39,12 +44,19 @@ DEFAULT_METRICS = {
 _KEYS = {
     "name", "description", "kind", "path", "train", "validation", "test", "text_fields", "label_field",
     "label_names", "metrics", "main_metric", "validation_size", "test_size", "seed", "dedupe",
+    "prompt_template", "keep", "decoding",
 }  # fmt: skip
+_GENERATION_KEYS = ("prompt_template", "keep", "decoding")
 _FORMATS = (".csv", ".tsv", ".jsonl", ".json")
 
 
-def task_from_dict(config: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None) -> TaskSpec:
-    """A :class:`TaskSpec` for the user's files described by ``config`` (keys in the module docstring)."""
+def task_from_dict(
+    config: Mapping[str, Any],
+    base_dir: str | os.PathLike[str] | None = None,
+    spec_file: str | os.PathLike[str] | None = None,
+) -> TaskSpec:
+    """A :class:`TaskSpec` for the user's files described by ``config`` (keys in the module docstring);
+    ``spec_file``, the JSON file it came from, is named in errors."""
     name = config.get("name") or "<unnamed>"
     unknown = sorted(set(config) - _KEYS)
     if unknown:
@@ -55,6 +67,8 @@ def task_from_dict(config: Mapping[str, Any], base_dir: str | os.PathLike[str] |
         if not config.get(key):
             raise AiloraError(f"task spec {name!r}: missing {key!r}")
     kind = config["kind"]
+    where = f"task spec {name!r}" + (f" ({spec_file})" if spec_file is not None else "")
+    generation = _generation_options(config, kind, where)
     files = _files(name, config, Path(base_dir) if base_dir is not None else Path.cwd())
     text_fields = config.get("text_fields", ["text"])
     if isinstance(text_fields, str):
@@ -74,7 +88,7 @@ def task_from_dict(config: Mapping[str, Any], base_dir: str | os.PathLike[str] |
         test_size=config.get("test_size", 0.1),
         split_seed=int(config.get("seed", 0)),
         dedupe=bool(config.get("dedupe", False)),
-        options={"files": files, "label_field": config.get("label_field", "label")},
+        options={"files": files, "label_field": config.get("label_field", "label"), **generation},
     )
 
 
@@ -88,7 +102,7 @@ def task_from_json(path: str | os.PathLike[str]) -> TaskSpec:
         raise AiloraError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(config, dict):
         raise AiloraError(f"{path}: a task spec must be a JSON object")
-    return task_from_dict(config, base_dir=path.parent)
+    return task_from_dict(config, base_dir=path.parent, spec_file=path)
 
 
 def load_custom(spec: TaskSpec, data_dir: Path | None) -> RawSplits:
@@ -104,6 +118,33 @@ def load_custom(spec: TaskSpec, data_dir: Path | None) -> RawSplits:
                 for where, row in _read_rows(path, (*spec.text_fields, label))
             ]
     return out
+
+
+def _generation_options(config: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]:
+    """The ``prompt`` and ``decoding`` options (``ailora.tasks.prompts``) of a generation task's
+    spec, checked: an error names the key and ``where`` (the task and its spec file)."""
+    given = [key for key in _GENERATION_KEYS if key in config]
+    if given and kind != "generation":
+        raise AiloraError(f"{where}: {given[0]!r} is for generation tasks only (kind is {kind!r})")
+    prompt: dict[str, Any] = {}
+    if "prompt_template" in config:
+        problem = template_problem(config["prompt_template"])
+        if problem:
+            raise AiloraError(f"{where}: 'prompt_template' {problem}")
+        prompt["template"] = config["prompt_template"]
+    if "keep" in config:
+        if config["keep"] not in KEEP:
+            raise AiloraError(f"{where}: 'keep' must be one of {', '.join(KEEP)}, got {config['keep']!r}")
+        prompt["keep"] = config["keep"]
+    decoding = config.get("decoding", {})
+    if not isinstance(decoding, Mapping):
+        raise AiloraError(f"{where}: 'decoding' must be an object, got {decoding!r}")
+    for key, value in decoding.items():
+        problem = decoding_problem(key, value)
+        if problem:
+            raise AiloraError(f"{where}: 'decoding.{key}' {problem}")
+    options: dict[str, Any] = {"prompt": prompt} if prompt else {}
+    return options | ({"decoding": dict(decoding)} if decoding else {})
 
 
 def _files(name: str, config: Mapping[str, Any], base: Path) -> dict[str, Path]:

@@ -16,6 +16,8 @@ Tasks without a template get ``"{input}\\nAnswer:"``; decoding keys a task leave
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,35 @@ DEFAULT_TEMPLATE = SLOT + "\nAnswer:"
 KEEP = ("start", "end")
 DECODING_DEFAULTS: dict[str, Any] = {"max_new_tokens": 32, "num_beams": 1, "length_penalty": 1.0,
                                      "no_repeat_ngram_size": 0}
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def template_problem(template: Any) -> str | None:
+    """What is wrong with ``template`` as a prompt template (a phrase), or None when it is good:
+    ``{input}`` exactly once and no other ``{...}`` placeholder."""
+    if not isinstance(template, str):
+        return f"must be a string, got {template!r}"
+    unknown = [f for f in _PLACEHOLDER.findall(template) if "{" + f + "}" != SLOT]
+    if unknown:
+        return f"has an unknown placeholder {{{unknown[0]}}} (only {SLOT} is filled in)"
+    if template.count(SLOT) != 1:
+        return f"must hold {SLOT} exactly once, got {template!r}"
+    return None
+
+
+def decoding_problem(key: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for decoding setting ``key`` (a phrase), or None: counts are
+    positive ints (``no_repeat_ngram_size`` may be 0, off), ``length_penalty`` a finite number."""
+    if key not in DECODING_DEFAULTS:
+        return f"is not a decoding setting (known: {', '.join(DECODING_DEFAULTS)})"
+    if key == "length_penalty":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+        return None
+    least = 0 if key == "no_repeat_ngram_size" else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        return f"must be an integer >= {least}, got {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -37,8 +68,9 @@ class PromptTemplate:
     keep: str = "start"
 
     def __post_init__(self) -> None:
-        if self.template.count(SLOT) != 1:
-            raise AiloraError(f"a prompt template must hold {SLOT} exactly once, got {self.template!r}")
+        problem = template_problem(self.template)
+        if problem:
+            raise AiloraError(f"a prompt template {problem}")
         if self.keep not in KEEP:
             raise AiloraError(f"a prompt template's keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
 
@@ -74,4 +106,8 @@ def decoding_defaults(spec) -> dict[str, Any]:
     if unknown:
         raise AiloraError(f"task {spec.name!r}: unknown decoding key {unknown[0]!r} "
                           f"(known: {', '.join(DECODING_DEFAULTS)})")
+    for key, value in given.items():
+        problem = decoding_problem(key, value)
+        if problem:
+            raise AiloraError(f"task {spec.name!r}: decoding {key!r} {problem}")
     return {**DECODING_DEFAULTS, **given}

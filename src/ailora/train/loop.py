@@ -32,7 +32,6 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -49,37 +48,17 @@ from ailora.tasks.metrics import get_metric, is_better
 from ailora.train import progressive, record
 from ailora.train.checks import check_run
 from ailora.train.config import RunConfig
-from ailora.train.data import IGNORE_INDEX, collate, train_batches
+from ailora.train.context import LoopState, TrainContext, train_batch
+from ailora.train.data import IGNORE_INDEX, train_batches
 from ailora.train.evaluate import Evaluation, evaluate, prediction_rows
 from ailora.train.generation import decoding
 from ailora.train.kinds import checkpoint_is_seq2seq, encode_splits, load_for_task, model_kind
 from ailora.train.qa import has_null_answers
+from ailora.train.results import record_failure, recorded_config, run_results
+from ailora.train.stages import count_step, enter_stage, progtuning_schedule
 
 LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates and results["train_log"] means (each syncs)
 PREDICTIONS = "predictions"  # RUN_DIR/predictions/<split>-step<N>.jsonl: input, reference, prediction
-
-
-@dataclass
-class LoopState:
-    """Where training is: everything besides weights and optimizer that a resume needs."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # current epoch, 0-based
-    group: int = 0  # optimizer steps done inside the current epoch
-    loss_sum: float = 0.0  # sum of micro-batch losses in the current epoch (this process)
-    loss_count: int = 0
-    epoch_seconds: float = 0.0  # time spent in the current epoch before an interruption
-    wall_seconds: float = 0.0  # wall time of the earlier processes of this run, to their last checkpoint
-    history: list[dict] = field(default_factory=list)  # the per-epoch records (metrics.jsonl)
-    evals: list[dict] = field(default_factory=list)  # every validation, per epoch or per N steps
-    log_sum: float = 0.0  # sum of micro-batch losses since the last logging interval closed (this process)
-    log_count: int = 0
-    train_log: list[dict] = field(default_factory=list)  # {"step", "train_loss"}: mean loss per logging interval
-    best: dict | None = None  # {"step", "epoch", "metric", "value"}
-    stage: int = 0  # Progtuning stage of the last optimizer step, 0-based (0 when off)
-    stages: list[dict] = field(default_factory=list)  # per stage: steps, updated parameters, seconds
-    pilot: dict | None = None  # the grad-norm pilot's block scores (kept so a resume reuses them)
-    before: dict | None = None  # train.eval_before: every evaluation split's scores at step 0
 
 
 def train(cfg: RunConfig) -> dict:
@@ -101,7 +80,7 @@ def train(cfg: RunConfig) -> dict:
     try:
         finished = _fit(ctx, state)
     except TrainingFailedError as exc:
-        _record_failure(ctx, state, exc)
+        record_failure(ctx, state, exc)
         raise
     if not finished:
         return {"status": "interrupted", "step": state.step, "run_dir": str(run_dir)}
@@ -136,12 +115,12 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     if resuming:
         state = _restore(acc, run_dir / record.CHECKPOINTS / "last.pt", trainable, optimizer, scheduler)
     elif acc.is_main_process:
-        record.write_json(run_dir / record.CONFIG, _recorded_config(cfg))
+        record.write_json(run_dir / record.CONFIG, recorded_config(cfg))
         record.write_json(run_dir / "init_hashes.json", hashes)
     ctx = TrainContext(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, data.spec, tokenizer,
                    _writer(acc, cfg, run_dir, state.step), prepared=prepared, data=data, hashes=hashes,
                    total_steps=total_steps)
-    ctx.schedule = _progtuning(ctx, state)
+    ctx.schedule = progtuning_schedule(ctx, state)
     return ctx, state
 
 
@@ -184,11 +163,11 @@ def _train_step(ctx: TrainContext, state: LoopState, group: list[list[int]], bar
     """One optimizer step (in its Progtuning stage when on), counted, logged, validated and saved as asked."""
     t = ctx.cfg.train
     if ctx.cfg.progressive.enabled:
-        _enter_stage(ctx, state, progressive.stage_of(state.epoch, state.step, ctx.schedule.stages, t.epochs,
+        enter_stage(ctx, state, progressive.stage_of(state.epoch, state.step, ctx.schedule.stages, t.epochs,
                                                       ctx.total_steps, ctx.cfg.progressive.boundary))
     t_step = time.perf_counter()
     loss = optimizer_step(ctx, group)
-    _count_step(state, time.perf_counter() - t_step)
+    count_step(state, time.perf_counter() - t_step)
     state.loss_sum = state.loss_sum + loss  # a tensor: no device sync per step
     state.loss_count += len(group)
     state.log_sum = state.log_sum + loss
@@ -220,7 +199,7 @@ def _finish(ctx: TrainContext, state: LoopState, seconds: float, resumed: bool) 
     if acc.is_main_process:
         prepared = dataclasses.replace(ctx.prepared, model=acc.unwrap_model(ctx.model))
         adapter = get_method(ctx.cfg.method.name).save(prepared, run_dir / record.ADAPTER)
-        results = _results(ctx, state, test, adapter, seconds, resumed)
+        results = run_results(ctx, state, test, adapter, seconds, resumed)
         record.write_json(run_dir / record.RESULTS, results)
         (run_dir / record.FAILED).unlink(missing_ok=True)  # an earlier failed attempt, now superseded
     if ctx.writer is not None:
@@ -305,73 +284,6 @@ def _writer(acc: Accelerator, cfg: RunConfig, run_dir: Path, step: int):
     return SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=step or None)
 
 
-@dataclass
-class TrainContext:
-    acc: Accelerator
-    cfg: RunConfig
-    run_dir: Path
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    trainable: dict
-    splits: dict
-    spec: object
-    tokenizer: object
-    writer: object
-    schedule: progressive.Schedule | None = None
-    prepared: Prepared | None = None
-    data: object = None  # the TaskData (split sizes for the record)
-    hashes: list[str] = field(default_factory=list)  # each process's hash of the prepared model
-    total_steps: int = 0
-    null_threshold: float | None = None  # extractive QA: chosen on the last validation, used on test
-    nonfinite: torch.Tensor | None = None  # first optimizer step with a non-finite loss (0: none), on the device
-    t_start: float = 0.0  # perf_counter() when this process started the run
-
-
-# Progtuning: the schedule, its pilot, entering stages, counting updated parameters.
-
-
-def _progtuning(ctx: TrainContext, state: LoopState) -> progressive.Schedule:
-    """The run's schedule (one stage when off); a fresh grad-norm run scores the blocks with a pilot first."""
-    p, model = ctx.cfg.progressive, ctx.acc.unwrap_model(ctx.model)
-    order = None
-    if p.enabled and p.order == "grad-norm":
-        if state.pilot is None:  # a resumed run keeps the scores taken at the start weights
-            state.pilot = _pilot(ctx, model, progressive.find_blocks(model))
-        order = progressive.order_from_scores(state.pilot["scores"])
-    schedule = progressive.Schedule(model, p.stages, p.embeddings, p.remainder, order)
-    if not state.stages:
-        state.stages = [schedule.stage_record(i) for i in range(schedule.stages)]
-    return schedule
-
-
-def _pilot(ctx: TrainContext, model, blocks: progressive.Blocks) -> dict:
-    t0, acc, t = time.perf_counter(), ctx.acc, ctx.cfg.train
-    batches = train_batches(len(ctx.splits["train"]), t.batch_size, t.seed, 0, acc.process_index,
-                            acc.num_processes)[:ctx.cfg.progressive.pilot_batches]
-    scores = progressive.gradient_scores(model, blocks, (_batch(ctx, idx) for idx in batches))
-    if acc.num_processes > 1:  # every process must freeze the same blocks
-        scores = acc.reduce(torch.tensor(scores, device=acc.device), reduction="mean").tolist()
-    return {"method": "grad-norm", "batches": len(batches), "scores": scores,
-            "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def _enter_stage(ctx: TrainContext, state: LoopState, stage: int) -> None:
-    if stage != state.stage:
-        if ctx.cfg.progressive.reset_optimizer:
-            ctx.optimizer.state.clear()  # every Adam moment and step count starts again
-        state.stage = stage
-    if ctx.schedule.current != stage:  # a stage change, the first step, or the first after a resume
-        ctx.schedule.enter(stage)
-
-
-def _count_step(state: LoopState, seconds: float) -> None:
-    rec = state.stages[state.stage]
-    rec["steps"] += 1
-    rec["updated_parameters"] += rec["active_parameters"]
-    rec["seconds"] += seconds
-
-
 # One optimizer step, evaluation, checkpoints.
 
 
@@ -380,7 +292,7 @@ def optimizer_step(ctx: TrainContext, group: list[list[int]]) -> torch.Tensor:
     acc, model = ctx.acc, ctx.model
     total = torch.zeros((), device=acc.device)
     for i, idx in enumerate(group):
-        batch = _batch(ctx, idx)
+        batch = train_batch(ctx, idx)
         if ctx.spec.kind == "generation" and not (batch["labels"] != IGNORE_INDEX).any():
             raise AiloraError("a training batch has no answer tokens; raise model.max_length")
         last = i == len(group) - 1
@@ -395,11 +307,6 @@ def optimizer_step(ctx: TrainContext, group: list[list[int]]) -> torch.Tensor:
         ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return total
-
-
-def _batch(ctx: TrainContext, idx: list[int]) -> dict[str, torch.Tensor]:
-    items = ctx.splits["train"]
-    return {k: v.to(ctx.acc.device) for k, v in collate([items[j] for j in idx], ctx.tokenizer.pad_token_id).items()}
 
 
 def _eval(ctx: TrainContext, split: str, step: int) -> dict[str, float]:
@@ -522,28 +429,6 @@ def _check_finite(ctx: TrainContext) -> None:
                                   min(bad))
 
 
-def _record_failure(ctx: TrainContext, state: LoopState, exc: TrainingFailedError) -> None:
-    """RUN_DIR/failed.json: the run as failed (never complete), with the error and its step."""
-    if ctx.acc.is_main_process:
-        last = ctx.run_dir / record.CHECKPOINTS / "last.pt"
-        record.write_json(ctx.run_dir / record.FAILED, {
-            "status": "failed", "error": str(exc), "step": exc.step, "config": _recorded_config(ctx.cfg),
-            "last_checkpoint": str(last.relative_to(ctx.run_dir)) if last.is_file() else None,
-            "wall_seconds": round(state.wall_seconds + time.perf_counter() - ctx.t_start, 3),
-            "versions": record.package_versions(), "git": record.git_revision()})
-    if ctx.writer is not None:
-        ctx.writer.close()
-
-
-def _recorded_config(cfg: RunConfig) -> dict:
-    """The config as the run records it: how this process was started (resume, overwrite) and where
-    it was told to stop (stop_after_steps, an interruption) left out, so that a resumed or restarted
-    run's record equals an uninterrupted one's."""
-    data = cfg.to_dict()
-    data["train"]["stop_after_steps"] = None
-    return {**data, "resume": False, "overwrite": False}
-
-
 def _restore(acc: Accelerator, path: Path, trainable, optimizer, scheduler) -> LoopState:
     ckpt = record.load_checkpoint(path)
     if ckpt["num_processes"] != acc.num_processes:
@@ -556,44 +441,3 @@ def _restore(acc: Accelerator, path: Path, trainable, optimizer, scheduler) -> L
     return LoopState(**ckpt["loop"])
 
 
-def _results(ctx: TrainContext, state: LoopState, test: dict, adapter: dict, seconds: float, resumed: bool) -> dict:
-    cfg, spec, acc, hashes = ctx.cfg, ctx.spec, ctx.acc, ctx.hashes
-    return {
-        "status": "complete",
-        "config": _recorded_config(cfg),
-        "task": {"name": spec.name, "kind": spec.kind, "metrics": list(spec.metrics),
-                 "main_metric": spec.main_metric, "sizes": ctx.data.sizes(),
-                 "label_names": list(ctx.data.label_names) if ctx.data.label_names is not None else None},
-        "epochs": state.history,
-        "evaluations": state.evals,
-        "train_log": state.train_log,
-        "best": state.best,
-        "selected": cfg.train.select if state.best is not None else "last",
-        "validation": state.history[-1]["validation"] if state.history else {},
-        "before": state.before,
-        "test": test.get("test", {}),
-        "extra_test": {k: v for k, v in test.items() if k != "test"},
-        "steps": state.step,
-        "seed": cfg.train.seed,
-        "parameters": record.parameter_counts(acc.unwrap_model(ctx.model)),
-        "method": ctx.prepared.metadata(cfg.method.name),
-        "adapter": {"dir": record.ADAPTER, **{k: v for k, v in adapter.items() if k != "targets"}},
-        "wall_seconds": round(seconds, 3),
-        "updated_parameters": sum(s["updated_parameters"] for s in state.stages),  # summed over optimizer steps
-        "train_seconds": round(sum(s["seconds"] for s in state.stages), 3),  # inside optimizer steps only
-        "progressive": _progressive_record(ctx, state) if ctx.cfg.progressive.enabled else None,
-        "resumed": bool(resumed),
-        "peak_memory": record.peak_memory(),
-        "distributed": {"num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
-                        "mixed_precision": acc.mixed_precision, "init_hashes": hashes,
-                        "init_identical": len(set(hashes)) == 1},
-        "versions": record.package_versions(),
-        "git": record.git_revision(),
-    }
-
-
-def _progressive_record(ctx: TrainContext, state: LoopState) -> dict:
-    p = ctx.cfg.progressive
-    return {**ctx.schedule.describe(), "boundary": p.boundary, "reset_optimizer": p.reset_optimizer,
-            "order_by": p.order, "pilot": state.pilot,
-            "per_stage": [{**s, "seconds": round(s["seconds"], 3)} for s in state.stages]}
