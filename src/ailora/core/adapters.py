@@ -24,9 +24,9 @@ import torch
 from peft.utils import get_peft_model_state_dict
 from peft.utils.other import get_pattern_key
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ailora.core.files import atomic_dir, atomic_file, write_json, write_text
+from ailora.core.files import atomic_dir, atomic_file, read_json, read_tensors, write_json, write_text
 from ailora.core.hub import CARD_FILE, model_card, push
 from ailora.core.probe import compare_outputs, make_probe, run_probe
 from ailora.core.roles import weight_of
@@ -324,17 +324,9 @@ def read_adapter(adapter_dir, residual_form_ok: bool = False) -> tuple[dict[str,
     The one reader of adapter directories: load checks, conversion and the analyses use it. A raw
     save of an ailora model is refused unless ``residual_form_ok``."""
     d, cfg = read_adapter_config(adapter_dir, residual_form_ok)
-    try:
-        sd = load_file(d / WEIGHTS_FILE)
-    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-        raise AiloraError(f"cannot read adapter weights {d / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from None
+    sd = read_tensors(d / WEIGHTS_FILE, "adapter weights")
     check_lora_pairs(sd, d / WEIGHTS_FILE)
-    meta = {}
-    if (d / META_FILE).is_file():
-        try:
-            meta = json.loads((d / META_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AiloraError(f"{d / META_FILE} is not valid JSON: {exc}") from None
+    meta = read_json(d / META_FILE) if (d / META_FILE).is_file() else {}
     return sd, cfg, meta
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import peft
 import torch
-from safetensors.torch import load_file
 
 from ailora.core.adapters import (
     PREFIX,
-    WEIGHTS_FILE,
     check_adapter_dir,
     lora_scaling,
     module_rank_alpha,
@@ -39,9 +38,9 @@ def _initial_factors(sd: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def _residual_reference(base: torch.nn.Module, sd: dict, cfg, initial_sd: dict) -> peft.PeftModel:
+def _residual_reference(base: torch.nn.Module, sd: dict, cfg, init_factors: dict) -> peft.PeftModel:
     """The trained model as it was trained: base weights W0 - s B0 A0, with the trained adapter on top."""
-    for name, (a0, b0) in _initial_factors(initial_sd).items():
+    for name, (a0, b0) in init_factors.items():
         module = base.get_submodule(name)
         r, alpha = module_rank_alpha(cfg, name)
         w = weight_of(module)
@@ -78,7 +77,7 @@ def convert_dir(adapter, out, rank: int | None = None, initial=None, base=None, 
     new_sd, new_cfg, modules = to_plain_lora(sd, cfg, init_factors, rank)
     provenance = {k: v for k, v in meta.items() if k not in ("modules", "compressed_rank", "max_relative_error")}
     if base is not None:
-        provenance["check"] = _check_against_base(base, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial)
+        provenance["check"] = _check_against_base(base, adapter, sd, cfg, init_factors, new_sd, new_cfg)
     report = plain_adapter_meta(provenance, modules, rank, new_cfg)
     write_adapter_dir(out, new_sd, new_cfg, report, overwrite, {REPORT_FILE: report})
     return report
@@ -97,16 +96,14 @@ def _initial_factors_of(initial, sd: dict, cfg: peft.LoraConfig) -> dict[str, tu
     return init_factors
 
 
-def _check_against_base(base_path, adapter, sd, cfg, init_factors, new_sd, new_cfg, initial) -> dict:
-    path = resolve_model_path(base_path)
-    fresh = load_base_for_adapter(path, adapter)
-    if not init_factors:
-        check_adapter_dir(fresh, adapter)
+def _check_against_base(base_path, adapter, sd, cfg, init_factors, new_sd, new_cfg) -> dict:
+    fresh = load_base_for_adapter(resolve_model_path(base_path), adapter)
+    base = copy.deepcopy(fresh)  # the reference gets its own copy: the converted adapter goes on ``fresh``
     if init_factors:
-        reference = _residual_reference(load_base_for_adapter(path, adapter), sd, cfg,
-                                        load_file(Path(initial) / WEIGHTS_FILE))
+        reference = _residual_reference(base, sd, cfg, init_factors)
     else:
-        reference = peft.PeftModel.from_pretrained(load_base_for_adapter(path, adapter), str(adapter))
+        check_adapter_dir(fresh, adapter)
+        reference = peft.PeftModel.from_pretrained(base, str(adapter))
     converted = peft.get_peft_model(fresh, _plain_copy(new_cfg))
     peft.set_peft_model_state_dict(converted, new_sd)
     return verify(reference, converted)

@@ -187,3 +187,22 @@ def require_dir(path: str | os.PathLike, what: str, required: tuple[str, ...] = 
         if not (p / name).is_file():
             raise AiloraError(f"{what} {p} has no {name}")
     return p
+
+
+def read_json(path: str | os.PathLike):
+    """The JSON value in ``path``, or a one-line error naming the file."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AiloraError(f"{p} is not valid JSON: {exc}") from None
+
+
+def read_tensors(path: str | os.PathLike, what: str = "weights") -> dict:
+    """The tensors of a safetensors file, or a one-line error naming it (truncated, foreign, ...)."""
+    from safetensors.torch import load_file  # here: this module is imported by start-up paths without torch
+
+    try:
+        return load_file(path)
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise AiloraError(f"cannot read {what} {path}: {str(exc).splitlines()[0]}") from None

@@ -21,17 +21,16 @@ base                      original base; a DoRA magnitude is saved as trained)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import peft
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ailora.core.adapters import META_FILE
 from ailora.core.adapters import load as load_adapter
-from ailora.core.files import atomic_dir
+from ailora.core.files import atomic_dir, read_json, read_tensors, write_json
 from ailora.errors import AiloraError
 from ailora.methods.houlsby import add_houlsby
 from ailora.methods.registry import Prepared
@@ -51,7 +50,7 @@ def _write(out_dir, overwrite: bool, meta: dict, write) -> dict:
     """``write(tmp)`` fills a temporary directory, ``ailora.json`` joins it, and it becomes ``out_dir``."""
     with atomic_dir(out_dir, overwrite) as tmp:
         write(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(tmp / META_FILE, meta)
     return meta
 
 
@@ -80,10 +79,7 @@ def read_meta(path) -> dict:
     f = Path(path) / META_FILE
     if not f.is_file():
         raise AiloraError(f"{path} has no {META_FILE}; it is not a directory written by ailora")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise AiloraError(f"{f} is not valid JSON: {exc}") from None
+    return read_json(f)
 
 
 def _copy_into(model: nn.Module, tensors: dict[str, torch.Tensor], where) -> None:
@@ -103,7 +99,7 @@ def _load_full(base: nn.Module, d: Path) -> nn.Module:
     files = sorted(d.glob("model*.safetensors"))
     if not files:
         raise AiloraError(f"{d} holds no model*.safetensors")
-    sd = {k: v for f in files for k, v in load_file(f).items()}
+    sd = {k: v for f in files for k, v in read_tensors(f).items()}
     missing, unexpected = base.load_state_dict(sd, strict=False)
     if unexpected:
         raise AiloraError(f"{d} holds {unexpected[0]}, which the base model does not have")
@@ -135,7 +131,7 @@ def load(base: nn.Module, path, trainable: bool = False) -> nn.Module:
             raise AiloraError(f"{d} is missing {TENSORS_FILE}")
         if fmt == "houlsby":
             add_houlsby(base, meta["bottleneck"], modules=meta["modules"])
-        tensors = load_file(d / TENSORS_FILE)
+        tensors = read_tensors(d / TENSORS_FILE, "trained tensors")
         _copy_into(base, tensors, d / TENSORS_FILE)
         train_only(base, tensors if trainable else ())
         return base
