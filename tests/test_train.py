@@ -108,8 +108,9 @@ def test_trains_and_writes_a_complete_record(bert_dir, tmp_path):
     assert torch.allclose(trained(input_ids=ids).logits, loaded(input_ids=ids).logits, atol=1e-4)
 
 
-def test_resume_equals_uninterrupted(bert_dir, tmp_path):
-    over = ["train.epochs=2", "train.grad_accum=2", "method.dropout=0.1"]
+@pytest.mark.parametrize("grouped", [False, True], ids=["plain", "group_by_length"])
+def test_resume_equals_uninterrupted(bert_dir, tmp_path, grouped):
+    over = ["train.epochs=2", "train.grad_accum=2", "method.dropout=0.1", f"train.group_by_length={grouped}"]
     full = train(_cfg(bert_dir, tmp_path / "full", *over))
     part = train(_cfg(bert_dir, tmp_path / "part", *over, "train.stop_after_steps=7"))
     assert part["status"] == "interrupted" and not (tmp_path / "part" / "results.json").exists()

@@ -23,7 +23,7 @@ from ailora.experiments.sweep import SweepSpec, planned_runs
 DEFAULT_MODEL = "minilm"
 DEFAULT_TASK = "movie-sentiment"
 CPU_SCALE = {"model.max_length": 64, "train.batch_size": 32, "task.max_train_samples": 2000,
-             "task.max_eval_samples": 1000, "train.epochs": 3}
+             "task.max_eval_samples": 1000, "train.epochs": 3, "train.group_by_length": True}
 LRS = [5e-4, 1e-3, 2e-3]
 SEEDS = [0, 1, 2]
 FAMILY = ("lora", "pissa", "milora", "ailora")

@@ -195,6 +195,8 @@ class TrainConfig:
     """Show tqdm progress bars."""
     eval_before: bool = False
     """Evaluate the untrained model on every evaluation split first (recorded as step 0, results "before")."""
+    group_by_length: bool = False
+    """Batch training examples of similar length together (less padding; seeded, so runs stay reproducible and resumable). Off by default, as in Hugging Face: where length goes with the label, length-sorted batches are less mixed."""
 
     def validate(self) -> None:
         _positive("train.lr", self.lr)

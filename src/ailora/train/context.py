@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from ailora.methods import Prepared
 from ailora.train import progressive
 from ailora.train.config import RunConfig
-from ailora.train.data import collate
+from ailora.train.data import collate, length_of
 
 
 @dataclass
@@ -59,6 +59,11 @@ class TrainContext:
     null_threshold: float | None = None  # extractive QA: chosen on the last validation, used on test
     nonfinite: torch.Tensor | None = None  # first optimizer step with a non-finite loss (0: none), on the device
     t_start: float = 0.0  # perf_counter() when this process started the run
+
+    @property
+    def train_lengths(self) -> list[int]:
+        """Each training example's padded length (what ``train.group_by_length`` groups by)."""
+        return [length_of(item) for item in self.splits["train"]]
 
 
 def train_batch(ctx: TrainContext, idx: list[int]) -> dict[str, torch.Tensor]:

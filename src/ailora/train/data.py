@@ -4,7 +4,10 @@ Examples are tokenised once into lists of ids. The data order of epoch e is a pe
 from ``torch.Generator().manual_seed(seed + e)``, so a resumed run sees exactly the batches the
 interrupted one would have; with P processes the permutation is padded to a multiple of P by
 repeating its start (as ``DistributedSampler`` does) and process p takes rows p, p + P, ..., so
-every process runs the same number of steps.
+every process runs the same number of steps. With ``train.group_by_length`` (the sweep presets turn it on) the
+permutation is then regrouped so that each step's batch holds examples of similar length (less
+padding; the regrouping is seeded too, so resuming stays exact); evaluation batches go longest
+first.
 
 Generation examples are built in ``ailora.train.generation`` (causal LM: ``prompt + target +
 eos`` with labels -100 on the prompt and the padding; encoder-decoder: the target as labels), and
@@ -84,11 +87,47 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1000003 * epoch)).tolist()
 
 
-def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
-    return shard(epoch_order(n, seed, epoch), batch_size, rank, world)
+def length_of(item: Encoded) -> int:
+    """What a batch is padded by: the input's tokens, or an encoder-decoder's target if longer."""
+    return max(len(item.input_ids), len(item.labels or ()))
 
 
-def eval_batches(n: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+def group_by_length(order: list[int], lengths: list[int], chunk: int, seed: int, epoch: int) -> list[int]:
+    """``order`` regrouped so that each run of ``chunk`` indices (one optimizer step's forward pass
+    over all processes) holds examples of similar length, as Hugging Face's ``group_by_length``:
+    mega-batches of 50 chunks are sorted by length (longest first; ties keep ``order``), cut into
+    chunks, and the full chunks are shuffled (seeded by ``seed`` and ``epoch``). A last, partial
+    chunk stays last, so that every process's batch k comes from the same chunk."""
+    mega = chunk * 50
+    grouped = []
+    for start in range(0, len(order), mega):
+        grouped.extend(sorted(order[start:start + mega], key=lambda i: -lengths[i]))
+    chunks = [grouped[i:i + chunk] for i in range(0, len(grouped), chunk)]
+    full = len(grouped) // chunk
+    g = torch.Generator().manual_seed(seed + 1000003 * epoch + 7919)
+    perm = torch.randperm(full, generator=g).tolist()
+    return [i for c in [chunks[p] for p in perm] + chunks[full:] for i in c]
+
+
+def train_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, rank: int, world: int,
+                  group: bool = False) -> list[list[int]]:
+    """This process's training batches of epoch ``epoch``; ``lengths`` has one entry per example.
+    ``group``: batches of similar length (less padding; see :func:`group_by_length`)."""
+    order = epoch_order(len(lengths), seed, epoch)
+    if group:
+        order = group_by_length(order, lengths, batch_size * world, seed, epoch)
+    return shard(order, batch_size, rank, world)
+
+
+def eval_batches(lengths: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
     """Every index over all processes, equal batch counts per process (padding repeats an example:
-    duplicates are dropped when predictions are gathered)."""
-    return shard(list(range(n)), batch_size, rank, world)
+    duplicates are dropped when predictions are gathered). Longest first, so batches hold examples
+    of similar length; callers put predictions back in index order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return shard(order, batch_size, rank, world)
+
+
+def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    """The share of padded positions in ``batches`` (each padded to its longest example)."""
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1 - sum(lengths[i] for b in batches for i in b) / padded if padded else 0.0

@@ -15,7 +15,7 @@ from accelerate.utils import gather_object
 
 from ailora.tasks.metrics import compute_metrics
 from ailora.train import qa
-from ailora.train.data import Encoded, collate, eval_batches
+from ailora.train.data import Encoded, collate, eval_batches, length_of
 from ailora.train.generation import generate_kwargs
 
 
@@ -38,7 +38,7 @@ def predict(accelerator, model, items: list[Encoded], kind: str, tokenizer, batc
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
     seq2seq = bool(getattr(unwrapped.config, "is_encoder_decoder", False))
-    batches = eval_batches(len(items), batch_size, accelerator.process_index, accelerator.num_processes)
+    batches = eval_batches([length_of(item) for item in items], batch_size, accelerator.process_index, accelerator.num_processes)
     mine = []
     for idx in batches:
         batch = collate([items[i] for i in idx], tokenizer.pad_token_id, left=kind == "generation" and not seq2seq)

@@ -104,7 +104,7 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     set_seed(cfg.train.seed, device_specific=True)  # dropout differs per process, not per run
 
     optimizer = torch.optim.AdamW(_param_groups(cfg, prepared))
-    batches_per_epoch = len(train_batches(len(splits["train"]), cfg.train.batch_size, 0, 0,
+    batches_per_epoch = len(train_batches([0] * len(splits["train"]), cfg.train.batch_size, 0, 0,
                                           acc.process_index, acc.num_processes))
     total_steps = math.ceil(batches_per_epoch / cfg.train.grad_accum) * cfg.train.epochs
     scheduler = linear_schedule(optimizer, math.ceil(cfg.train.warmup_ratio * total_steps), total_steps)
@@ -142,8 +142,8 @@ def _fit(ctx: TrainContext, state: LoopState) -> bool:
                disable=not (acc.is_main_process and cfg.train.progress), dynamic_ncols=True)
     while state.epoch < cfg.train.epochs:
         t_epoch = time.perf_counter() - state.epoch_seconds
-        batches = train_batches(len(ctx.splits["train"]), cfg.train.batch_size, cfg.train.seed, state.epoch,
-                                acc.process_index, acc.num_processes)
+        batches = train_batches(ctx.train_lengths, cfg.train.batch_size, cfg.train.seed, state.epoch,
+                                acc.process_index, acc.num_processes, cfg.train.group_by_length)
         groups = [batches[i:i + cfg.train.grad_accum] for i in range(0, len(batches), cfg.train.grad_accum)]
         ctx.model.train()
         for group in groups[state.group:]:

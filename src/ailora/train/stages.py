@@ -29,8 +29,8 @@ def progtuning_schedule(ctx: TrainContext, state: LoopState) -> progressive.Sche
 
 def grad_norm_pilot(ctx: TrainContext, model, blocks: progressive.Blocks) -> dict:
     t0, acc, t = time.perf_counter(), ctx.acc, ctx.cfg.train
-    batches = train_batches(len(ctx.splits["train"]), t.batch_size, t.seed, 0, acc.process_index,
-                            acc.num_processes)[:ctx.cfg.progressive.pilot_batches]
+    batches = train_batches(ctx.train_lengths, t.batch_size, t.seed, 0, acc.process_index,
+                            acc.num_processes, t.group_by_length)[:ctx.cfg.progressive.pilot_batches]
     scores = progressive.gradient_scores(model, blocks, (train_batch(ctx, idx) for idx in batches))
     if acc.num_processes > 1:  # every process must freeze the same blocks
         scores = acc.reduce(torch.tensor(scores, device=acc.device), reduction="mean").tolist()
