@@ -3,7 +3,14 @@ epoch, is seeded, lines processes up on the same chunk, and cuts padding; evalua
 
 import random
 
-from ailora.train.data import epoch_order, eval_batches, group_by_length, padding_fraction, shard, train_batches
+from ailora.train.data import (
+    epoch_order,
+    eval_batches,
+    group_by_length,
+    padding_fraction,
+    shard,
+    train_batches,
+)
 
 
 def _lengths(n, seed=0):

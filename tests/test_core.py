@@ -338,12 +338,14 @@ def test_planted_bad_residual_is_caught_and_names_the_layer(monkeypatch, arch):
         assert (unchecked.base_model.model.get_submodule(victim)(x) - original(x)).abs().max() > 1e-3
 
 
-def test_per_layer_check_is_recorded_with_a_short_end_to_end_probe():
+def test_per_layer_check_is_recorded_and_the_end_to_end_probe_runs_when_asked():
     model = ailora.apply(tiny("gpt2"), method="pissa", rank=2)
     check = model.ailora_state.check
     assert check["layers"]["count"] == len(model.ailora_state.layers) == 2
     assert check["layers"]["rows"] == 4 and check["layers"]["passed"] and check["passed"]
     assert check["layers"]["worst"] in model.ailora_state.targets
     assert 0 <= check["layers"]["max_abs_diff"] <= check["layers"]["tolerance"] == 1e-4
-    assert check["probe"] == {"input_ids": [1, 8], "attention_mask": [1, 8]}
+    assert check["untouched"]["passed"] and "probe" not in check  # a known architecture: no forward
+    full = ailora.apply(tiny("gpt2"), method="pissa", rank=2, check="full").ailora_state.check
+    assert full["probe"] == {"input_ids": [1, 8], "attention_mask": [1, 8]} and full["passed"]
     assert "layers" not in ailora.apply(tiny("gpt2"), method="pissa", rank=2, check=False).ailora_state.check

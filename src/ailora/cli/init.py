@@ -1,4 +1,5 @@
-"""``ailora init``: initialise adapters on a model, write them and a JSON report."""
+"""``ailora init``: initialise adapters on a model, write them and a JSON report; or, with
+--residual-out, the streaming init (the checkpoint read tensor by tensor, a residual model written)."""
 
 from __future__ import annotations
 
@@ -6,36 +7,51 @@ from ailora.cli.common import (
     METHOD_ARGS,
     add_command,
     apply_options,
+    arg,
     model_args,
     model_kwargs,
-    output_args,
     say,
 )
+from ailora.errors import AiloraError
 
 HELP = "initialise adapters on a model and write them with a JSON report"
 DESCRIPTION = (
     "Initialise AILoRA (or another method's) adapters on a model, check that the model's outputs are unchanged, "
     "and write a PEFT adapter directory plus report.json (per layer: roles, shape, rank, singular values taken, "
     "seconds; total seconds; the output check). The adapter loads on the original base with "
-    "peft.PeftModel.from_pretrained."
+    "peft.PeftModel.from_pretrained. With --residual-out instead of --out, the streaming init for checkpoints "
+    "larger than memory: the safetensors checkpoint is read tensor by tensor (never whole) and written as the "
+    "residual model (same shards), with the starting factors, report.json and a marker; `ailora train --model OUT` "
+    "and ailora.load_initialised(OUT) start from it with no decomposition."
 )
 ARGUMENTS = [
     *model_args("--model", "model directory"),
-    *output_args("directory to write the adapter and report.json into"),
+    arg("--out", default=None, help="directory to write the adapter and report.json into"),
+    arg("--residual-out", default=None,
+        help="streaming init: directory to write the residual model, starting factors and report.json into"),
+    arg("--overwrite", action="store_true", help="replace a non-empty output directory"),
+    arg("--quiet", action="store_true", help="no progress bar or summary line"),
     *METHOD_ARGS,
 ]
 
 
 def run(args) -> int:
-    from ailora.core.workflows import init_dir  # imported on use: start-up speed
+    if (args.out is None) == (args.residual_out is None):
+        raise AiloraError("give one of --out DIR (an adapter for the model) or --residual-out DIR (the streaming init)")
+    from ailora.core.workflows import init_dir, init_residual_dir  # imported on use: start-up speed
 
-    report = init_dir(args.model, args.out, apply_options(args), overwrite=args.overwrite, **model_kwargs(args))
+    write = init_dir if args.out is not None else init_residual_dir
+    out = args.out if args.out is not None else args.residual_out
+    report = write(args.model, out, apply_options(args), overwrite=args.overwrite, **model_kwargs(args))
     check = report["output_check"]
     triplets = sum(len(v) for rec in report["layers"] for v in rec["singular_values"].values())
+    files = ("adapter_config.json, adapter_model.safetensors, ailora.json, report.json" if args.out is not None
+             else "the residual model, initial_adapter/, report.json, ailora_initialised.json")
+    scope = "" if args.out is not None else ", per layer (the end-to-end probe needs the whole model)"
     return say(args, f"{report['method']}: {len(report['layers'])} layers, {triplets} singular triplets moved, "
-               f"{report['total_seconds']:.2f} s; output check max |diff| = {check['max_abs_diff']:.2e} "
+               f"{report['total_seconds']:.2f} s; output check{scope} max |diff| = {check['max_abs_diff']:.2e} "
                f"(tolerance {check['tolerance']:.0e}, {'passed' if check['passed'] else 'FAILED'})",
-               f"wrote {args.out}/ (adapter_config.json, adapter_model.safetensors, ailora.json, report.json)")
+               f"wrote {out}/ ({files})")
 
 
 def add_parser(sub) -> None:

@@ -269,11 +269,16 @@ def write_adapter_dir(out_dir, sd: dict, cfg: peft.LoraConfig, meta: dict, overw
             write_json(tmp / name, obj)
 
 
+def has_residual(initial: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """Whether any start (module -> (A0, B0)) moved weight into its adapter (B0 != 0), leaving a residual base."""
+    return any(b0.abs().max() > 0 for _, b0 in initial.values())
+
+
 def mark_residual_form(model: peft.PeftModel, state: AiloraState) -> None:
     """Label the config of an ailora model whose adapters train on a residual base with
     ``RESIDUAL_FORM``, so that a raw save of it fails to load on the original base (see there).
     Models whose every start has B0 = 0 (plain LoRA) keep W and save correctly as they are."""
-    if any(b0.abs().max() > 0 for _, b0 in state.initial.values()):
+    if has_residual(state.initial):
         model.peft_config["default"].init_lora_weights = RESIDUAL_FORM
 
 

@@ -3,10 +3,15 @@
 The adapters are PEFT's own LoRA layers (``peft.tuners.lora.Linear``); ailora only chooses their
 starting values and rewrites each adapted base weight as the frozen residual
 ``W_res = W - s * B0 @ A0``, so that the model's outputs are unchanged at step 0. That is checked on
-every call, at two levels: each adapted layer, as PEFT runs it (residual, factors, scaling, dtypes,
-hooks), against its original weight on a few seeded random input rows (``W_res x + s B (A x)`` against
-``W x``: cost O(rows * out * in), nothing next to a decomposition, and any wrong block is caught with
-probability one); then the whole model on one short probe sequence, before and after.
+every call, without running the model: each adapted layer, as PEFT runs it (residual, factors,
+scaling, dtypes, hooks), against its original weight on a few seeded random input rows
+(``W_res x + s B (A x)`` against ``W x``: cost O(rows * out * in), nothing next to a decomposition,
+and any wrong block is caught with probability one); and everything else in the model against a
+snapshot taken before (``ailora.core.probe.untouched``: adapters on exactly the targets, every other
+module, parameter and buffer the same and unmodified). A model whose architecture ailora does not
+know (its forward is not one the tests run end to end), or ``check="full"``, also runs one short
+probe sequence through the whole model before and after: a forward reads every weight of the
+model, which costs more than all the fast decompositions together.
 
 Fused projections (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``, GPT-NeoX's per-head ``query_key_value``):
 one PEFT LoRA layer of rank r per adapted block (rank 2r for Q and V), each block's start taken
@@ -26,19 +31,19 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import peft
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ailora.core.adapters import lora_scaling, mark_residual_form
-from ailora.core.inits import INITS, InitConfig, InitFn
+from ailora.core.decompose import Plan, decompose, module_source
 from ailora.core.policies import get_policy_method, resolve_policy
 from ailora.core.probe import (
     LAYER_PROBE_ROWS,
+    Snapshot,
     compare_outputs,
     layer_probe,
     layer_tolerance,
@@ -46,8 +51,10 @@ from ailora.core.probe import (
     model_dtype,
     run_layer,
     run_probe,
+    snapshot,
+    untouched,
 )
-from ailora.core.roles import Target, find_targets, roles_source, weight_of
+from ailora.core.roles import Target, architecture_of, find_targets, roles_source, weight_of
 from ailora.core.state import AiloraState, LayerRecord, attach_state, state_of
 from ailora.core.svd import SOLVERS
 from ailora.errors import AiloraError, ExactnessError
@@ -56,13 +63,11 @@ __all__ = ["HEAD_NAMES", "AiloraState", "ApplyOptions", "LayerRecord", "apply", 
 
 # Task-head modules that PEFT should train and save in full (``modules_to_save``).
 HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classification_head")
-# Show a progress bar when there are at least this many layers to decompose.
-PROGRESS_MIN_LAYERS = 24
 # A residual stays in a half-precision model's dtype only if rounding it moves no weight by more.
 RESIDUAL_TOLERANCE = 1e-4
 RESIDUAL_DTYPES = ("auto", "model", "float32")
-# The end-to-end part of the output check: one row of this many tokens (the per-layer check carries the
-# rest; see the module docstring).
+# The end-to-end probe (check="full", or an architecture ailora does not know): one row of this many
+# tokens (the per-layer check carries the rest; see the module docstring).
 PROBE_BATCH, PROBE_LENGTH = 1, 8
 
 
@@ -85,8 +90,9 @@ class ApplyOptions:
     use_dora: bool = False
     residual_dtype: str = "auto"
     device: str | torch.device | None = None
-    check: bool = True
+    check: bool | str = True
     progress: bool | None = None
+    distribute: bool = True
 
     def __post_init__(self) -> None:
         get_policy_method(self.method)
@@ -94,6 +100,8 @@ class ApplyOptions:
             raise AiloraError(f"rank must be a positive integer, got {self.rank!r}")
         if self.solver not in SOLVERS:
             raise AiloraError(f"unknown solver {self.solver!r}; solvers are: {', '.join(SOLVERS)}")
+        if not (isinstance(self.check, bool) or self.check == "full"):
+            raise AiloraError(f"check must be True, False or 'full', got {self.check!r}")
         if self.residual_dtype not in RESIDUAL_DTYPES:
             raise AiloraError(f"residual_dtype must be auto, model or float32, got {self.residual_dtype!r}")
         if self.alpha is not None and not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha)
@@ -123,8 +131,14 @@ def _validate_weight(name: str, module: nn.Module, target: Target, rank: int) ->
         limit = min(b.size, target.in_features)
         if rank > limit:
             raise AiloraError(f"rank {rank} exceeds min(out, in) = {limit} of layer {name} ({b.role} block)")
-    if not torch.isfinite(w).all():
+    if w.device.type != "meta" and not _all_finite(w):  # meta: a skeleton, checked when read
         raise AiloraError(f"layer {name} has NaN or Inf weights")
+
+
+def _all_finite(w: torch.Tensor) -> bool:
+    """A finite sum proves every entry finite (NaN and Inf propagate): one reduction, about ten times
+    faster than an elementwise ``isfinite`` mask on CPU; only an overflowing sum needs the mask."""
+    return bool(torch.isfinite(w.sum(dtype=torch.float32))) or bool(torch.isfinite(w).all())
 
 
 def _head_modules(model: nn.Module, head) -> list[str]:
@@ -146,7 +160,7 @@ def _head_modules(model: nn.Module, head) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Layout:
+class ApplyLayout:
     """What ``apply`` resolved against the model before touching it."""
 
     policy: dict[str, str]  # role -> init name
@@ -157,7 +171,7 @@ class _Layout:
     dtype: torch.dtype
 
 
-def _layout(model: nn.Module, options: ApplyOptions) -> _Layout:
+def layout_for(model: nn.Module, options: ApplyOptions) -> ApplyLayout:
     """Validate ``model`` against ``options``: its targets, their weights and the task head."""
     if isinstance(model, peft.PeftModel):
         raise AiloraError("the model already has PEFT adapters; pass the base transformers model")
@@ -167,117 +181,25 @@ def _layout(model: nn.Module, options: ApplyOptions) -> _Layout:
     for t in targets:
         _validate_weight(t.name, model.get_submodule(t.name), t, options.rank)
     head = _head_modules(model, options.head)
-    return _Layout(policy, alpha, lora_scaling(options.rank, alpha, options.use_rslora), targets, head,
-                   model_dtype(model))
+    return ApplyLayout(policy, alpha, lora_scaling(options.rank, alpha, options.use_rslora), targets, head,
+                       model_dtype(model))
 
 
-@dataclass
-class _Plan:
-    """Starting factors of one target, stacked over its blocks, filled in block by block."""
-
-    target: Target
-    module: nn.Module  # the target in the unwrapped model
-    device: torch.device  # where its decompositions run
-    rank: int  # r per block
-    A: torch.Tensor  # (k*r, in) float32
-    B: torch.Tensor  # (out, k*r) float32, block-structured
-    record: LayerRecord
-
-    @classmethod
-    def empty(cls, model: nn.Module, t: Target, policy: dict[str, str], rank: int, device) -> _Plan:
+def _plan_all(model: nn.Module, layout: ApplyLayout, options: ApplyOptions) -> tuple[list[Plan], dict]:
+    """Starting factors of every target (split across processes when there are several; see
+    ``ailora.core.decompose``), and how the work was split. Each layer's ``seconds`` is its share of
+    its batches' time."""
+    plans = []
+    for t in layout.targets:
         module = model.get_submodule(t.name)
-        dev = torch.device(device) if device is not None else weight_of(module).device
-        k = len(t.blocks)
-        record = LayerRecord(name=t.name, roles=list(t.roles), inits=[policy[r] for r in t.roles],
-                             shape=[t.out_features, t.in_features], rank=k * rank, singular_values={},
-                             residual_dtype="", seconds=0.0)
-        return cls(t, module, dev, rank, torch.zeros(k * rank, t.in_features, device=dev),
-                   torch.zeros(t.out_features, k * rank, device=dev), record)
-
-    def block(self, j: int) -> torch.Tensor:
-        """Block j's rows of the weight, in row order: (rows, in) float32 on the plan's device."""
-        blk = self.target.blocks[j]
-        return blk.take(weight_of(self.module).detach()).to(device=self.device, dtype=torch.float32)
-
-    def store(self, j: int, a: torch.Tensor, b: torch.Tensor, svals, seconds: float) -> None:
-        """Put block j's factors A: (r, in), B: (rows, r) in place; record its singular values and time."""
-        blk = self.target.blocks[j]
-        cols = slice(j * self.rank, (j + 1) * self.rank)
-        self.A[cols], self.B[blk.rows, cols] = a, b
-        if svals is not None:
-            self.record.singular_values[blk.role] = svals.tolist()
-        self.record.seconds += seconds
+        device = options.device if options.device is not None else weight_of(module).device
+        plans.append(Plan.empty(t, module_source(module), layout.policy, options.rank, device))
+    split = decompose(plans, layout.policy, options.solver, options.seed, layout.scaling, options.progress,
+                      options.distribute)
+    return plans, split
 
 
-class _InitConfigs:
-    """InitConfigs whose generator is seeded once per device and shared by every init run there."""
-
-    def __init__(self, solver: str, seed: int):
-        self.solver, self.seed, self.generators = solver, seed, {}
-
-    def on(self, device: torch.device) -> InitConfig:
-        if device not in self.generators:
-            self.generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return InitConfig(solver=self.solver, generator=self.generators[device])
-
-
-# Same-shape blocks with the same start are decomposed in one batched call (far fewer, larger
-# LAPACK calls); a batch holds at most this many float32 weight entries (256 MB).
-MAX_BATCH_ELEMENTS = 2**26
-
-_Batch = tuple[InitFn, list[tuple[_Plan, int]], bool]  # (init, [(plan, block index)], stacked)
-
-
-def _batches(plans: list[_Plan], policy: dict[str, str], solver: str) -> Iterator[_Batch]:
-    """The blocks in the order they are decomposed: every non-SVD start one by one (in target order,
-    so the seeded generators draw in a fixed order), then the SVD starts grouped by shape."""
-    groups: dict[tuple, list[tuple[_Plan, int]]] = {}
-    for plan in plans:
-        for j, blk in enumerate(plan.target.blocks):
-            init = INITS[policy[blk.role]]
-            if init.uses_svd:
-                key = (init.name, blk.size, plan.target.in_features, plan.device)
-                groups.setdefault(key, []).append((plan, j))
-            else:
-                yield init, [(plan, j)], False
-    for (name, rows, cols, _), members in groups.items():
-        # A batched full SVD is no faster than one matrix at a time (LAPACK runs them one by one) and
-        # measured slower for large matrices, so only the fast solver's small factorisations batch.
-        per_batch = max(1, MAX_BATCH_ELEMENTS // (rows * cols)) if solver == "fast" else 1
-        for start in range(0, len(members), per_batch):
-            yield INITS[name], members[start:start + per_batch], True
-
-
-def _run_batch(batch: _Batch, rank: int, scaling: float, cfg: InitConfig) -> None:
-    """Run one init on its blocks and store the factors; each block is charged its share of the time."""
-    init, members, stacked = batch
-    t0 = time.perf_counter()
-    if not stacked:
-        ((plan, j),) = members
-        res = init.fn(plan.block(j), rank, scaling, cfg)
-        plan.store(j, res.A, res.B, None, time.perf_counter() - t0)
-        return
-    res = init.fn(torch.stack([plan.block(j) for plan, j in members]), rank, scaling, cfg)
-    share = (time.perf_counter() - t0) / len(members)
-    for n, (plan, j) in enumerate(members):
-        plan.store(j, res.A[n], res.B[n], res.singular_values[n], share)
-
-
-def _plan_all(model: nn.Module, layout: _Layout, options: ApplyOptions) -> list[_Plan]:
-    """Starting factors of every target. Each layer's ``seconds`` is its share of its batch's time."""
-    plans = [_Plan.empty(model, t, layout.policy, options.rank, options.device) for t in layout.targets]
-    configs = _InitConfigs(options.solver, options.seed)
-    show = options.progress if options.progress is not None else len(plans) >= PROGRESS_MIN_LAYERS
-    total = sum(len(t.blocks) for t in layout.targets)
-    with tqdm(total=total, desc="decompose", unit="block", disable=not show) as bar:
-        for batch in _batches(plans, layout.policy, options.solver):
-            plan = batch[1][0][0]
-            _run_batch(batch, options.rank, layout.scaling, configs.on(plan.device))
-            bar.update(len(batch[1]))
-    return plans
-
-
-def _lora_config(layout: _Layout, options: ApplyOptions) -> peft.LoraConfig:
+def lora_config(layout: ApplyLayout, options: ApplyOptions) -> peft.LoraConfig:
     """PEFT's config for the targets: a fused target of k blocks gets rank k*r at the same scaling."""
     rank, alpha = options.rank, layout.alpha
     rank_pattern, alpha_pattern = {}, {}
@@ -302,7 +224,7 @@ def _block_mask(target: Target, rank: int) -> torch.Tensor:
     return mask
 
 
-def _run_in_float32(layer: nn.Module) -> None:
+def run_in_float32(layer: nn.Module) -> None:
     """Run a base layer whose residual was kept in float32 inside a half-precision model:
     inputs go up to float32, the output comes back in the input's dtype."""
 
@@ -318,23 +240,34 @@ def _replace_with_residual(base: nn.Module, t: Target, a: torch.Tensor, b: torch
                            residual_dtype: str) -> torch.dtype:
     """W <- W - s B A in ``base`` (A: (k*r, in), B: (out, k*r)); returns the dtype the residual is kept in."""
     w = weight_of(base)
-    w0 = w.detach().float()
-    delta = scaling * (b @ a)
-    res = w0 - delta
+    new = residual_weight(w, t, a, b, scaling, residual_dtype)
+    base.weight = nn.Parameter(new, requires_grad=False)
+    if new.dtype != w.dtype:
+        run_in_float32(base)
+    return new.dtype
+
+
+def residual_weight(w: torch.Tensor, t: Target, a: torch.Tensor, b: torch.Tensor, scaling: float,
+                    residual_dtype: str) -> torch.Tensor:
+    """The residual W - s B A of the weight ``w`` (out, in) of target ``t`` (A: (k*r, in), B: (out, k*r)),
+    laid out as the module stores it (transposed for a Conv1D), in the dtype it is kept in: ``w``'s,
+    or float32 where ``residual_dtype`` asks for it (see ``apply``). ``apply`` and the streaming init
+    (``ailora.core.initialised``) both compute it here, so their residuals are bit-identical."""
+    # One fused pass (addmm: W - s B A without a W-sized temporary for B A), computed directly in
+    # the layout the module keeps: W^T - s A^T B^T for a Conv1D, so no transposed copy either.
+    stored = w.detach().T if t.fan_in_fan_out else w.detach()
+    left, right = (a.T, b.T) if t.fan_in_fan_out else (b, a)
+    res = torch.addmm(stored.float(), left, right, alpha=-scaling)
     keep = w.dtype
     if residual_dtype == "float32" or (
         residual_dtype == "auto" and w.dtype != torch.float32
-        and (res.to(w.dtype).float() + delta - w0).abs().max().item() > RESIDUAL_TOLERANCE
+        and (res.to(w.dtype).float() - res).abs().max().item() > RESIDUAL_TOLERANCE  # rounding it moves W_res
     ):
         keep = torch.float32
-    new = res.T if t.fan_in_fan_out else res
-    base.weight = nn.Parameter(new.to(keep).contiguous(), requires_grad=False)
-    if keep != w.dtype:
-        _run_in_float32(base)
-    return keep
+    return res.to(keep).contiguous()
 
 
-def _keep_blocks_apart(layer: nn.Module, t: Target, rank: int) -> None:
+def keep_blocks_apart(layer: nn.Module, t: Target, rank: int) -> None:
     """Mask the gradient of a fused layer's B (and DoRA magnitude) so off-block entries stay zero."""
     mask = _block_mask(t, rank).to(layer.lora_B["default"].weight.device)
     layer.lora_B["default"].weight.register_hook(lambda g, m=mask: g * m.to(g.dtype))
@@ -343,7 +276,7 @@ def _keep_blocks_apart(layer: nn.Module, t: Target, rank: int) -> None:
         layer.lora_magnitude_vector["default"].weight.register_hook(lambda g, r=rows: g * r.to(g.dtype))
 
 
-def _write_layer(peft_model, plan: _Plan, scaling: float, residual_dtype: str, rank: int,
+def _write_layer(peft_model, plan: Plan, scaling: float, residual_dtype: str, rank: int,
                  generator: torch.Generator | None) -> dict | None:
     """Copy a plan's factors into its PEFT layer; an SVD start also replaces W by its residual.
     With a ``generator``, check the layer on seeded random rows against its original weight and
@@ -367,7 +300,7 @@ def _write_layer(peft_model, plan: _Plan, scaling: float, residual_dtype: str, r
         else:
             plan.record.residual_dtype = "unchanged"
     if t.fused:
-        _keep_blocks_apart(layer, t, rank)
+        keep_blocks_apart(layer, t, rank)
     if x is None:
         return None
     diff = (run_layer(layer, x) - reference).abs().max().item()
@@ -375,16 +308,23 @@ def _write_layer(peft_model, plan: _Plan, scaling: float, residual_dtype: str, r
     return {"max_abs_diff": diff, "tolerance": layer_tolerance(x.dtype, reference)}
 
 
-def _new_state(layout: _Layout, options: ApplyOptions, plans: list[_Plan]) -> AiloraState:
+def _new_state(layout: ApplyLayout, options: ApplyOptions, plans: list[Plan], split: dict) -> AiloraState:
+    initial = {p.target.name: (p.A.detach().cpu().clone(), p.B.detach().cpu().clone()) for p in plans}
+    return state_for(layout, options, initial, [p.record for p in plans], split)
+
+
+def state_for(layout: ApplyLayout, options: ApplyOptions, initial: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              layers: list[LayerRecord], split: dict | None = None) -> AiloraState:
+    """The AiloraState of ``options`` applied as ``layout`` says, with these starting factors
+    (module -> (A0, B0) on the CPU) and per-layer records; ``split``: how the decompositions were
+    shared across processes ({} in one)."""
     return AiloraState(
         method=options.method, policy=layout.policy, rank=options.rank, alpha=layout.alpha,
         use_rslora=options.use_rslora, solver=options.solver, seed=options.seed,
         dtype=str(layout.dtype).removeprefix("torch."),
         lr_ratios=dict(get_policy_method(options.method).lr_ratios),
         head=layout.head, targets={t.name: t for t in layout.targets}, use_dora=options.use_dora,
-        roles_source=roles_source(layout.targets),
-        initial={p.target.name: (p.A.detach().cpu().clone(), p.B.detach().cpu().clone()) for p in plans},
-        layers=[p.record for p in plans],
+        roles_source=roles_source(layout.targets), initial=initial, layers=layers, split=dict(split or {}),
     )
 
 
@@ -401,13 +341,27 @@ def _check_layers(state: AiloraState, layers: dict[str, dict]) -> None:
                              f"(tolerance {tol:.1g})")
 
 
-def _check_outputs(peft_model: peft.PeftModel, state: AiloraState, probe: dict, reference: torch.Tensor,
-                   dtype: torch.dtype) -> None:
-    """Record the end-to-end output check in ``state.check``; raise ExactnessError past tolerance."""
+def _check_untouched(peft_model: peft.PeftModel, state: AiloraState, snap: Snapshot, layout: ApplyLayout) -> None:
+    """Record in ``state.check["untouched"]`` that nothing but the adapted layers changed (see
+    ``ailora.core.probe.untouched``); raise ExactnessError naming what did."""
+    result = untouched(peft_model.base_model.model, snap, [t.name for t in layout.targets], layout.head)
+    state.check["untouched"] = result
+    if not result["passed"]:
+        raise ExactnessError(f"{state.method} init changed more than the adapted layers: "
+                             f"{', '.join(result['changed'])} (modules, parameters or buffers)")
+
+
+def _check_outputs(peft_model: peft.PeftModel, state: AiloraState, probe: dict | None,
+                   reference: torch.Tensor | None, dtype: torch.dtype) -> None:
+    """Record the verdict in ``state.check``: "max_abs_diff" and "tolerance" are the end-to-end probe's
+    when it ran, else the worst layer's; raise ExactnessError when the probe moved past tolerance."""
+    layers = state.check["layers"]
+    if probe is None:
+        state.check.update(max_abs_diff=layers["max_abs_diff"], tolerance=layers["tolerance"], passed=True)
+        return
     state.check.update(compare_outputs(peft_model, probe, reference, dtype),
                        probe={k: list(v.shape) for k, v in probe.items()})
     diff, tol = state.check["max_abs_diff"], state.check["tolerance"]
-    state.check["passed"] = state.check["passed"] and state.check["layers"]["passed"]
     if diff > tol:
         raise ExactnessError(f"outputs changed by {diff:.3g} after {state.method} init (tolerance {tol:.1g})")
 
@@ -430,6 +384,7 @@ def apply(
     device: str | torch.device | None = None,
     check: bool = True,
     progress: bool | None = None,
+    distribute: bool = True,
 ) -> peft.PeftModel:
     """Wrap ``model`` in a ``peft.PeftModel`` whose LoRA adapters start as ``method`` says.
 
@@ -448,15 +403,21 @@ def apply(
         residual_dtype: "auto" keeps a half-precision model's dtype when rounding the residual moves
             no weight by more than 1e-4, else keeps that residual in float32; "model" or "float32" force.
         device: where the decompositions run (default: where each weight is; "cuda" to use a GPU).
-        check: check every adapted layer on seeded random rows against its original weight, and the
-            model's outputs on a short probe before and after; raise ExactnessError past tolerance.
+        check: True: check every adapted layer, as PEFT runs it, on seeded random rows against its
+            original weight, and that nothing else in the model changed; for an architecture ailora
+            does not know, also the model's outputs on a short probe before and after. "full": that
+            probe for every model. Raise ExactnessError past tolerance. False: no check.
+        distribute: under several processes (``torch.distributed`` initialised, world size > 1), each
+            process decomposes a share of the blocks and the owners broadcast the factors, so every
+            process holds the factors one process would compute, in a fraction of the time. Every
+            process must then call ``apply`` with the same model and options. False: each computes all.
     Returns the PeftModel, with ``model.ailora_state`` (an AiloraState, also ``state_of(model)``)
     describing what was done.
     """
     options = ApplyOptions(
         method=method, rank=rank, alpha=alpha, targets=targets, policy=policy, modules=modules, solver=solver,
         seed=seed, head=head, dropout=dropout, use_rslora=use_rslora, use_dora=use_dora,
-        residual_dtype=residual_dtype, device=device, check=check, progress=progress,
+        residual_dtype=residual_dtype, device=device, check=check, progress=progress, distribute=distribute,
     )
     return apply_with(model, options)
 
@@ -465,20 +426,23 @@ def apply_with(model: nn.Module, options: ApplyOptions) -> peft.PeftModel:
     """``apply`` with its options gathered in an ``ApplyOptions`` (validated when it was built):
     validate the model, plan every start, wrap it in PEFT, write the factors, check the outputs."""
     t_start = time.perf_counter()
-    layout = _layout(model, options)
-    probe = make_probe(model, PROBE_BATCH, PROBE_LENGTH, options.seed) if options.check else None
-    reference = run_probe(model, probe) if options.check else None
+    layout = layout_for(model, options)
+    full = options.check == "full" or (options.check is True and architecture_of(model) is None)
+    probe = make_probe(model, PROBE_BATCH, PROBE_LENGTH, options.seed) if full else None
+    reference = run_probe(model, probe) if full else None
+    snap = snapshot(model, [t.name for t in layout.targets]) if options.check else None
     # All decompositions first, before the model is touched: a failure leaves it as it was.
-    plans = _plan_all(model, layout, options)
-    peft_model = peft.get_peft_model(model, _lora_config(layout, options))
+    plans, split = _plan_all(model, layout, options)
+    peft_model = peft.get_peft_model(model, lora_config(layout, options))
     generator = torch.Generator().manual_seed(options.seed) if options.check else None
     layer_checks = {plan.target.name: _write_layer(peft_model, plan, layout.scaling, options.residual_dtype,
                                                    options.rank, generator) for plan in plans}
-    state = _new_state(layout, options, plans)
+    state = _new_state(layout, options, plans, split)
     attach_state(peft_model, state)
     mark_residual_form(peft_model, state)  # a raw save_pretrained must not load silently wrong
     if options.check:
         _check_layers(state, layer_checks)
+        _check_untouched(peft_model, state, snap, layout)
         _check_outputs(peft_model, state, probe, reference, layout.dtype)
     state.total_seconds = time.perf_counter() - t_start
     return peft_model

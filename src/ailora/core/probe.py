@@ -1,9 +1,13 @@
-"""The output checks: a fixed probe batch, run before and after a change to the model, and a few
-seeded random input rows per changed layer, run through the layer before and after."""
+"""The output checks: a few seeded random input rows per changed layer, run through the layer before
+and after; a snapshot of everything else in the model, compared after (``snapshot``, ``untouched``);
+and a fixed probe batch, run through the whole model before and after."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -110,3 +114,87 @@ def compare_outputs(model: nn.Module, probe: dict[str, torch.Tensor], reference:
     diff = max_abs_diff(run_probe(model, probe), reference)
     tol = tolerance_for(dtype, reference)
     return {"max_abs_diff": diff, "tolerance": tol, "passed": diff <= tol}
+
+
+# Entries of each tensor the snapshot keeps (at spread, fixed positions): a write through ``.data``
+# leaves the version counter as it was, and any write to a whole tensor moves these.
+SAMPLED_ENTRIES = 8
+
+
+@lru_cache(maxsize=1024)
+def _positions(n: int) -> list[int]:
+    """SAMPLED_ENTRIES positions in range(n), spread by Knuth's multiplicative hash."""
+    return sorted({(i * 2654435761 + 40503) % n for i in range(SAMPLED_ENTRIES)})
+
+
+def _sample(t: torch.Tensor) -> bytes:
+    """The bytes of a few entries of ``t``."""
+    n = t.numel()
+    if n == 0 or not t.is_contiguous() or t.device.type == "meta":
+        return b""
+    try:
+        raw = t.detach().reshape(-1).view(torch.uint8)  # any dtype, bf16 included, as bytes (no copy)
+        if raw.device.type != "cpu":
+            return raw.reshape(n, -1)[_positions(n)].cpu().numpy().tobytes()
+        return raw.numpy().reshape(n, -1)[_positions(n)].tobytes()  # numpy indexing: far cheaper than torch's
+    except (RuntimeError, TypeError):  # a tensor subclass with no byte view: its other fingerprints remain
+        return b""
+
+
+def _fingerprint(t: torch.Tensor) -> tuple:
+    """What an in-place write (the version counter, a few entries), a cast, a move or a new ``.data`` changes."""
+    return t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device, _sample(t)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A model's modules by name, and each module's own parameters and buffers with their fingerprints."""
+
+    modules: dict[str, nn.Module]
+    tensors: list[tuple[str, str, str, torch.Tensor, tuple]]  # (module, "_parameters"|"_buffers", attr, t, print)
+
+
+def snapshot(model: nn.Module, replaced: Iterable[str] = ()) -> Snapshot:
+    """Record ``model`` before a change; the ``weight`` of the modules named in ``replaced`` is left out
+    (those layers are checked on their outputs instead). Costs a walk over the modules and a few entries
+    of each tensor: nothing next to reading the weights."""
+    replaced = set(replaced)
+    modules = dict(model.named_modules())
+    tensors = [(name, kind, attr, t, _fingerprint(t)) for name, m in modules.items()
+               for kind in ("_parameters", "_buffers") for attr, t in getattr(m, kind).items()
+               if t is not None and not (kind == "_parameters" and attr == "weight" and name in replaced)]
+    return Snapshot(modules, tensors)
+
+
+def _module_kept(name: str, before: nn.Module, now: nn.Module | None, adapted: set[str], heads: set[str]) -> bool:
+    """An adapted layer now wraps the very module it replaced; a head is a copy beside the original
+    (PEFT's modules_to_save) with equal tensors; every other module is the same object."""
+    if name in adapted:
+        return hasattr(now, "lora_A") and now.get_base_layer() is before
+    if name in heads:
+        copies = getattr(now, "modules_to_save", {})
+        copy = copies["default"] if "default" in copies else None
+        return getattr(now, "original_module", None) is before and copy is not None and all(
+            torch.equal(a, b) for a, b in zip(before.state_dict().values(), copy.state_dict().values(), strict=True))
+    return now is before
+
+
+def untouched(model: nn.Module, snap: Snapshot, adapted: Iterable[str], heads: Iterable[str] = ()) -> dict:
+    """Compare ``model`` (the module PEFT wrapped, as it is after the change) with its ``snapshot``: adapters
+    on exactly the ``adapted`` modules, each wrapping its original module; the ``heads`` copied as they were;
+    every other module the same object; every recorded parameter and buffer the same tensor, unchanged.
+
+    With each adapted layer checked on its outputs, this makes the model's outputs unchanged without
+    running it (an end-to-end forward reads every weight of the model, more than all the decompositions).
+    Returns {"modules", "tensors" (how many were compared), "changed" (names, at most 5), "passed"}."""
+    adapted, heads = set(adapted), set(heads)
+    now = dict(model.named_modules())
+    inside = tuple(f"{root}." for root in adapted | heads)  # their submodules now sit under other names
+    changed = [n for n, m in snap.modules.items() if not n.startswith(inside)
+               and not _module_kept(n, m, now.get(n), adapted, heads)]
+    changed += sorted(n for n, m in now.items() if hasattr(m, "lora_A") and n not in adapted)
+    for name, kind, attr, t, print_ in snap.tensors:
+        if getattr(snap.modules[name], kind).get(attr) is not t or _fingerprint(t) != print_:
+            changed.append(f"{name}.{attr}" if name else attr)
+    return {"modules": len(snap.modules), "tensors": len(snap.tensors), "changed": changed[:5],
+            "passed": not changed}

@@ -59,6 +59,9 @@ class AiloraState:
     check: dict = field(default_factory=dict)
     total_seconds: float = 0.0
     version: str = __version__
+    split: dict = field(default_factory=dict)
+    """How the decompositions were shared across processes: {} in one process, else {"processes": P,
+    "blocks": [blocks decomposed by each]} (``ailora.core.decompose``)."""
 
     def metadata(self) -> dict:
         """The adapter's provenance, as written to ``ailora.json``."""
@@ -74,7 +77,8 @@ class AiloraState:
     def report(self) -> dict:
         """Per-layer records, total seconds and the output check (the JSON of ``ailora init``)."""
         return {**self.metadata(), "layers": [asdict(r) for r in self.layers],
-                "total_seconds": self.total_seconds, "output_check": self.check}
+                "total_seconds": self.total_seconds, "output_check": self.check,
+                **({"split": self.split} if self.split else {})}
 
 
 def state_of(model: nn.Module) -> AiloraState | None:

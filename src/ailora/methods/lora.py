@@ -1,7 +1,8 @@
 """The LoRA family as training methods: lora, pissa, milora, ailora, reailora (``ailora.core.policies``).
 
 Each prepares through ``ailora.core.apply`` (PEFT LoRA layers with an SVD or random start, outputs
-unchanged at step 0) and saves through ``ailora.core.adapters.save`` (a plain PEFT LoRA on the
+unchanged at step 0), or starts from a directory of the streaming init (``ailora.core.initialised``),
+and saves through ``ailora.core.adapters.save`` (a plain PEFT LoRA on the
 original base). ``lora_variant`` makes methods that are plain LoRA with some options forced
 (DoRA, rsLoRA, LoRA+ in ``ailora.methods.baselines``).
 """
@@ -13,7 +14,8 @@ import dataclasses
 from torch import nn
 
 from ailora.core.adapters import save as save_adapter
-from ailora.core.apply import apply
+from ailora.core.apply import ApplyOptions, apply_with
+from ailora.core.initialised import start_from_initialised
 from ailora.core.policies import METHODS as LORA_FAMILY
 from ailora.core.policies import resolve_policy
 from ailora.core.state import state_of
@@ -21,12 +23,24 @@ from ailora.methods.options import LORA_OPTIONS
 from ailora.methods.registry import Prepared, TrainMethod, register_method
 
 
+def _apply_options(cfg, seed: int) -> ApplyOptions:
+    return ApplyOptions(method=cfg.name, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, policy=cfg.policy,
+                        solver=cfg.solver, seed=seed, dropout=cfg.dropout, use_rslora=cfg.use_rslora,
+                        use_dora=cfg.use_dora)
+
+
 def prepare_lora(model: nn.Module, cfg, seed: int) -> Prepared:
     """LoRA adapters started as ``cfg.name`` says (a MethodConfig); the task head trains in full."""
-    model = apply(
-        model, method=cfg.name, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, policy=cfg.policy,
-        solver=cfg.solver, seed=seed, dropout=cfg.dropout, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
-    )
+    return _prepared(apply_with(model, _apply_options(cfg, seed)), cfg)
+
+
+def start_lora(model: nn.Module, cfg, seed: int, directory) -> Prepared:
+    """``prepare_lora`` for a model loaded from a directory of ``ailora init --residual-out``: the stored
+    starting factors on its residual weights, no decomposition (the options must give the init's start)."""
+    return _prepared(start_from_initialised(model, directory, _apply_options(cfg, seed)), cfg)
+
+
+def _prepared(model, cfg) -> Prepared:
     state = state_of(model)
     synced = {}
     for name, (a0, b0) in state.initial.items():
@@ -53,8 +67,10 @@ def lora_variant(name: str, description: str, **forced) -> TrainMethod:
         return dataclasses.replace(cfg, name="lora", **values)
 
     return TrainMethod(name, lambda model, cfg, seed: prepare_lora(model, as_lora(cfg), seed), save_lora,
-                       description, LORA_OPTIONS, lambda cfg: check_lora(as_lora(cfg)))
+                       description, LORA_OPTIONS, lambda cfg: check_lora(as_lora(cfg)),
+                       lambda model, cfg, seed, directory: start_lora(model, as_lora(cfg), seed, directory))
 
 
 for _method in LORA_FAMILY.values():
-    register_method(TrainMethod(_method.name, prepare_lora, save_lora, _method.description, LORA_OPTIONS, check_lora))
+    register_method(TrainMethod(_method.name, prepare_lora, save_lora, _method.description, LORA_OPTIONS, check_lora,
+                                start_lora))

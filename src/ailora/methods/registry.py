@@ -56,6 +56,10 @@ class TrainMethod:
     check: Callable[[Any], None] | None = None
     """``check(method_cfg)`` raises AiloraError for settings the method cannot run, before any model
     is loaded (the LoRA family: unknown roles or inits in targets and policy)."""
+    start_from: Callable[[Any, Any, int, Any], Prepared] | None = None
+    """``start_from(model, method_cfg, seed, directory) -> Prepared``: prepare a model loaded from a
+    directory of ``ailora init --residual-out`` (residual weights, starting factors beside them) with
+    no decomposition (the LoRA family); None: the method cannot start from one."""
 
 
 METHODS: dict[str, TrainMethod] = {}

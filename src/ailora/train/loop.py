@@ -7,11 +7,12 @@ $(which ailora) train ...`` (gloo). Checkpoints gather the trainable weights fro
 model, which fits DDP; FSDP/DeepSpeed sharded checkpoints are not handled yet.
 
 Several processes, one set of starting factors: every process loads the model and runs the
-method's preparation (``ailora.core.apply``: the SVDs), then process 0's parameters, buffers and
-recorded starting factors are broadcast to all others (``_sync_from_main``). GPU SVDs are not
-bit-reproducible across devices, so this, not a shared seed, is what makes the factors and
-residuals identical; it costs one redundant decomposition per process and one broadcast.
-Each process's hash of its prepared model goes to ``init_hashes.json``.
+method's preparation; ``ailora.core.apply`` splits the SVDs between the processes and broadcasts
+each owner's factors (``ailora.core.decompose``), so every process already holds the same factors
+and residuals. ``_sync_from_main`` then compares every process's hash of its parameters, buffers
+and recorded starting factors, and broadcasts process 0's tensors only where they differ (a method
+that does not go through apply, GPU kernels that are not bit-reproducible). Each process's hash of
+its prepared model goes to ``init_hashes.json``.
 
 Resume is exact: a checkpoint holds the trainable weights, optimizer, scheduler, every
 process's RNG states, the step and the position inside the epoch; an epoch's batch order is a
@@ -39,6 +40,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
+from ailora.core.initialised import initialised_record
 from ailora.core.models import load_tokenizer, resolve_model_path
 from ailora.core.optim import param_groups
 from ailora.errors import AiloraError, TrainingFailedError
@@ -97,8 +99,7 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     tokenizer = _tokenizer(model_path)
     seq2seq = checkpoint_is_seq2seq(model_path)
     model_kind(cfg, data.spec.kind, seq2seq)  # a kind that does not fit fails before the weights load
-    prepared = get_method(cfg.method.name).prepare(load_for_task(cfg, model_path, data, tokenizer), cfg.method,
-                                                   cfg.train.seed)
+    prepared = _prepare(cfg, model_path, data, tokenizer)
     hashes = _sync_from_main(acc, prepared)
     splits = encode_splits(cfg, data, tokenizer, seq2seq)
     set_seed(cfg.train.seed, device_specific=True)  # dropout differs per process, not per run
@@ -122,6 +123,20 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
                    total_steps=total_steps)
     ctx.schedule = progtuning_schedule(ctx, state)
     return ctx, state
+
+
+def _prepare(cfg: RunConfig, model_path: Path, data, tokenizer) -> Prepared:
+    """The method's preparation of the task's model; from a directory of ``ailora init --residual-out``
+    the method starts from the stored factors and residual weights instead (no decomposition)."""
+    method = get_method(cfg.method.name)
+    initialised = initialised_record(model_path) is not None
+    if initialised and method.start_from is None:
+        raise AiloraError(f"{model_path} holds residual weights from ailora init --residual-out; method "
+                          f"{method.name} cannot start from it (a LoRA-family method can): train from the original model")
+    model = load_for_task(cfg, model_path, data, tokenizer)
+    if initialised:
+        return method.start_from(model, cfg.method, cfg.train.seed, model_path)
+    return method.prepare(model, cfg.method, cfg.train.seed)
 
 
 def _param_groups(cfg: RunConfig, prepared: Prepared) -> list[dict]:
@@ -236,22 +251,28 @@ def _tokenizer(model_path: Path):
 
 
 def _sync_from_main(acc: Accelerator, prepared: Prepared) -> list[str]:
-    """Broadcast process 0's prepared tensors to every process; return each process's hash after.
+    """Make every process's prepared tensors identical to process 0's; return each process's hash.
 
     What must be identical: all parameters and buffers (adapter factors, SVD residuals, the random
-    head) and the method's other synced tensors (the LoRA family's recorded starting factors)."""
+    head) and the method's other synced tensors (the LoRA family's recorded starting factors). The
+    hashes are compared first: after ``ailora.apply`` (which shares its factors itself) they agree
+    and nothing is sent; otherwise process 0's tensors are broadcast and the hashes taken again."""
     tensors = dict(prepared.model.named_parameters())
     tensors.update({f"buffer:{k}": b for k, b in prepared.model.named_buffers()})
     tensors.update(prepared.synced)
-    if acc.num_processes > 1:
+    digest = record.tensor_hash(tensors)
+    if acc.num_processes == 1:
+        return [digest]
+    hashes = gather_object([digest])
+    if len(set(hashes)) > 1:
         with torch.no_grad():
             for name in sorted(tensors):
                 t = tensors[name]
                 buf = t.detach().to(acc.device).contiguous()
                 torch.distributed.broadcast(buf, src=0)
                 t.copy_(buf)
-    digest = record.tensor_hash(tensors)
-    return gather_object([digest]) if acc.num_processes > 1 else [digest]
+        hashes = gather_object([record.tensor_hash(tensors)])
+    return hashes
 
 
 def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:

@@ -1,0 +1,262 @@
+"""Streaming init: adapters initialised on a safetensors checkpoint read tensor by tensor, never whole.
+
+``initialise_checkpoint(DIR, OUT, options)`` (``ailora init --model DIR --residual-out OUT``):
+
+1. Checks everything it can before any work: the options, that DIR is a safetensors checkpoint
+   (headers only), that OUT is new or empty, the config (an unknown model type is refused), the
+   targets and their tensors.
+2. Builds the model's skeleton on the meta device (no weights) from its config, and finds the
+   targets, roles and fused layouts on it exactly as ``apply`` does.
+3. Decomposes with ``apply``'s plans and batches (``ailora.core.decompose``), each block's weight
+   read from the checkpoint when its batch runs: the same solver calls on the same inputs as in
+   memory, so the factors are bit-identical to ``apply``'s. At most one batch of block weights is
+   held (the fast solver's stacks are capped at 256 MB; the exact solver takes one block at a time).
+4. Writes OUT shard by shard, tensor by tensor (``ailora.core.checkpoint``): each adapted weight is
+   replaced by its residual W - s B0 A0, computed as ``apply`` computes it, then checked on a few
+   seeded random rows against W (the per-layer half of ``apply``'s check: the end-to-end probe needs
+   the whole model and is not run); every other tensor is copied through byte for byte. Same shard
+   files and index; config, tokenizer and other small files copied; the starting factors, the init
+   report and the marker written beside them (``ailora.core.initialised``). OUT appears whole or not
+   at all (a temporary sibling renamed at the end).
+
+Memory: one tensor (and its residual) at a time while writing, one batch while decomposing, plus the
+libraries: a small fraction of a multi-GB checkpoint (``benchmarks/streaming_init.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ailora.core.adapters import CONFIG_FILE, META_FILE, PREFIX, RESIDUAL_FORM, WEIGHTS_FILE, has_residual
+from ailora.core.apply import ApplyLayout, ApplyOptions, layout_for, lora_config, residual_weight, state_for
+from ailora.core.checkpoint import FLOAT_DTYPES, INDEX_FILE, Checkpoint, tensor_writer, write_shard
+from ailora.core.decompose import Plan, decompose
+from ailora.core.files import atomic_dir, check_empty_or_overwrite, write_json, write_text
+from ailora.core.initialised import (
+    INITIAL_ADAPTER,
+    MARKER_FILE,
+    MARKER_FORMAT,
+    REPORT_FILE,
+    initialised_record,
+    recorded_options,
+    tensor_key,
+    weight_hash,
+)
+from ailora.core.layouts import Block
+from ailora.core.models import check_kind, check_model_dir, load_config, model_class, parse_dtype
+from ailora.core.probe import LAYER_PROBE_ROWS, layer_probe, layer_tolerance
+from ailora.core.roles import Target
+from ailora.errors import AiloraError, ExactnessError
+
+# Weight files of other formats are not copied: OUT's weights are its safetensors residuals only.
+SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What the init resolved before any work: the checkpoint, the targets, their tensors."""
+
+    source: Path
+    checkpoint: Checkpoint
+    layout: ApplyLayout
+    keys: dict[str, str]  # target name -> checkpoint key of its weight
+    dtype: torch.dtype  # the dtype apply's model would hold the weights in
+    kind: str
+
+
+def _skeleton(config, kind: str, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
+    """The model of ``config`` on the meta device: its modules and shapes, no weights."""
+    cls = model_class(config, kind)
+    with torch.device("meta"):
+        if hasattr(cls, "from_config"):  # an Auto class
+            model = cls.from_config(config, trust_remote_code=trust_remote_code)
+        else:
+            model = cls(config)
+    return model.to(dtype)
+
+
+def _prepare(model_dir, out, options: ApplyOptions, kind: str, dtype: str | None, trust_remote_code: bool,
+             overwrite: bool) -> _Job:
+    """Every check that needs no weights; a one-line error before any work."""
+    options.resolved_policy()
+    if options.use_dora:
+        raise AiloraError("the streaming init does not start DoRA (its magnitudes are set from the whole model); "
+                          "use ailora init --out, or train DoRA from the original model")
+    path = check_model_dir(model_dir)
+    if initialised_record(path) is not None:
+        raise AiloraError(f"{path} already holds residual weights (written by ailora init --residual-out); "
+                          "initialise the original checkpoint")
+    checkpoint = Checkpoint.open(path)
+    check_empty_or_overwrite(Path(out), overwrite)
+    config = load_config(path, trust_remote_code)
+    check_kind(config, kind, path)
+    load_dtype = parse_dtype(dtype) or torch.float32  # as ailora.core.models.load_model
+    skeleton = _skeleton(config, kind, load_dtype, trust_remote_code)
+    layout = layout_for(skeleton, options)
+    keys = {}
+    for t in layout.targets:
+        key = tensor_key(getattr(skeleton, "base_model_prefix", ""), t.name, checkpoint.where)
+        if key is None:
+            raise AiloraError(f"checkpoint {path} has no tensor for layer {t.name} ({t.name}.weight)")
+        entry = checkpoint.where[key].entries[key]
+        stored = (t.in_features, t.out_features) if t.fan_in_fan_out else (t.out_features, t.in_features)
+        if entry.shape != stored or entry.dtype not in FLOAT_DTYPES.values():
+            raise AiloraError(f"checkpoint tensor {key} is {entry.dtype} {list(entry.shape)}; layer {t.name} needs a "
+                              f"floating-point {list(stored)} weight")
+        keys[t.name] = key
+    return _Job(path, checkpoint, layout, keys, load_dtype, kind)
+
+
+def _weight(job: _Job, t: Target) -> torch.Tensor:
+    """Target ``t``'s weight as (out, in), in the dtype ``apply``'s model would hold it: read from the checkpoint."""
+    w = job.checkpoint.tensor(job.keys[t.name]).to(job.dtype)
+    if not torch.isfinite(w).all():
+        raise AiloraError(f"layer {t.name} has NaN or Inf weights")
+    return w.T if t.fan_in_fan_out else w
+
+
+def _source(job: _Job, t: Target):
+    def read(blk: Block) -> torch.Tensor:
+        w = _weight(job, t)
+        # a copy of just the block's rows, so the rest of the weight is freed at once
+        return blk.take(w).clone() if blk.spans != ((0, t.out_features),) else w
+
+    return read
+
+
+def _check_layer(w: torch.Tensor, res: torch.Tensor, t: Target, a: torch.Tensor, b: torch.Tensor, scaling: float,
+                 generator) -> dict:
+    """The per-layer check of ``apply`` on seeded random rows x: W x against W_res x + s B (A x)."""
+    x = layer_probe(t.in_features, w.dtype, "cpu", generator).float()
+    reference = x @ w.float().T
+    got = x @ (res.T if t.fan_in_fan_out else res).float().T + scaling * ((x @ a.T) @ b.T)
+    diff = (got - reference).abs().max().item()
+    tol = layer_tolerance(w.dtype, reference)
+    if diff > tol:
+        raise ExactnessError(f"layer {t.name} changed its outputs by {diff:.3g} after the streaming init "
+                             f"(tolerance {tol:.1g})")
+    return {"max_abs_diff": diff, "tolerance": tol}
+
+
+def _residual_dtype(job: _Job, plan: Plan, residual_dtype: str) -> torch.dtype:
+    """The dtype a target's residual is kept in (``residual_weight``'s choice), known before it is written."""
+    if job.dtype == torch.float32 or residual_dtype == "float32":
+        return torch.float32
+    if residual_dtype == "model":
+        return job.dtype
+    return residual_weight(_weight(job, plan.target), plan.target, plan.A.cpu(), plan.B.cpu(), job.layout.scaling,
+                           residual_dtype).dtype  # "auto" in half precision: it depends on the rounding
+
+
+def _write_shards(job: _Job, plans: list[Plan], out: Path, options: ApplyOptions) -> tuple[dict, dict, int]:
+    """Every shard of the residual model, tensor by tensor. Returns (per-layer checks, per-layer marker
+    records, total bytes)."""
+    by_key = {job.keys[p.target.name]: p for p in plans}
+    generator = torch.Generator().manual_seed(options.seed)
+    checks, layers, total = {}, {}, 0
+
+    def residual_writer(plan: Plan):
+        def write(f) -> None:
+            t, w, a, b = plan.target, _weight(job, plan.target), plan.A.cpu(), plan.B.cpu()
+            res = residual_weight(w, t, a, b, job.layout.scaling, options.residual_dtype)
+            checks[t.name] = _check_layer(w, res, t, a, b, job.layout.scaling, generator)
+            layers[t.name]["sha256"] = weight_hash(res)
+            tensor_writer(res)(f)
+
+        return write
+
+    for shard in job.checkpoint.shards:
+        items = []
+        for name, entry in shard.entries.items():
+            plan = by_key.get(name)
+            if plan is None or not plan.record.singular_values:  # untouched, or a start that keeps W
+                if plan is not None:
+                    plan.record.residual_dtype = "unchanged"
+                    layers[plan.target.name] = {"key": name, "residual_dtype": "unchanged"}
+                items.append((name, entry.dtype, entry.shape, lambda f, s=shard, n=name: s.copy(n, f)))
+                continue
+            keep = str(_residual_dtype(job, plan, options.residual_dtype)).removeprefix("torch.")
+            plan.record.residual_dtype = keep
+            layers[plan.target.name] = {"key": name, "residual_dtype": keep}
+            items.append((name, FLOAT_DTYPES[getattr(torch, keep)], entry.shape, residual_writer(plan)))
+        total += write_shard(out / shard.path.name, items, shard.metadata)
+    return checks, layers, total
+
+
+def _copy_files(job: _Job, out: Path, total: int) -> None:
+    """config, tokenizer and other small files as they are; the index with the new total size."""
+    for f in sorted(job.source.iterdir()):
+        if f.is_file() and not f.name.endswith(SKIPPED_SUFFIXES) and f.name != INDEX_FILE:
+            shutil.copy2(f, out / f.name)
+    if job.checkpoint.index is not None:
+        index = dict(job.checkpoint.index)
+        index["metadata"] = {**(index.get("metadata") or {}), "total_size": total}
+        write_json(out / INDEX_FILE, index)
+
+
+def _check_record(checks: dict[str, dict], copied: int) -> dict:
+    """``state.check`` of a streaming init: the per-layer check (a failure has raised already), every other
+    tensor copied through byte for byte, and no end-to-end probe."""
+    worst = max(checks, key=lambda n: checks[n]["max_abs_diff"] / checks[n]["tolerance"], default=None)
+    top = checks[worst] if worst else {"max_abs_diff": 0.0, "tolerance": 0.0}
+    return {"layers": {"rows": LAYER_PROBE_ROWS, "count": len(checks), "passed": True, "worst": worst, **top},
+            "untouched": {"tensors": copied, "copied": "byte for byte", "passed": True}, **top, "passed": True,
+            "end_to_end": "not run: the streaming init never holds the whole model"}
+
+
+def _write_initial_adapter(directory: Path, layout: ApplyLayout, options: ApplyOptions, state) -> None:
+    """The starting factors as PEFT's adapter files, labelled RESIDUAL_FORM when they moved weight out of W
+    (they then belong on the residual base beside them, never on the original)."""
+    cfg = lora_config(layout, options)
+    if has_residual(state.initial):
+        cfg.init_lora_weights = RESIDUAL_FORM
+    sd = {}
+    for name, (a0, b0) in state.initial.items():
+        sd[f"{PREFIX}{name}.lora_A.weight"], sd[f"{PREFIX}{name}.lora_B.weight"] = a0.contiguous(), b0.contiguous()
+    directory.mkdir()
+    save_file(sd, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.to_dict().items()}
+    write_text(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
+    write_json(directory / META_FILE, {**state.metadata(), "format": "residual-form-start",
+                                       "base": "the residual model in the directory above"})
+
+
+def initialise_checkpoint(model_dir, out, options: ApplyOptions, kind: str = "auto", dtype: str | None = None,
+                          trust_remote_code: bool = False, overwrite: bool = False) -> dict:
+    """Initialise adapters on the safetensors checkpoint in ``model_dir`` without loading it, and write
+    the residual model, the starting factors, the init report and the marker to ``out`` (see the module
+    docstring). Returns the report (also ``out/report.json``).
+
+    ``dtype``: the dtype the model is initialised and trained in (default float32, as ``load_model``).
+    Train from ``out`` with ``ailora.load_initialised(out)`` or ``ailora train --model out``."""
+    t_start = time.perf_counter()
+    job = _prepare(model_dir, out, options, kind, dtype, trust_remote_code, overwrite)
+    layout = job.layout
+    plans = [Plan.empty(t, _source(job, t), layout.policy, options.rank, options.device or "cpu")
+             for t in layout.targets]
+    decompose(plans, layout.policy, options.solver, options.seed, layout.scaling, options.progress, distribute=False)
+    with atomic_dir(out, overwrite) as tmp:
+        checks, layers, total = _write_shards(job, plans, tmp, options)
+        _copy_files(job, tmp, total)
+        initial = {p.target.name: (p.A.detach().cpu().clone(), p.B.detach().cpu().clone()) for p in plans}
+        state = state_for(layout, options, initial, [p.record for p in plans])
+        state.check = _check_record(checks, sum(len(s.entries) for s in job.checkpoint.shards) - len(checks))
+        _write_initial_adapter(tmp / INITIAL_ADAPTER, layout, options, state)
+        state.total_seconds = time.perf_counter() - t_start
+        report = {**state.report(), "model": str(job.source),
+                  "streaming": {"shards": len(job.checkpoint.shards), "checkpoint_bytes": job.checkpoint.nbytes,
+                                "residual_bytes": total}}
+        write_json(tmp / REPORT_FILE, report)
+        write_json(tmp / MARKER_FILE, {"format": MARKER_FORMAT, "ailora_version": state.version,
+                                       "source": str(job.source), "kind": job.kind,
+                                       "dtype": str(job.dtype).removeprefix("torch."),
+                                       "options": recorded_options(options), "layers": layers,
+                                       "initial_adapter": INITIAL_ADAPTER, "report": REPORT_FILE})
+    return report
