@@ -26,19 +26,17 @@ libraries: a small fraction of a multi-GB checkpoint (``benchmarks/streaming_ini
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from ailora.core.adapters import CONFIG_FILE, META_FILE, PREFIX, RESIDUAL_FORM, WEIGHTS_FILE, has_residual
+from ailora.core.adapters import PREFIX, RESIDUAL_FORM, has_residual, write_adapter_files
 from ailora.core.apply import ApplyLayout, ApplyOptions, layout_for, lora_config, residual_weight, state_for
 from ailora.core.checkpoint import FLOAT_DTYPES, INDEX_FILE, Checkpoint, tensor_writer, write_shard
 from ailora.core.decompose import Plan, decompose
-from ailora.core.files import atomic_dir, check_empty_or_overwrite, write_json, write_text
+from ailora.core.files import atomic_dir, check_empty_or_overwrite, write_json
 from ailora.core.initialised import (
     INITIAL_ADAPTER,
     MARKER_FILE,
@@ -221,11 +219,8 @@ def _write_initial_adapter(directory: Path, layout: ApplyLayout, options: ApplyO
     for name, (a0, b0) in state.initial.items():
         sd[f"{PREFIX}{name}.lora_A.weight"], sd[f"{PREFIX}{name}.lora_B.weight"] = a0.contiguous(), b0.contiguous()
     directory.mkdir()
-    save_file(sd, directory / WEIGHTS_FILE, metadata={"format": "pt"})
-    config = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.to_dict().items()}
-    write_text(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
-    write_json(directory / META_FILE, {**state.metadata(), "format": "residual-form-start",
-                                       "base": "the residual model in the directory above"})
+    write_adapter_files(directory, sd, cfg, {**state.metadata(), "format": "residual-form-start",
+                                             "base": "the residual model in the directory above"})
 
 
 def initialise_checkpoint(model_dir, out, options: ApplyOptions, kind: str = "auto", dtype: str | None = None,
