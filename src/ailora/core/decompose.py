@@ -33,6 +33,7 @@ from ailora.core.inits import INITS, InitConfig, InitFn
 from ailora.core.layouts import Block
 from ailora.core.roles import Target, weight_of
 from ailora.core.state import LayerRecord
+from ailora.core.svd import UNBATCHED_ENTRIES
 from ailora.errors import AiloraError
 
 __all__ = ["MAX_BATCH_ELEMENTS", "Batch", "Plan", "batches", "decompose", "module_source", "owners", "run_batch"]
@@ -139,7 +140,10 @@ def batches(plans: list[Plan], policy: dict[str, str], solver: str) -> Iterator[
     for (name, rows, cols, _), members in groups.items():
         # A batched full SVD is no faster than one matrix at a time (LAPACK runs them one by one) and
         # measured slower for large matrices, so only the fast solver's small factorisations batch.
-        per_batch = max(1, MAX_BATCH_ELEMENTS // (rows * cols)) if solver == "fast" else 1
+        # Matrices over UNBATCHED_ENTRIES are decomposed one by one even in a stack, so stacking them
+        # would only copy them.
+        small = solver == "fast" and rows * cols <= UNBATCHED_ENTRIES
+        per_batch = max(1, MAX_BATCH_ELEMENTS // (rows * cols)) if small else 1
         for start in range(0, len(members), per_batch):
             yield Batch(INITS[name], members[start:start + per_batch], True)
 
@@ -162,6 +166,8 @@ def _stack(batch: Batch) -> torch.Tensor:
     """The batch's blocks stacked: (n, rows, in) float32, filled one block at a time (never the blocks
     and the stack at once: the streaming init reads each block from disk just then)."""
     first_plan, first = batch.members[0]
+    if len(batch.members) == 1:  # no copy: the solvers only read their input (a view of the weight)
+        return first_plan.block(first).unsqueeze(0)
     rows = first_plan.target.blocks[first].size
     out = torch.empty(len(batch.members), rows, first_plan.target.in_features, device=first_plan.device)
     for n, (plan, j) in enumerate(batch.members):
