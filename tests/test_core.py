@@ -220,6 +220,28 @@ def test_bfloat16_model_decomposes_in_fp32_and_keeps_outputs():
     assert {rec.residual_dtype for rec in forced.ailora_state.layers} == {"float32"}
 
 
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_float32_residual_in_bfloat16_model_with_bias_runs_and_reloads(arch, tmp_path):
+    """A float32 residual inside a bf16 model whose layers have a bias (BERT's Linear, GPT-2's Conv1D)
+    runs in float32 with its bias lifted to float32, passes the check, and the saved adapter
+    reproduces it on the original bf16 base."""
+    original = tiny(arch).to(torch.bfloat16)
+    model = ailora.apply(copy.deepcopy(original), method="ailora", rank=2, residual_dtype="float32")
+    assert {rec.residual_dtype for rec in model.ailora_state.layers} == {"float32"}
+    assert model.ailora_state.check["passed"] and model.ailora_state.check["untouched"]["passed"]
+    layer = model.base_model.model.get_submodule(model.ailora_state.layers[0].name).get_base_layer()
+    assert layer.weight.dtype == layer.bias.dtype == torch.float32
+    probe = make_probe(model)
+    out, reference = run_probe(model, probe), run_probe(original, probe)
+    assert (out - reference).abs().max() <= 1e-2 * reference.abs().max()  # bf16 rounding of activations only
+    perturb(model)
+    trained = run_probe(model, probe)
+    assert (trained - reference).abs().max() > 0.1 * reference.abs().max()  # training really moved it
+    ailora.save(model, tmp_path / "adapter")
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(original), str(tmp_path / "adapter"))
+    assert (run_probe(loaded, probe) - trained).abs().max() <= 1e-2 * trained.abs().max()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"rank": 0}, "rank must be a positive integer"),
     ({"rank": 17}, "rank 17 exceeds min\\(out, in\\) = 16 of layer model.layers.0.self_attn.v_proj"),

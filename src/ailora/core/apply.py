@@ -226,7 +226,12 @@ def _block_mask(target: Target, rank: int) -> torch.Tensor:
 
 def run_in_float32(layer: nn.Module) -> None:
     """Run a base layer whose residual was kept in float32 inside a half-precision model:
-    inputs go up to float32, the output comes back in the input's dtype."""
+    inputs go up to float32, the output comes back in the input's dtype. A half-precision bias goes
+    up to float32 too (exactly: every bfloat16 and float16 value is a float32 value), since
+    ``F.linear`` and GPT-2's ``addmm`` take the weight, bias and input in one dtype."""
+    bias = getattr(layer, "bias", None)
+    if isinstance(bias, torch.Tensor) and bias.dtype != torch.float32:
+        layer.bias = nn.Parameter(bias.detach().float(), requires_grad=bias.requires_grad)
 
     def before(m, args):
         m._ailora_input_dtype = args[0].dtype

@@ -155,14 +155,15 @@ class Snapshot:
 
 
 def snapshot(model: nn.Module, replaced: Iterable[str] = ()) -> Snapshot:
-    """Record ``model`` before a change; the ``weight`` of the modules named in ``replaced`` is left out
-    (those layers are checked on their outputs instead). Costs a walk over the modules and a few entries
+    """Record ``model`` before a change; the ``weight`` and ``bias`` of the modules named in ``replaced``
+    are left out (those layers are checked on their outputs, bias included, instead; a float32
+    residual lifts a half-precision bias to float32). Costs a walk over the modules and a few entries
     of each tensor: nothing next to reading the weights."""
     replaced = set(replaced)
     modules = dict(model.named_modules())
     tensors = [(name, kind, attr, t, _fingerprint(t)) for name, m in modules.items()
                for kind in ("_parameters", "_buffers") for attr, t in getattr(m, kind).items()
-               if t is not None and not (kind == "_parameters" and attr == "weight" and name in replaced)]
+               if t is not None and not (kind == "_parameters" and attr in ("weight", "bias") and name in replaced)]
     return Snapshot(modules, tensors)
 
 
