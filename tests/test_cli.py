@@ -28,7 +28,7 @@ def test_init_writes_adapter_and_report(bert_dir, tmp_path, capsys):
     assert {"name", "roles", "shape", "rank", "singular_values", "seconds"} <= set(layer)
     assert len(next(iter(layer["singular_values"].values()))) == 4
     assert report["total_seconds"] > 0
-    assert "output check" in capsys.readouterr().out
+    assert "output check (worst of 4 layers, 4 random rows each)" in capsys.readouterr().out
     # The init adapter is a zero delta on the original base: outputs equal the base's.
     from transformers import BertForSequenceClassification
     base = BertForSequenceClassification.from_pretrained(bert_dir)

@@ -47,7 +47,8 @@ def run(args) -> int:
     triplets = sum(len(v) for rec in report["layers"] for v in rec["singular_values"].values())
     files = ("adapter_config.json, adapter_model.safetensors, ailora.json, report.json" if args.out is not None
              else "the residual model, initial_adapter/, report.json, ailora_initialised.json")
-    scope = "" if args.out is not None else ", per layer (the end-to-end probe needs the whole model)"
+    scope = (" (end-to-end probe)" if "probe" in check else
+             f" (worst of {check['layers']['count']} layers, {check['layers']['rows']} random rows each)")
     return say(args, f"{report['method']}: {len(report['layers'])} layers, {triplets} singular triplets moved, "
                f"{report['total_seconds']:.2f} s; output check{scope} max |diff| = {check['max_abs_diff']:.2e} "
                f"(tolerance {check['tolerance']:.0e}, {'passed' if check['passed'] else 'FAILED'})",
