@@ -329,6 +329,27 @@ def test_apply_options_are_checked_when_built_and_apply_with_matches_apply():
     assert state_of(b).report()["layers"][0]["inits"] == ["principal", "minor"]
 
 
+def test_fast_blocks_decomposed_one_by_one_match_the_stacked_path(monkeypatch):
+    """Blocks over UNBATCHED_ENTRIES are not stacked: each is decomposed straight from a view of the
+    model's weight. Forcing that path on a tiny model gives the stacked path's factors, passes the
+    check, and leaves the weights it read unchanged (no solver writes into its input)."""
+    import ailora.core.decompose as decompose_module
+    import ailora.core.svd as svd_module
+
+    stacked = ailora.apply(tiny("llama"), method="ailora", rank=2, solver="fast")
+    monkeypatch.setattr(decompose_module, "UNBATCHED_ENTRIES", 0)
+    monkeypatch.setattr(svd_module, "UNBATCHED_ENTRIES", 0)
+    base, policy = tiny("llama"), {"query": "principal", "value": "minor"}
+    plans = [decompose_module.Plan.empty(t, decompose_module.module_source(base.get_submodule(t.name)), policy, 2,
+                                         "cpu") for t in find_targets(base, ["query", "value"])]
+    batches = list(decompose_module.batches(plans, policy, "fast"))
+    assert batches and all(len(b.members) == 1 for b in batches)
+    one_by_one = ailora.apply(tiny("llama"), method="ailora", rank=2, solver="fast")
+    assert one_by_one.ailora_state.check["passed"] and one_by_one.ailora_state.check["untouched"]["passed"]
+    for (na, pa), (nb, pb) in zip(stacked.state_dict().items(), one_by_one.state_dict().items(), strict=True):
+        assert na == nb and torch.allclose(pa, pb, atol=1e-5), na
+
+
 def _plant_bad_residual(monkeypatch, victim: str, fraction: float) -> None:
     """A planted bug: the residual of ``victim``'s last block subtracts only ``fraction`` of s B A
     while the adapter keeps all of it (a wrong block, not a wrong model)."""
