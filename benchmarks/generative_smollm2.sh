@@ -3,7 +3,7 @@
 # before its first step (train.eval_before) and after training, on the same examples. Sized for a
 # 2-core CPU: asdiv on every training problem for 3 epochs (about 25 minutes a run), xsum on 400
 # articles for 1 epoch (about 15 minutes a run). Prints a table of test scores (before -> after) with a paired
-# bootstrap over the test examples of after - before.
+# bootstrap over the test examples of after - before, then ailora against lora after training.
 # Usage: bash benchmarks/generative_smollm2.sh [OUT_DIR]   (default runs/generative)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,7 @@ from ailora.experiments.stats import paired_bootstrap
 from ailora.tasks.metrics import get_metric
 print("| task | method | metric | test before | test after | after - before (95% CI, paired bootstrap) |")
 print("| --- | --- | --- | --- | --- | --- |")
+after = {}
 for run in sorted(Path(sys.argv[1]).glob("*/results.json")):
     r = json.loads(run.read_text())
     task, method = run.parent.name.split("-", 1)
@@ -37,4 +38,14 @@ for run in sorted(Path(sys.argv[1]).glob("*/results.json")):
     lo, hi = boot["ci"]
     print(f"| {task} | {method} | {name} | {r['before']['test'][name]:.4f} | {r['test'][name]:.4f} | "
           f"{boot['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}], p = {boot['p']:.3f} |")
+    after[task, method] = ([x["prediction"] for x in rows[r["steps"]]], refs, name)
+print()
+print("| task | ailora - lora after training (95% CI, paired bootstrap; one seed) |")
+print("| --- | --- |")
+for task in sorted({t for t, _ in after}):
+    if (task, "ailora") in after and (task, "lora") in after:
+        (ours, refs, name), (theirs, _, _) = after[task, "ailora"], after[task, "lora"]
+        boot = paired_bootstrap(get_metric(name).fn, [ours], [theirs], refs, resamples=500)
+        lo, hi = boot["ci"]
+        print(f"| {task} | {boot['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}], p = {boot['p']:.3f} |")
 PY
