@@ -350,6 +350,21 @@ def test_fast_blocks_decomposed_one_by_one_match_the_stacked_path(monkeypatch):
         assert na == nb and torch.allclose(pa, pb, atol=1e-5), na
 
 
+def test_quiet_progress_silences_the_default_bar_but_not_an_explicit_one(monkeypatch, capsys):
+    import ailora.core.decompose as decompose_module
+
+    monkeypatch.setattr(decompose_module, "PROGRESS_MIN_LAYERS", 1)
+    ailora.apply(tiny("llama"), rank=2)
+    assert "decompose" in capsys.readouterr().err
+    with decompose_module.quiet_progress():
+        ailora.apply(tiny("llama"), rank=2)
+        assert "decompose" not in capsys.readouterr().err
+        ailora.apply(tiny("llama"), rank=2, progress=True)
+        assert "decompose" in capsys.readouterr().err
+    ailora.apply(tiny("llama"), rank=2)
+    assert "decompose" in capsys.readouterr().err
+
+
 def _plant_bad_residual(monkeypatch, victim: str, fraction: float) -> None:
     """A planted bug: the residual of ``victim``'s last block subtracts only ``fraction`` of s B A
     while the adapter keeps all of it (a wrong block, not a wrong model)."""

@@ -20,6 +20,8 @@ options (a collective call): a mismatch or a failure in any process is an error 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -36,13 +38,29 @@ from ailora.core.state import LayerRecord
 from ailora.core.svd import UNBATCHED_ENTRIES
 from ailora.errors import AiloraError
 
-__all__ = ["MAX_BATCH_ELEMENTS", "Batch", "Plan", "batches", "decompose", "module_source", "owners", "run_batch"]
+__all__ = ["MAX_BATCH_ELEMENTS", "Batch", "Plan", "batches", "decompose", "module_source", "owners",
+           "quiet_progress", "run_batch"]
 
 # Same-shape blocks with the same start are decomposed in one batched call (far fewer, larger
 # LAPACK calls); a batch holds at most this many float32 weight entries (256 MB).
 MAX_BATCH_ELEMENTS = 2**26
 # Show a progress bar when there are at least this many layers to decompose.
 PROGRESS_MIN_LAYERS = 24
+
+# What ``progress=None`` means: True shows the bar from PROGRESS_MIN_LAYERS layers on; False never
+# (``quiet_progress``: the training loop's ``train.progress=false`` reaches the decomposition so).
+_SHOW_BY_DEFAULT = contextvars.ContextVar("ailora_show_decompose_progress", default=True)
+
+
+@contextlib.contextmanager
+def quiet_progress(quiet: bool = True):
+    """Within it, a decomposition called with ``progress=None`` shows no progress bar (when ``quiet``)."""
+    token = _SHOW_BY_DEFAULT.set(not quiet)
+    try:
+        yield
+    finally:
+        _SHOW_BY_DEFAULT.reset(token)
+
 
 BlockSource = Callable[[Block], torch.Tensor]
 """A block's rows of a target's weight, (rows, in), in the weight's dtype."""
@@ -203,7 +221,7 @@ def decompose(plans: list[Plan], policy: dict[str, str], solver: str, seed: int,
     rank, world = group or (0, 1)
     who = owners(work, world) if group else [None] * len(work)
     configs = InitConfigs(solver, seed)
-    show = progress if progress is not None else len(plans) >= PROGRESS_MIN_LAYERS
+    show = progress if progress is not None else _SHOW_BY_DEFAULT.get() and len(plans) >= PROGRESS_MIN_LAYERS
     error = None
     with tqdm(total=sum(len(b.members) for b in work), desc="decompose", unit="block", disable=not show) as bar:
         for batch, owner in zip(work, who):

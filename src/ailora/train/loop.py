@@ -40,6 +40,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
+from ailora.core.decompose import quiet_progress
 from ailora.core.initialised import initialised_record
 from ailora.core.models import load_tokenizer, resolve_model_path
 from ailora.core.optim import param_groups
@@ -99,7 +100,8 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     tokenizer = _tokenizer(model_path)
     seq2seq = checkpoint_is_seq2seq(model_path)
     model_kind(cfg, data.spec.kind, seq2seq)  # a kind that does not fit fails before the weights load
-    prepared = _prepare(cfg, model_path, data, tokenizer)
+    with quiet_progress(not (acc.is_main_process and cfg.train.progress)):
+        prepared = _prepare(cfg, model_path, data, tokenizer)
     hashes = _sync_from_main(acc, prepared)
     splits = encode_splits(cfg, data, tokenizer, seq2seq)
     set_seed(cfg.train.seed, device_specific=True)  # dropout differs per process, not per run
