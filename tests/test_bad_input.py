@@ -138,6 +138,8 @@ BATTERY = [
     ([*TRAIN[:5], "--run-dir", "{file}/run"], 2, ["{file} is a file"]),
     ([*TRAIN[:5], "--run-dir", "{file}"], 2, ["run directory", "is a file"]),
     ([*TRAIN, "train.lrr=1"], 2, ["unknown config key train.lrr"]),
+    ([*TRAIN, "train.seed=-1"], 2, ["train.seed must be in [0, 2^32)"]),
+    ([*TRAIN, "train.seed=4294967296"], 2, ["train.seed must be in [0, 2^32)"]),
     (["train", "--config", "{notjson}", "--run-dir", "{out}"], 2, ["not valid JSON"]),
     (["train", "--epochs", "x", "--run-dir", "{out}"], 2, ["train.epochs", "integer"]),
     # convert

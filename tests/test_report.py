@@ -159,3 +159,34 @@ def test_without_the_default_reference_or_predictions(tmp_path):
     run.write_text(run.read_text().replace('"prediction": 0', '"prediction": 1'))
     out = write_report(where, reference="lora")
     assert "saved predictions do not reproduce the recorded test score" in out["comparisons"]
+
+
+def test_a_method_whose_runs_all_failed_is_not_called_indistinguishable(tmp_path, capsys):
+    """Every run of "broken" stopped on a non-finite loss: the report says it has no finished runs,
+    never that it cannot be told apart from the reference."""
+    import json
+
+    from ailora.errors import TrainingFailedError
+
+    fake = FakeTrain(lambda cfg: (0.5, SCORES.get((cfg.task.name, cfg.method.name), 0.5) + 0.02 * cfg.train.seed),
+                     n_test=100)
+
+    def train_fn(cfg):
+        if "/broken/" in cfg.run_dir:
+            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.run_dir) / "failed.json").write_text(json.dumps({"status": "failed", "step": 3}))
+            raise TrainingFailedError("loss is not finite at step 3", 3)
+        return fake(cfg)
+
+    spec = SweepSpec.from_dict({"model": "minilm", "tasks": ["report-acc"], "seeds": [0, 1], "lrs": [1e-3],
+                                "methods": ["lora", "ailora", {"method": "lora", "label": "broken"}]})
+    run_sweep(spec, tmp_path / "s", train_fn=train_fn)
+    summary = summarize(tmp_path / "s")
+    assert len(summary["runs"]["failed"]) == 2
+    c = compare_task(tmp_path / "s", summary, "report-acc", "ailora")
+    assert c["methods"]["broken"]["verdict"] == "no finished runs"
+    out = write_report(tmp_path / "s")
+    assert "broken cannot be told apart" not in out["verdicts"][0]
+    assert "broken cannot be compared (no finished runs)" in out["verdicts"][0]
+    row = next(r for r in out["comparisons"].splitlines() if r.startswith("| report-acc accuracy | broken"))
+    assert "| no finished runs |" in row

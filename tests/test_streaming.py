@@ -7,6 +7,7 @@ import dataclasses
 import json
 import random
 import re
+import shutil
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import ailora
 from ailora.cli import main
 from ailora.core.apply import ApplyOptions, apply_with
 from ailora.core.checkpoint import INDEX_FILE, Checkpoint
-from ailora.core.initialised import MARKER_FILE, load_initialised, start_from_initialised
+from ailora.core.initialised import MARKER_FILE, initialised_record, load_initialised, start_from_initialised
 from ailora.core.models import load_model
 from ailora.core.streaming import initialise_checkpoint
 from ailora.errors import AiloraError
@@ -197,3 +198,21 @@ def test_initialised_directory_guards_its_start(tmp_path):
         model.model.layers[0].self_attn.q_proj.weight[0, 0] += 1
     with pytest.raises(AiloraError, match="is not the residual the init wrote"):
         start_from_initialised(model, out)
+
+
+def test_a_residual_directory_missing_its_marker_or_report_is_refused(tmp_path):
+    """Without its marker, a residual directory must not train as if its weights were the original
+    model's (they are residuals); without its report it is incomplete. Both: one-line errors."""
+    src = save_sharded("llama", tmp_path / "src")
+    out = tmp_path / "out"
+    initialise_checkpoint(src, out, ApplyOptions(rank=2, progress=False))
+    no_marker, no_report = tmp_path / "no_marker", tmp_path / "no_report"
+    shutil.copytree(out, no_marker)
+    (no_marker / MARKER_FILE).unlink()
+    shutil.copytree(out, no_report)
+    (no_report / "report.json").unlink()
+    with pytest.raises(AiloraError, match="its weights are residuals, not the original model"):
+        load_initialised(no_marker)
+    with pytest.raises(AiloraError, match="has no report.json"):
+        load_initialised(no_report)
+    assert initialised_record(src) is None  # an ordinary checkpoint is still just that

@@ -526,3 +526,64 @@ def test_bad_custom_specs(small_csv):
     with pytest.raises(AiloraError, match="cannot carve 20 test examples from 10"):
         load_task(task_from_dict(base | {"test_size": 20}))
     assert isinstance(task_from_dict(base), TaskSpec)
+
+
+def _split_files(tmp_path, train_labels, test_labels):
+    paths = {}
+    for split, labels in (("train", train_labels), ("validation", train_labels), ("test", test_labels)):
+        rows = [["text", "label"]] + [[f"{split} text {i}", lab] for i, lab in enumerate(labels)]
+        paths[split] = str(write_csv(tmp_path / f"{split}.csv", rows))
+    return paths
+
+
+@pytest.mark.parametrize("train_labels, test_label", [(["1", "2", "3"], "0"), (["neg", "pos"], "0"),
+                                                      (["1", "3", "5"], "2")])
+def test_a_label_outside_the_training_labels_is_never_read_as_an_index(tmp_path, train_labels, test_label):
+    paths = _split_files(tmp_path, train_labels * 4, [train_labels[0], test_label])
+    spec = task_from_dict({"name": "stars", "kind": "classification", **paths})
+    with pytest.raises(AiloraError, match=rf"test.csv.*label '{test_label}' is not in the label set"):
+        load_task(spec)
+
+
+def test_labels_given_as_indices_of_the_spec_label_names_still_load(tmp_path):
+    paths = _split_files(tmp_path, ["0", "1"] * 4, ["1", "0"])
+    data = load_task(task_from_dict({"name": "s", "kind": "classification", "label_names": ["neg", "pos"], **paths}))
+    assert data.label_names == ("neg", "pos") and [ex["label"] for ex in data.test] == [1, 0]
+
+
+def test_an_empty_label_is_an_error_naming_the_line(tmp_path):
+    rows = [["text", "label"]] + [[f"t{i}", "pos" if i % 2 else "neg"] for i in range(20)]
+    rows[6][1] = ""
+    spec = task_from_dict({"name": "rev", "kind": "classification", "path": str(write_csv(tmp_path / "r.csv", rows))})
+    with pytest.raises(AiloraError, match=r"r.csv.*line 7.*empty label"):
+        load_task(spec)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"dedupe": "false"}, "'dedupe' must be true or false, got 'false'"),
+    ({"seed": "abc"}, r"'seed' must be an integer in \[0, 2\^32\)"),
+    ({"seed": -1}, r"'seed' must be an integer in \[0, 2\^32\)"),
+    ({"validation_size": "0.1"}, "'validation_size' must be a count or a fraction"),
+    ({"metrics": "accuracy"}, "'metrics' must be a list of metric names"),
+    ({"label_names": "neg,pos"}, "'label_names' must be a list of class names"),
+    ({"metrics": ["pearson"]}, "metric 'pearson' scores regression tasks, not classification"),
+    ({"metrics": ["rouge1"]}, "metric 'rouge1' scores generation tasks, not classification"),
+    ({"metrics": ["squad_f1"]}, "metric 'squad_f1' scores extractive_qa tasks, not classification"),
+])
+def test_spec_values_of_the_wrong_type_or_kind_are_one_line_errors(tmp_path, extra, message):
+    rows = [["text", "label"]] + [[f"t{i}", "pos" if i % 2 else "neg"] for i in range(20)]
+    config = {"name": "rev", "kind": "classification", "path": str(write_csv(tmp_path / "r.csv", rows)), **extra}
+    with pytest.raises(AiloraError, match=message):
+        task_from_dict(config)
+
+
+def test_metric_kinds_for_regression_generation_and_binary_f1(tmp_path):
+    rows = [["text", "label"]] + [[f"t{i}", str(i % 3)] for i in range(30)]
+    path = str(write_csv(tmp_path / "r.csv", rows))
+    with pytest.raises(AiloraError, match="metric 'accuracy' scores classification tasks, not regression"):
+        task_from_dict({"name": "r", "kind": "regression", "path": path, "metrics": ["accuracy"]})
+    with pytest.raises(AiloraError, match="metric 'accuracy' scores classification tasks, not generation"):
+        task_from_dict({"name": "g", "kind": "generation", "path": path, "metrics": ["accuracy"]})
+    spec = task_from_dict({"name": "three", "kind": "classification", "path": path, "metrics": ["f1"]})
+    with pytest.raises(AiloraError, match="metric 'f1' is binary F1, but the task has 3 classes.*use macro_f1"):
+        load_task(spec)

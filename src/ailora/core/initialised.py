@@ -82,10 +82,16 @@ def initialised_record(directory) -> dict | None:
     """The marker of a directory written by ``ailora init --residual-out``, or None for any other."""
     p = Path(directory) / MARKER_FILE
     if not p.is_file():
+        if (Path(directory) / INITIAL_ADAPTER).is_dir():  # its weights are residuals: never a plain model
+            raise AiloraError(f"{directory} has an {INITIAL_ADAPTER}/ from `ailora init --residual-out` but no "
+                              f"{MARKER_FILE}: its weights are residuals, not the original model; restore the "
+                              "marker, or train from the original checkpoint")
         return None
     record = read_json(p)
     if not isinstance(record, dict) or record.get("format") != MARKER_FORMAT:
         raise AiloraError(f"{p} is not a marker this version of ailora reads (format {MARKER_FORMAT})")
+    if not (Path(directory) / REPORT_FILE).is_file():
+        raise AiloraError(f"{directory} has no {REPORT_FILE} (the init report): it is incomplete; run ailora init again")
     return record
 
 

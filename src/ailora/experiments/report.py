@@ -278,7 +278,8 @@ def compare_task(sweep_dir, summary: dict, task: str, reference: str, fraction: 
 
     Returns {"task", "metric", "higher_is_better", "reference", "seeds", "n_examples", "methods":
     {label: {"test", "seeds" (``paired_seeds``), "bootstrap" (``paired_bootstrap`` or {"note"}),
-    "steps_to" (mean_std over runs of ``steps_to_fraction``), "verdict": better/worse/none,
+    "steps_to" (mean_std over runs of ``steps_to_fraction``), "verdict": better/worse/none (or why
+    there is nothing to compare: "no finished runs", "no seed in common with the reference"),
     "basis": ["seeds", "examples"]}}}; None when the reference has no finished run on the task.
     """
     info = summary["tasks"][task]
@@ -302,6 +303,8 @@ def compare_task(sweep_dir, summary: dict, task: str, reference: str, fraction: 
                                             resamples)
             out["n_examples"] = entry["bootstrap"].get("n_examples", out["n_examples"])
             entry.update(_verdict(entry["seeds"], entry["bootstrap"], higher))
+        elif label != reference:  # nothing to compare: never "cannot be told apart"
+            entry["verdict"] = "no finished runs" if not by_seed else "no seed in common with the reference"
         out["methods"][label] = entry
     return out
 
@@ -334,7 +337,7 @@ def comparison_table(comparisons: list[dict], fraction: float = CONVERGENCE) -> 
         for label, m in c["methods"].items():
             s, b = m["seeds"] or {}, m["bootstrap"] or {}
             sig = (f"{m['verdict']} ({', '.join(m['basis'])})" if m["basis"] else
-                   "reference" if label == c["reference"] else "no")
+                   "reference" if label == c["reference"] else "no" if m["verdict"] == "none" else m["verdict"])
             conv = m["steps_to"]
             rows.append([f"{c['task']} {c['metric']}", label, _fmt(m["test"], 0),
                          _diff(s.get("mean"), s.get("ci")), _p(s.get("p_t")), _p(s.get("p_wilcoxon")),
@@ -355,13 +358,15 @@ def verdict_line(c: dict) -> str:
     head = f"{c['task']} ({c['seeds']} seed{'s' if c['seeds'] != 1 else ''}{ex}): "
     clauses = []
     for label, m in others.items():
-        if m["verdict"] != "none":
+        if m["verdict"] in ("better", "worse"):
             d = m["seeds"]["mean"] if "seeds" in m["basis"] else m["bootstrap"]["mean"]
             clauses.append(f"{label} is {m['verdict']} than {ref} by {abs(100 * d):.2f} points "
                            f"(significant {' and '.join(_BASIS[x] for x in m['basis'])})")
     same = [lb for lb, m in others.items() if m["verdict"] == "none"]
     if same:
         clauses.append(f"{', '.join(same)} cannot be told apart from {ref} at p < {ALPHA}")
+    clauses += [f"{label} cannot be compared ({m['verdict']})" for label, m in others.items()
+                if m["verdict"] not in ("better", "worse", "none")]
     if c["seeds"] == 1:
         clauses.append("with one seed the bootstrap covers test-set sampling only, not seed-to-seed variation, "
                        "so no difference is shown to hold for other seeds")

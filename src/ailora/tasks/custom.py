@@ -68,6 +68,7 @@ def task_from_dict(
             raise AiloraError(f"task spec {name!r}: missing {key!r}")
     kind = config["kind"]
     where = f"task spec {name!r}" + (f" ({spec_file})" if spec_file is not None else "")
+    _check_types(config, where)
     generation = _generation_options(config, kind, where)
     files = _files(name, config, Path(base_dir) if base_dir is not None else Path.cwd())
     text_fields = config.get("text_fields", ["text"])
@@ -86,10 +87,32 @@ def task_from_dict(
         source=", ".join(str(p) for p in files.values()),
         validation_size=config.get("validation_size", 0.1),
         test_size=config.get("test_size", 0.1),
-        split_seed=int(config.get("seed", 0)),
-        dedupe=bool(config.get("dedupe", False)),
+        split_seed=config.get("seed", 0),
+        dedupe=config.get("dedupe", False),
         options={"files": files, "label_field": config.get("label_field", "label"), **generation},
     )
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str | int) and not isinstance(v, bool) for v in value)
+
+
+# (key, test, what it must be): a wrong type is an error here, never read loosely (bool("false") is True)
+_TYPES = (
+    ("dedupe", lambda v: isinstance(v, bool), "true or false"),
+    ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32, "an integer in [0, 2^32)"),
+    ("metrics", lambda v: isinstance(v, list | tuple) and all(isinstance(m, str) for m in v), "a list of metric names"),
+    ("label_names", _is_str_list, "a list of class names"),
+    ("text_fields", lambda v: isinstance(v, str) or _is_str_list(v), "a column name or a list of them"),
+    ("validation_size", lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a count or a fraction"),
+    ("test_size", lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a count or a fraction"),
+)
+
+
+def _check_types(config: Mapping[str, Any], where: str) -> None:
+    for key, test, what in _TYPES:
+        if key in config and not test(config[key]):
+            raise AiloraError(f"{where}: {key!r} must be {what}, got {config[key]!r}")
 
 
 def task_from_json(path: str | os.PathLike[str]) -> TaskSpec:

@@ -40,6 +40,9 @@ def load_task(
     raw = spec.loader(spec, None if data_dir is None else Path(data_dir))
     splits = _assemble(spec, raw, seed)
     label_names = _label_set(spec, splits) if spec.kind == "classification" else None
+    if label_names is not None and "f1" in spec.metrics and len(label_names) != 2:
+        raise AiloraError(f"task {spec.name!r}: metric 'f1' is binary F1, but the task has {len(label_names)} classes "
+                          f"{list(label_names)[:6]}; use macro_f1")
     for split, examples in splits.items():
         splits[split] = [_finalise(spec, label_names, ex) for ex in examples]
     for split, cap in (max_samples or {}).items():
@@ -62,13 +65,15 @@ def subsample(examples: list[Example], n: int | None, seed: int = 0) -> list[Exa
     return [examples[i] for i in keep]
 
 
-def label_index(raw: Any, label_names: tuple[str, ...]) -> int | None:
-    """Index of ``raw`` in ``label_names``: by name (``True`` reads as ``"True"``), else as an index
-    ("1" or 1 with two classes is class 1); None when it is neither."""
+def label_index(raw: Any, label_names: tuple[str, ...], by_index: bool = True) -> int | None:
+    """Index of ``raw`` in ``label_names``: by name (``True`` reads as ``"True"``), else, with
+    ``by_index``, as an index ("1" or 1 with two classes is class 1) unless some name is itself a
+    number (with classes "1", "2", "3", a label 0 is no class, never class "1"); None otherwise."""
     key = str(raw).strip()
     if key in label_names:
         return label_names.index(key)
-    if key.isdigit() and int(key) < len(label_names):
+    numeric_names = any(name.strip().lstrip("-").isdigit() for name in label_names)
+    if by_index and not numeric_names and key.isdigit() and int(key) < len(label_names):
         return int(key)
     return None
 
@@ -159,7 +164,7 @@ def _label_set(spec: TaskSpec, splits: RawSplits) -> tuple[str, ...]:
     in validation or test could never be learnt, so ``_finalise`` refuses it there, naming the file."""
     if spec.label_names is not None:
         return spec.label_names
-    names = sorted({str(ex["label"]).strip() for ex in splits["train"]})
+    names = sorted({str(ex["label"]).strip() for ex in splits["train"]} - {""})
     if len(names) < 2:
         raise AiloraError(
             f"task {spec.name!r}: found {len(names)} distinct label(s) {names} in the training split; "
@@ -174,7 +179,11 @@ def _finalise(spec: TaskSpec, label_names: tuple[str, ...] | None, ex: Example) 
     out = {k: v for k, v in ex.items() if not k.startswith("_")}
     if spec.kind == "classification":
         assert label_names is not None
-        index = label_index(out["label"], label_names)
+        if out["label"] is None or not str(out["label"]).strip():
+            raise AiloraError(f"{where}: empty label")
+        # Labels given as indices only against named classes (the spec's label_names); classes found
+        # in the training split are its labels as written, so any other value is an error.
+        index = label_index(out["label"], label_names, by_index=spec.label_names is not None)
         if index is None:
             raise AiloraError(f"{where}: label {out['label']!r} is not in the label set {list(label_names)} "
                               "(the training split's labels, or the spec's label_names)")

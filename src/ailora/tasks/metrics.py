@@ -47,6 +47,8 @@ class Metric:
     """``fn(predictions, references) -> float`` over equal-length, non-empty sequences."""
     description: str = ""
     """One line for ``ailora ls``."""
+    kinds: tuple[str, ...] = ()
+    """The task kinds it can score (``TaskSpec`` refuses it for another); empty: any kind."""
 
     def compute(self, predictions: Iterable[Any], references: Iterable[Any]) -> float:
         """Score ``predictions`` against ``references`` (same length, at least one item)."""
@@ -69,6 +71,11 @@ def register_metric(metric: Metric) -> Metric:
 def get_metric(name: str) -> Metric:
     """The registered metric called ``name``."""
     return lookup(METRICS, name, "metric")
+
+
+def metrics_for(kind: str) -> list[str]:
+    """The registered metrics that can score a task of ``kind``."""
+    return [name for name, m in METRICS.items() if not m.kinds or kind in m.kinds]
 
 
 def is_better(value: float | None, best: float | None, higher_is_better: bool) -> bool:
@@ -215,17 +222,18 @@ def _numeric_match(preds: Sequence[Any], refs: Sequence[Any]) -> float:
 
 
 for _metric in (
-    Metric("accuracy", True, _accuracy, "fraction of predictions equal to the label"),
-    Metric("f1", True, _f1_binary, "binary F1 with class 1 positive (MRPC, QQP)"),
-    Metric("macro_f1", True, _f1_macro, "unweighted mean of per-class F1"),
-    Metric("mcc", True, _mcc, "Matthews correlation coefficient (CoLA)"),
-    Metric("pearson", True, _correlation("pearson"), "Pearson correlation (STS-B)"),
-    Metric("spearman", True, _correlation("spearman"), "Spearman rank correlation (STS-B)"),
-    Metric("squad_em", True, _squad(_squad_exact), "SQuAD exact match after official normalisation"),
-    Metric("squad_f1", True, _squad(_squad_token_f1), "SQuAD token F1, max over gold answers"),
-    Metric("rouge1", True, _rouge("rouge1"), "ROUGE-1 F-measure, stemmed"),
-    Metric("rouge2", True, _rouge("rouge2"), "ROUGE-2 F-measure, stemmed"),
-    Metric("rougeL", True, _rouge("rougeL"), "ROUGE-L F-measure, stemmed"),
-    Metric("numeric_match", True, _numeric_match, "last number of the output equals the reference number"),
+    Metric("accuracy", True, _accuracy, "fraction of predictions equal to the label", ("classification",)),
+    Metric("f1", True, _f1_binary, "binary F1 with class 1 positive (MRPC, QQP)", ("classification",)),
+    Metric("macro_f1", True, _f1_macro, "unweighted mean of per-class F1", ("classification",)),
+    Metric("mcc", True, _mcc, "Matthews correlation coefficient (CoLA)", ("classification",)),
+    Metric("pearson", True, _correlation("pearson"), "Pearson correlation (STS-B)", ("regression",)),
+    Metric("spearman", True, _correlation("spearman"), "Spearman rank correlation (STS-B)", ("regression",)),
+    Metric("squad_em", True, _squad(_squad_exact), "SQuAD exact match after official normalisation", ("extractive_qa",)),
+    Metric("squad_f1", True, _squad(_squad_token_f1), "SQuAD token F1, max over gold answers", ("extractive_qa",)),
+    Metric("rouge1", True, _rouge("rouge1"), "ROUGE-1 F-measure, stemmed", ("generation",)),
+    Metric("rouge2", True, _rouge("rouge2"), "ROUGE-2 F-measure, stemmed", ("generation",)),
+    Metric("rougeL", True, _rouge("rougeL"), "ROUGE-L F-measure, stemmed", ("generation",)),
+    Metric("numeric_match", True, _numeric_match, "last number of the output equals the reference number",
+           ("generation",)),
 ):
     register_metric(_metric)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from ailora.errors import AiloraError
 from ailora.registry import lookup, register
-from ailora.tasks.metrics import get_metric
+from ailora.tasks.metrics import get_metric, metrics_for
 
 Kind = Literal["classification", "regression", "generation", "extractive_qa"]
 KINDS: tuple[str, ...] = ("classification", "regression", "generation", "extractive_qa")
@@ -97,7 +97,10 @@ class TaskSpec:
         if not self.metrics:
             raise AiloraError(f"{where}: no metrics given")
         for name in self.metrics:
-            get_metric(name)
+            kinds = get_metric(name).kinds
+            if kinds and self.kind not in kinds:
+                raise AiloraError(f"{where}: metric {name!r} scores {' or '.join(kinds)} tasks, not {self.kind} "
+                                  f"(metrics for {self.kind}: {', '.join(metrics_for(self.kind))})")
         if self.main_metric not in self.metrics:
             raise AiloraError(f"{where}: main metric {self.main_metric!r} is not one of {list(self.metrics)}")
         if not 1 <= len(self.text_fields) <= 2:

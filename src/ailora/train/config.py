@@ -209,6 +209,8 @@ class TrainConfig:
                 raise AiloraError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.warmup_ratio < 1:
             raise AiloraError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.seed < 2**32:  # what torch, NumPy and Accelerate's set_seed accept
+            raise AiloraError(f"train.seed must be in [0, 2^32), got {self.seed}")
         _choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         _choice("train.select", self.select, ("last", "best"))
         if self.stop_after_steps is not None:
