@@ -11,11 +11,12 @@ Keys: ``name`` and ``kind`` are required. Data is one file, ``path`` (split with
 paths are resolved against the JSON file's folder (or ``base_dir``). ``text_fields`` (default
 ``["text"]``) are the input columns, two for sentence pairs; for generation they are joined by a
 newline into the prompt. ``label_field`` (default ``"label"``) is the class, number or target
-text. ``label_names`` fixes the classes and their order (default: the sorted labels found).
+text. ``label_names`` fixes the classes and their order (default: the sorted labels of the training
+split); with it, labels may also be given as class indices (0, 1, ...) unless a name is a number.
 ``metrics`` default by kind: accuracy; pearson + spearman; rouge1/2/L; squad_f1 + squad_em.
 Optional: ``description``, ``main_metric``, ``validation_size`` and ``test_size`` (a count or a
 fraction, default 0.1), ``seed`` (default 0), ``dedupe`` (default false). Extractive QA files
-must be in the SQuAD JSON format. The file format follows the extension: .csv, .tsv, .jsonl, .json.
+must be in the SQuAD JSON format. A value of the wrong type is an error, never read loosely. The file format follows the extension: .csv, .tsv, .jsonl, .json.
 Generation only: ``prompt_template`` (holds ``{input}`` once, e.g. ``"Question: {input}\nAnswer:"``),
 ``keep`` (``"start"`` or ``"end"``: the end of an over-long input kept) and ``decoding`` (any of
 ``max_new_tokens``, ``num_beams``, ``no_repeat_ngram_size``, ``length_penalty``), checked when the
