@@ -115,3 +115,15 @@ def test_init_refuses_a_non_empty_out_unless_overwrite(bert_dir, tmp_path, capsy
     assert main(argv + ["--overwrite", "--method", "pissa"]) == 0
     assert json.loads((out / "report.json").read_text())["method"] == "pissa"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".a.")]
+
+
+def test_overrides_may_stand_between_options(tmp_path, capsys):
+    """KEY=VALUE overrides anywhere among the options all apply, in order; other stray words are refused."""
+    argv = ["train", "--model", "minilm", "train.lr=1e-3", "--task", "movie-sentiment", "train.epochs=3",
+            "--run-dir", str(tmp_path / "r"), "train.epochs=4", "--print-config"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train"]["lr"] == 1e-3 and printed["train"]["epochs"] == 4
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "minilm", "--run-dir", str(tmp_path / "r"), "--print-config", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -68,7 +68,8 @@ def test_small_squad_files_load_with_a_validation_carve(squad_dir):
 def test_span_head_trains_on_squad_files(task, squad_dir, qa_bert, tmp_path):
     cfg = RunConfig.from_dict({
         "model": {"name": str(qa_bert), "max_length": 48}, "task": {"name": task, "data_dir": str(squad_dir)},
-        "method": {"name": "ailora", "rank": 4}, "run_dir": str(tmp_path / "run"), "qa": {"doc_stride": 8},
+        "method": {"name": "ailora", "rank": 4}, "run_dir": str(tmp_path / "run"),
+        "qa": {"doc_stride": 8} if task == "squad" else {},  # squad-v2: the default, a quarter of max_length
         "train": {"lr": 2e-2, "epochs": 3, "batch_size": 8, "progress": False, "tensorboard": False,
                   "eval_before": True}})
     res = train(cfg)
@@ -131,3 +132,10 @@ def test_windows_label_the_answer_or_cls():
     evals = encode_qa(tok, [ex], 24, 6, for_training=False)
     assert [w.meta["example"] for w in evals] == [0] * len(wins)
     assert all(o is None for o in evals[0].meta["offsets"][:8])  # [CLS] question [SEP] are not context
+
+
+def test_default_doc_stride_is_a_quarter_of_the_window():
+    from ailora.train.qa import doc_stride
+
+    assert doc_stride(None, 128) == 32 and doc_stride(None, 384) == 96 and doc_stride(50, 384) == 50
+    assert RunConfig.from_dict({"run_dir": "r", "task": {"name": "squad"}}).qa.doc_stride is None  # the default config trains QA as it is

@@ -50,11 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, except that ``KEY=VALUE`` overrides may stand anywhere among the options
+    (argparse takes only the first run of them as the positionals; the rest join them, in order)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not (hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Deprecation chatter from transformers internals that PEFT calls; nothing a user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     if getattr(args, "loads_models", True):  # `ailora ls` sets it False: it never imports transformers
         _quiet_transformers()
     try:

@@ -39,9 +39,11 @@ def overrides_from_args(args) -> list[str]:
 def build_config(args):
     """The run config the arguments describe, checked against the method and task registries."""
     from ailora.train import RunConfig, check_run, load_config
+    from ailora.train.checks import refuse_ignored_options
 
     overrides = overrides_from_args(args)
-    return check_run(load_config(args.config, overrides) if args.config else RunConfig.from_dict({}, overrides))
+    cfg = check_run(load_config(args.config, overrides) if args.config else RunConfig.from_dict({}, overrides))
+    return refuse_ignored_options(cfg)
 
 
 def run(args) -> int:

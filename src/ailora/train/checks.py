@@ -6,9 +6,15 @@ loaded or written, so a wrong name or option is a one-line error within a second
 
 from __future__ import annotations
 
+import dataclasses
+
+from ailora.errors import AiloraError
 from ailora.methods import get_method, refuse_unused
-from ailora.tasks import get_task
+from ailora.tasks import get_task, task_from_json
 from ailora.train.config import RunConfig
+
+# Option sections that only one task kind reads: set for another kind, they would do nothing.
+KIND_SECTIONS = {"generation": "generation", "qa": "extractive_qa"}
 
 
 def check_run(cfg: RunConfig) -> RunConfig:
@@ -20,4 +26,34 @@ def check_run(cfg: RunConfig) -> RunConfig:
         method.check(cfg.method)
     if not cfg.task.name.endswith(".json"):
         get_task(cfg.task.name)
+    return cfg
+
+
+def _changed(section) -> list[tuple[str, object]]:
+    """(field, value) of a config section's fields that differ from their defaults."""
+    out = []
+    for f in dataclasses.fields(section):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if getattr(section, f.name) != default:
+            out.append((f.name, getattr(section, f.name)))
+    return out
+
+
+def refuse_ignored_options(cfg: RunConfig) -> RunConfig:
+    """Raise AiloraError for an option this one run would ignore: a ``generation.*`` or ``qa.*``
+    option on a task of another kind, a ``progressive.*`` option with Progtuning off. (Called for
+    ``ailora train``; a sweep's shared options may fit only some of its tasks, so sweeps do not.)"""
+    name = cfg.task.name
+    kind = (task_from_json(name) if name.endswith(".json") else get_task(name)).kind
+    for section, for_kind in KIND_SECTIONS.items():
+        changed = _changed(getattr(cfg, section)) if kind != for_kind else []
+        if changed:
+            key, value = changed[0]
+            raise AiloraError(f"{section}.{key}={value!r} does nothing here: it is for {for_kind} tasks, and "
+                              f"task {name} is {kind}")
+    changed = [(k, v) for k, v in _changed(cfg.progressive) if k != "stages"]
+    if cfg.progressive.stages <= 1 and changed:
+        key, value = changed[0]
+        raise AiloraError(f"progressive.{key}={value!r} does nothing with Progtuning off: set progressive.stages "
+                          "to 2 or more")
     return cfg

@@ -83,8 +83,8 @@ class GenerationConfig:
 
 @dataclass
 class QAConfig:
-    doc_stride: int = 128
-    """Extractive QA: tokens shared by consecutive windows of a context longer than model.max_length."""
+    doc_stride: int | None = None
+    """Extractive QA: tokens shared by consecutive windows of a context longer than model.max_length (default: a quarter of model.max_length, 32 of 128, 96 of 384; must be under half)."""
     max_answer_length: int = 30
     """Extractive QA: most tokens in a predicted answer span."""
     n_best: int = 20
@@ -92,7 +92,8 @@ class QAConfig:
 
     def validate(self) -> None:
         for key in ("doc_stride", "max_answer_length", "n_best"):
-            _positive(f"qa.{key}", getattr(self, key))
+            if getattr(self, key) is not None:
+                _positive(f"qa.{key}", getattr(self, key))
 
 
 @dataclass

@@ -64,7 +64,8 @@ def encode_splits(cfg, data, tokenizer, seq2seq: bool) -> dict[str, list[Encoded
         if spec.kind == "generation":
             out[name] = encode_generation(cfg, spec, tokenizer, examples, seq2seq, name == "train")
         elif spec.kind == "extractive_qa":
-            out[name] = qa.encode_qa(tokenizer, examples, m.max_length, cfg.qa.doc_stride, name == "train")
+            stride = qa.doc_stride(cfg.qa.doc_stride, m.max_length)
+            out[name] = qa.encode_qa(tokenizer, examples, m.max_length, stride, name == "train")
         else:
             out[name] = encode_classification(tokenizer, examples, m.max_length, spec.kind == "regression")
     return out
