@@ -19,7 +19,7 @@ from ailora.tasks.prompts import PromptTemplate, decoding_defaults, prompt_templ
 from ailora.train import RunConfig, train
 from ailora.train.generation import PromptFormat, decoding, encode_seq2seq, prompt_format, prompt_ids
 from ailora.train.loop import trainable_parameters
-from tests.tiny_models import build, save_tiny_seq2seq, word_tokenizer
+from tests.tiny_models import build, save_tiny_bert, save_tiny_seq2seq, word_tokenizer
 
 WORDS = "red blue green gold pink grey teal navy lime plum".split()
 XSUM = get_task("xsum")
@@ -92,6 +92,14 @@ def test_model_kind_must_fit_the_checkpoint(seq2seq_dir, tmp_path):
     with pytest.raises(AiloraError, match="seq2seq-lm"):
         load_model(model_dir, kind="causal-lm")
     assert not (tmp_path / "a" / "results.json").exists()
+
+
+def test_an_encoder_checkpoint_is_refused_for_generation(tmp_path):
+    """A BERT-like encoder would load as a causal LM with an untrained head: an error, nothing written."""
+    bert_dir = save_tiny_bert(tmp_path / "bert")
+    with pytest.raises(AiloraError, match=r"is an encoder \(bert, BertModel\); a generation task needs a decoder"):
+        train(_cfg(bert_dir, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_classification_heads_on_encoder_decoders_pass_the_output_check():

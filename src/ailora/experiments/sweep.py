@@ -95,7 +95,8 @@ class SweepSpec:
         for name, items in (("tasks", tasks), ("seeds", seeds), ("method labels", [e.label for e in entries])):
             dup = next((x for i, x in enumerate(items) if x in items[:i]), None)
             if dup is not None:
-                raise AiloraError(f"{name} lists {dup!r} twice (give methods distinct labels)")
+                hint = " (give methods distinct labels)" if name == "method labels" else ""
+                raise AiloraError(f"{name} lists {dup!r} twice{hint}")
         dirs = [task_dir(t) for t in tasks]
         if len(set(dirs)) != len(dirs):
             raise AiloraError(f"two tasks share a directory name: {', '.join(tasks)}")

@@ -39,6 +39,21 @@ def checkpoint_is_seq2seq(path: Path) -> bool:
     return is_encoder_decoder(load_config(path))
 
 
+def refuse_encoder_for_generation(path: Path, task_kind: str) -> None:
+    """A generation task on an encoder-only checkpoint (BERT, MiniLM, RoBERTa...: a masked LM that
+    was not trained as a decoder) is an error: transformers would build it as a causal LM with a
+    fresh, untrained head, which generates nothing meaningful."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    config = load_config(path)
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if (task_kind == "generation" and not is_encoder_decoder(config) and not getattr(config, "is_decoder", False)
+            and config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            and "CausalLM" not in archs and "LMHeadModel" not in archs):
+        raise AiloraError(f"{path} is an encoder ({config.model_type}, {archs or 'no architecture'}); a generation "
+                          "task needs a decoder (causal LM) or an encoder-decoder checkpoint")
+
+
 def load_for_task(cfg, path: Path, data, tokenizer):
     """The model of ``cfg.model`` for task ``data`` (a TaskData), with its head sized to the labels."""
     spec = data.spec

@@ -55,7 +55,13 @@ from ailora.train.context import LoopState, TrainContext, train_batch
 from ailora.train.data import IGNORE_INDEX, train_batches
 from ailora.train.evaluate import Evaluation, evaluate, prediction_rows
 from ailora.train.generation import decoding
-from ailora.train.kinds import checkpoint_is_seq2seq, encode_splits, load_for_task, model_kind
+from ailora.train.kinds import (
+    checkpoint_is_seq2seq,
+    encode_splits,
+    load_for_task,
+    model_kind,
+    refuse_encoder_for_generation,
+)
 from ailora.train.qa import has_null_answers
 from ailora.train.results import record_failure, recorded_config, run_results
 from ailora.train.stages import count_step, enter_stage, progtuning_schedule
@@ -100,6 +106,7 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     tokenizer = _tokenizer(model_path)
     seq2seq = checkpoint_is_seq2seq(model_path)
     model_kind(cfg, data.spec.kind, seq2seq)  # a kind that does not fit fails before the weights load
+    refuse_encoder_for_generation(model_path, data.spec.kind)
     with quiet_progress(not (acc.is_main_process and cfg.train.progress)):
         prepared = _prepare(cfg, model_path, data, tokenizer)
     hashes = _sync_from_main(acc, prepared)
