@@ -147,6 +147,8 @@ def test_train_from_the_residual_directory(tmp_path):
     ids = torch.randint(100, 2000, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (trained.eval()(input_ids=ids).logits - reloaded.eval()(input_ids=ids).logits).abs().max() < 1e-4
+    three = load_initialised(tmp_path / "out", kind="seq-cls", num_labels=3)  # config overrides, as from_pretrained
+    assert three.base_model.model.config.num_labels == 3
 
 
 def _nothing_written(tmp_path, out) -> bool:

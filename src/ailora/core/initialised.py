@@ -102,15 +102,18 @@ def _require_record(directory) -> dict:
     return record
 
 
-def load_initialised(directory, kind: str | None = None, trust_remote_code: bool = False) -> peft.PeftModel:
+def load_initialised(directory, kind: str | None = None, trust_remote_code: bool = False,
+                     **config_overrides) -> peft.PeftModel:
     """The model ``ailora.apply`` gave the original checkpoint, from the directory the streaming init
     wrote (``ailora init --model DIR --residual-out OUT``), with no decomposition.
 
-    ``kind``: the model class (default: the init's). The model loads in the init's dtype. Returns a
-    PeftModel with its ``ailora_state``, equal to ``ailora.apply(original, **the init's options)``."""
+    ``kind``: the model class (default: the init's); ``config_overrides`` go to the model's config as
+    in ``from_pretrained`` (``num_labels=3`` for a new classification head). The model loads in the
+    init's dtype. Returns a PeftModel with its ``ailora_state``, equal to ``ailora.apply(original,
+    **the init's options)``."""
     record = _require_record(directory)
     model = load_model(directory, kind=kind or record["kind"], dtype=record["dtype"],
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, **config_overrides)
     return start_from_initialised(model, directory)
 
 
