@@ -23,6 +23,7 @@ A value equal to the default cannot be told apart from "not given" and passes.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from ailora.errors import AiloraError
 
@@ -77,6 +78,16 @@ REASONS = {
 }
 
 
+def changed_fields(cfg) -> list[tuple[str, Any]]:
+    """(name, value) of each field of the dataclass ``cfg`` whose value differs from its default."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if getattr(cfg, f.name) != default:
+            out.append((f.name, getattr(cfg, f.name)))
+    return out
+
+
 def refuse_unused(cfg, method: str, reads: frozenset[str] | None) -> None:
     """Raise AiloraError when ``cfg`` (a MethodConfig) sets an option that ``method`` does not read.
 
@@ -84,15 +95,11 @@ def refuse_unused(cfg, method: str, reads: frozenset[str] | None) -> None:
     """
     if reads is None:
         return
-    for f in dataclasses.fields(cfg):
-        if f.name == "name" or f.name in reads:
+    for name, value in changed_fields(cfg):
+        if name == "name" or name in reads:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        value = getattr(cfg, f.name)
-        if value == default:
-            continue
-        why = REASONS.get((method, f.name))
+        why = REASONS.get((method, name))
         if why is None:
             what = TRAINS.get(method, "trains LoRA adapters")
-            why = f"{f.name} is {MEANING.get(f.name, 'not an option of this method')}, and {method} {what}"
-        raise AiloraError(f"method.{f.name}={value!r} does not apply to method {method}: {why}")
+            why = f"{name} is {MEANING.get(name, 'not an option of this method')}, and {method} {what}"
+        raise AiloraError(f"method.{name}={value!r} does not apply to method {method}: {why}")

@@ -16,7 +16,8 @@ split); with it, labels may also be given as class indices (0, 1, ...) unless a 
 ``metrics`` default by kind: accuracy; pearson + spearman; rouge1/2/L; squad_f1 + squad_em.
 Optional: ``description``, ``main_metric``, ``validation_size`` and ``test_size`` (a count or a
 fraction, default 0.1), ``seed`` (default 0), ``dedupe`` (default false). Extractive QA files
-must be in the SQuAD JSON format. A value of the wrong type is an error, never read loosely. The file format follows the extension: .csv, .tsv, .jsonl, .json.
+must be in the SQuAD JSON format. A value of the wrong type is an error, never read loosely. The
+file format follows the extension: .csv, .tsv, .jsonl, .json.
 Generation only: ``prompt_template`` (holds ``{input}`` once, e.g. ``"Question: {input}\nAnswer:"``),
 ``keep`` (``"start"`` or ``"end"``: the end of an over-long input kept) and ``decoding`` (any of
 ``max_new_tokens``, ``num_beams``, ``no_repeat_ngram_size``, ``length_penalty``), checked when the
@@ -105,9 +106,7 @@ _TYPES = (
     ("metrics", lambda v: isinstance(v, list | tuple) and all(isinstance(m, str) for m in v), "a list of metric names"),
     ("label_names", _is_str_list, "a list of class names"),
     ("text_fields", lambda v: isinstance(v, str) or _is_str_list(v), "a column name or a list of them"),
-    ("validation_size", lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a count or a fraction"),
-    ("test_size", lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a count or a fraction"),
-)
+)  # validation_size and test_size: TaskSpec checks them
 
 
 def _check_types(config: Mapping[str, Any], where: str) -> None:

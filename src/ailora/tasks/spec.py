@@ -108,7 +108,8 @@ class TaskSpec:
         if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
             raise AiloraError(f"{where}: repeated label names in {list(self.label_names)}")
         for what, size in (("validation_size", self.validation_size), ("test_size", self.test_size)):
-            if isinstance(size, bool) or not (isinstance(size, int) and size > 0 or 0 < size < 1):
+            if (isinstance(size, bool) or not isinstance(size, int | float)
+                    or not (isinstance(size, int) and size > 0 or 0 < size < 1)):
                 raise AiloraError(
                     f"{where}: {what} must be a positive count or a fraction in (0, 1), got {size!r}"
                 )

@@ -6,10 +6,9 @@ loaded or written, so a wrong name or option is a one-line error within a second
 
 from __future__ import annotations
 
-import dataclasses
-
 from ailora.errors import AiloraError
 from ailora.methods import get_method, refuse_unused
+from ailora.methods.options import changed_fields
 from ailora.tasks import get_task, task_from_json
 from ailora.train.config import RunConfig
 
@@ -29,16 +28,6 @@ def check_run(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _changed(section) -> list[tuple[str, object]]:
-    """(field, value) of a config section's fields that differ from their defaults."""
-    out = []
-    for f in dataclasses.fields(section):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if getattr(section, f.name) != default:
-            out.append((f.name, getattr(section, f.name)))
-    return out
-
-
 def refuse_ignored_options(cfg: RunConfig) -> RunConfig:
     """Raise AiloraError for an option this one run would ignore: a ``generation.*`` or ``qa.*``
     option on a task of another kind, a ``progressive.*`` option with Progtuning off. (Called for
@@ -46,12 +35,12 @@ def refuse_ignored_options(cfg: RunConfig) -> RunConfig:
     name = cfg.task.name
     kind = (task_from_json(name) if name.endswith(".json") else get_task(name)).kind
     for section, for_kind in KIND_SECTIONS.items():
-        changed = _changed(getattr(cfg, section)) if kind != for_kind else []
+        changed = changed_fields(getattr(cfg, section)) if kind != for_kind else []
         if changed:
             key, value = changed[0]
             raise AiloraError(f"{section}.{key}={value!r} does nothing here: it is for {for_kind} tasks, and "
                               f"task {name} is {kind}")
-    changed = [(k, v) for k, v in _changed(cfg.progressive) if k != "stages"]
+    changed = [(k, v) for k, v in changed_fields(cfg.progressive) if k != "stages"]
     if cfg.progressive.stages <= 1 and changed:
         key, value = changed[0]
         raise AiloraError(f"progressive.{key}={value!r} does nothing with Progtuning off: set progressive.stages "
