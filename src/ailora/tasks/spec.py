@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 from ailora.errors import AiloraError
 from ailora.registry import lookup, register
+from ailora.tasks.kinds import EXAMPLE_KINDS
 from ailora.tasks.metrics import get_metric, metrics_for
 
 Kind = Literal["classification", "regression", "generation", "extractive_qa"]
-KINDS: tuple[str, ...] = ("classification", "regression", "generation", "extractive_qa")
+KINDS: tuple[str, ...] = tuple(EXAMPLE_KINDS)  # registered in ailora.tasks.kinds (data) and ailora.train.kinds
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 Example = dict[str, Any]
