@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ailora.errors import AiloraError
-from ailora.registry import lookup
+from ailora.registry import lookup, register
 from ailora.tasks.readers import Row, read_json_records, read_jsonl, read_squad, read_table
 
 Example = dict[str, Any]
@@ -136,8 +136,12 @@ class ExtractiveQAData(_Rows):
         return [{**example, "_src": where} for where, example in read_squad(path)]
 
 
-EXAMPLE_KINDS: dict[str, ExampleKind] = {k.name: k for k in (ClassificationData(), RegressionData(), GenerationData(),
-                                                              ExtractiveQAData())}
+EXAMPLE_KINDS: dict[str, ExampleKind] = {}
+
+
+def register_example_kind(kind: ExampleKind) -> ExampleKind:
+    """Register the data side of a task kind under ``kind.name`` (its trainer: ``ailora.train.kinds.register_kind``)."""
+    return register(EXAMPLE_KINDS, kind.name, kind, "task kind")
 
 
 def example_kind(name: str) -> ExampleKind:
@@ -166,3 +170,7 @@ def label_index(raw: Any, label_names: tuple[str, ...], by_index: bool = True) -
     if by_index and not numeric_names and key.isdigit() and int(key) < len(label_names):
         return int(key)
     return None
+
+
+for _kind in (ClassificationData(), RegressionData(), GenerationData(), ExtractiveQAData()):
+    register_example_kind(_kind)

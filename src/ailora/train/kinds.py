@@ -9,6 +9,9 @@ span head (``AutoModelForQuestionAnswering``), generation a seq2seq LM when the 
 encoder-decoder (``config.is_encoder_decoder`` or its architecture) and a causal LM otherwise. A
 ``model.kind`` that disagrees is an error, never a fallback.
 
+A new kind is a class here (``register_kind``), its data side (``ailora.tasks.kinds.register_example_kind``)
+and metrics that name it (``Metric.kinds``); the loop, evaluation and task loading stay as they are.
+
 The checkpoint is resolved once per run (:func:`resolve_model`): its path, config, model kind and
 tokenizer in one :class:`ailora.core.models.ResolvedModel` that set-up passes down.
 """
@@ -84,30 +87,42 @@ def task_kind(cfg, data) -> TaskKind:
     return lookup(TASK_KINDS, data.spec.kind, "task kind")(cfg, data)
 
 
-class SequenceKind:
-    """What most kinds share: no checkpoint constraint, no head overrides, no calibration, the plain
-    collated training batch, and metrics over the items' targets."""
+class SequenceHead:
+    """Classification and regression: a sequence-classification head on any checkpoint (encoder,
+    decoder or encoder-decoder), one input text or a pair per example, metrics over the targets."""
 
     calibrates: ClassVar[bool] = False
+    regression: ClassVar[bool] = False
 
     def __init__(self, spec, max_length: int) -> None:
         self.spec, self.max_length = spec, max_length
 
+    def model_kind(self, seq2seq: bool) -> str:
+        return "seq-cls"
+
     def check_checkpoint(self, path: Path, config) -> None:
         return None
 
-    def head(self) -> dict[str, Any]:
-        return {}
+    def encode(self, split: str, examples: list[dict], model: ResolvedModel) -> list[Encoded]:
+        return encode_classification(model.tokenizer, examples, self.max_length, self.regression)
 
     def batch(self, items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         return collate(items, pad_id)
 
+    def logits(self, acc, net, items: list[Encoded], model: ResolvedModel) -> torch.Tensor:
+        """(batch, num_labels) float32 logits."""
+        return net(**eval_batch(items, model.tokenizer.pad_token_id, acc.device)).logits.float()
+
     def score(self, predictions: list, items: list[Encoded], examples: list[dict], calibration) -> Evaluation:
         return score_targets(self.spec, predictions, items)
 
+    def rows(self, examples: list[dict], items: list[Encoded], predictions: list, model: ResolvedModel) -> list[dict]:
+        return [{"input": ex["text"] if ex.get("text_pair") is None else [ex["text"], ex["text_pair"]],
+                 "reference": e.target, "prediction": p} for ex, e, p in zip(examples, items, predictions)]
 
-class Classification(SequenceKind):
-    """A sequence-classification head over the label set; predicts the arg-max class."""
+
+class Classification(SequenceHead):
+    """One output per class (named from the label set); predicts the arg-max class."""
 
     def __init__(self, spec, max_length: int, label_names: tuple[str, ...]) -> None:
         super().__init__(spec, max_length)
@@ -117,55 +132,29 @@ class Classification(SequenceKind):
     def for_run(cls, cfg, data) -> Classification:
         return cls(data.spec, cfg.model.max_length, data.label_names)
 
-    def model_kind(self, seq2seq: bool) -> str:
-        return "seq-cls"
-
     def head(self) -> dict[str, Any]:
         names = list(self.label_names)
         return {"num_labels": len(names), "id2label": dict(enumerate(names)),
                 "label2id": {n: i for i, n in enumerate(names)}}
 
-    def encode(self, split: str, examples: list[dict], model: ResolvedModel) -> list[Encoded]:
-        return encode_classification(model.tokenizer, examples, self.max_length, regression=False)
-
     def predict(self, acc, net, items: list[Encoded], model: ResolvedModel) -> list[int]:
-        return _logits(acc, net, items, model).argmax(-1).tolist()
-
-    def rows(self, examples: list[dict], items: list[Encoded], predictions: list, model: ResolvedModel) -> list[dict]:
-        return _text_rows(examples, items, predictions)
+        return self.logits(acc, net, items, model).argmax(-1).tolist()
 
 
-class Regression(SequenceKind):
-    """A one-output sequence head (``problem_type`` regression: MSE loss); predicts its value."""
+class Regression(SequenceHead):
+    """One output (``problem_type`` regression: an MSE loss); predicts its value."""
+
+    regression: ClassVar[bool] = True
 
     @classmethod
     def for_run(cls, cfg, data) -> Regression:
         return cls(data.spec, cfg.model.max_length)
 
-    def model_kind(self, seq2seq: bool) -> str:
-        return "seq-cls"
-
     def head(self) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
 
-    def encode(self, split: str, examples: list[dict], model: ResolvedModel) -> list[Encoded]:
-        return encode_classification(model.tokenizer, examples, self.max_length, regression=True)
-
     def predict(self, acc, net, items: list[Encoded], model: ResolvedModel) -> list[float]:
-        return _logits(acc, net, items, model)[:, 0].tolist()
-
-    def rows(self, examples: list[dict], items: list[Encoded], predictions: list, model: ResolvedModel) -> list[dict]:
-        return _text_rows(examples, items, predictions)
-
-
-def _logits(acc, net, items: list[Encoded], model: ResolvedModel) -> torch.Tensor:
-    """(batch, num_labels) float32 logits of a sequence head."""
-    return net(**eval_batch(items, model.tokenizer.pad_token_id, acc.device)).logits.float()
-
-
-def _text_rows(examples: list[dict], items: list[Encoded], predictions: list) -> list[dict]:
-    return [{"input": ex["text"] if ex.get("text_pair") is None else [ex["text"], ex["text_pair"]],
-             "reference": e.target, "prediction": p} for ex, e, p in zip(examples, items, predictions)]
+        return self.logits(acc, net, items, model)[:, 0].tolist()
 
 
 # The model, resolved once and loaded for the task.
