@@ -19,8 +19,8 @@ def _plant_in_residual(monkeypatch, victim: str, corrupt) -> None:
     real = apply_module.residual_weight
 
     def planted(w, t, a, b, scaling, residual_dtype):
-        out = real(w, t, a, b, scaling, residual_dtype)
-        return corrupt(out.clone()) if t.name == victim else out
+        out, rounding = real(w, t, a, b, scaling, residual_dtype)
+        return (corrupt(out.clone()) if t.name == victim else out), rounding
 
     monkeypatch.setattr(apply_module, "residual_weight", planted)
 

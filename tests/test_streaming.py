@@ -75,13 +75,18 @@ def test_streaming_init_is_bit_identical_to_apply(tmp_path, name, solver):
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
 
 
-@pytest.mark.parametrize("residual_dtype", ["auto", "model"])
+@pytest.mark.parametrize("residual_dtype", ["auto", "model", "float32"])
 def test_half_precision_init_keeps_residuals_as_apply_does(tmp_path, residual_dtype):
-    """bfloat16: "auto" keeps these residuals in float32 (run in float32 inside the bf16 model), "model" in bf16."""
+    """bfloat16: "auto" keeps these residuals in bf16 (each one's rounding within the model's own rounding
+    of the layer's output), "model" in bf16, "float32" in float32 (run in float32 inside the bf16 model);
+    the streaming init makes apply's choice and records the same error and bound."""
     src = save_sharded("llama", tmp_path / "src")
     options = ApplyOptions(rank=2, solver="fast", residual_dtype=residual_dtype, progress=False)
     report = initialise_checkpoint(src, tmp_path / "out", options, dtype="bfloat16")
-    assert {r["residual_dtype"] for r in report["layers"]} == {"float32" if residual_dtype == "auto" else "bfloat16"}
+    assert {r["residual_dtype"] for r in report["layers"]} == {"float32" if residual_dtype == "float32" else "bfloat16"}
+    measured = [r for r in report["layers"] if r["residual_error"] is not None]
+    assert len(measured) == (0 if residual_dtype == "float32" else len(report["layers"]))
+    assert all(0 < r["residual_error"] <= r["residual_bound"] for r in measured)
     in_memory = apply_with(load_model(src, dtype="bfloat16"), options)
     streamed = load_initialised(tmp_path / "out")
     assert_same_model(in_memory, streamed)

@@ -55,6 +55,7 @@ from ailora.core.probe import (
     untouched,
 )
 from ailora.core.roles import Target, architecture_of, find_targets, roles_source, weight_of
+from ailora.core.rounding import Rounding, keep_residual
 from ailora.core.state import AiloraState, LayerRecord, attach_state, state_of
 from ailora.core.svd import SOLVERS
 from ailora.errors import AiloraError, ExactnessError
@@ -63,8 +64,6 @@ __all__ = ["HEAD_NAMES", "AiloraState", "ApplyOptions", "LayerRecord", "apply", 
 
 # Task-head modules that PEFT should train and save in full (``modules_to_save``).
 HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classification_head")
-# A residual stays in a half-precision model's dtype only if rounding it moves no weight by more.
-RESIDUAL_TOLERANCE = 1e-4
 RESIDUAL_DTYPES = ("auto", "model", "float32")
 # The end-to-end probe (check="full", or an architecture ailora does not know): one row of this many
 # tokens (the per-layer check carries the rest; see the module docstring).
@@ -242,34 +241,38 @@ def run_in_float32(layer: nn.Module) -> None:
 
 
 def _replace_with_residual(base: nn.Module, t: Target, a: torch.Tensor, b: torch.Tensor, scaling: float,
-                           residual_dtype: str) -> torch.dtype:
-    """W <- W - s B A in ``base`` (A: (k*r, in), B: (out, k*r)); returns the dtype the residual is kept in."""
+                           residual_dtype: str) -> Rounding:
+    """W <- W - s B A in ``base`` (A: (k*r, in), B: (out, k*r)); returns the dtype the residual is kept
+    in, with the criterion's numbers (``ailora.core.rounding``)."""
     w = weight_of(base)
-    new = residual_weight(w, t, a, b, scaling, residual_dtype)
+    new, rounding = residual_weight(w, t, a, b, scaling, residual_dtype)
     base.weight = nn.Parameter(new, requires_grad=False)
     if new.dtype != w.dtype:
         run_in_float32(base)
-    return new.dtype
+    return rounding
 
 
 def residual_weight(w: torch.Tensor, t: Target, a: torch.Tensor, b: torch.Tensor, scaling: float,
-                    residual_dtype: str) -> torch.Tensor:
+                    residual_dtype: str) -> tuple[torch.Tensor, Rounding]:
     """The residual W - s B A of the weight ``w`` (out, in) of target ``t`` (A: (k*r, in), B: (out, k*r)),
-    laid out as the module stores it (transposed for a Conv1D), in the dtype it is kept in: ``w``'s,
-    or float32 where ``residual_dtype`` asks for it (see ``apply``). ``apply`` and the streaming init
+    laid out as the module stores it (transposed for a Conv1D), in the dtype it is kept in
+    (``ailora.core.rounding.keep_residual``: ``w``'s, or float32 where ``residual_dtype`` or the
+    output criterion asks for it), and that choice. ``apply`` and the streaming init
     (``ailora.core.initialised``) both compute it here, so their residuals are bit-identical."""
-    # One fused pass (addmm: W - s B A without a W-sized temporary for B A), computed directly in
-    # the layout the module keeps: W^T - s A^T B^T for a Conv1D, so no transposed copy either.
+    # One fused pass (addmm_: W - s B A without a W-sized temporary for B A), in place on the one
+    # float32 copy of W, computed directly in the layout the module keeps: W^T - s A^T B^T for a
+    # Conv1D, so no transposed copy either.
     stored = w.detach().T if t.fan_in_fan_out else w.detach()
     left, right = (a.T, b.T) if t.fan_in_fan_out else (b, a)
-    res = torch.addmm(stored.float(), left, right, alpha=-scaling)
-    keep = w.dtype
-    if residual_dtype == "float32" or (
-        residual_dtype == "auto" and w.dtype != torch.float32
-        and (res.to(w.dtype).float() - res).abs().max().item() > RESIDUAL_TOLERANCE  # rounding it moves W_res
-    ):
-        keep = torch.float32
-    return res.to(keep).contiguous()
+    res = stored.to(torch.float32, copy=True).addmm_(left, right, alpha=-scaling)
+    rounding = keep_residual(w.detach(), res.T if t.fan_in_fan_out else res, residual_dtype)
+    return res.to(rounding.dtype).contiguous(), rounding
+
+
+def record_rounding(record: LayerRecord, rounding: Rounding) -> None:
+    """Put a residual's dtype and the criterion's error and bound into its layer's report row."""
+    record.residual_dtype = str(rounding.dtype).removeprefix("torch.")
+    record.residual_error, record.residual_bound = rounding.error, rounding.bound
 
 
 def keep_blocks_apart(layer: nn.Module, t: Target, rank: int) -> None:
@@ -300,8 +303,7 @@ def _write_layer(peft_model, plan: Plan, scaling: float, residual_dtype: str, ra
         layer.lora_A["default"].weight.copy_(a.to(lora_dtype))
         layer.lora_B["default"].weight.copy_(b.to(lora_dtype))
         if plan.record.singular_values:  # an SVD start: the residual replaces W
-            keep = _replace_with_residual(base, t, a, b, scaling, residual_dtype)
-            plan.record.residual_dtype = str(keep).removeprefix("torch.")
+            record_rounding(plan.record, _replace_with_residual(base, t, a, b, scaling, residual_dtype))
         else:
             plan.record.residual_dtype = "unchanged"
     if t.fused:
@@ -405,8 +407,10 @@ def apply(
         head: task-head modules trained in full ("auto": classifier/score/... when present).
         use_rslora: scale by alpha / sqrt(r). use_dora: PEFT's DoRA, whose magnitude PEFT sets to the
             row norms of W0 (B = 0); after the SVD start ||W_res + s B0 A0|| = ||W0||, so it stays exact.
-        residual_dtype: "auto" keeps a half-precision model's dtype when rounding the residual moves
-            no weight by more than 1e-4, else keeps that residual in float32; "model" or "float32" force.
+        residual_dtype: "auto" keeps a half-precision model's dtype for every residual whose rounding
+            moves the layer's output by no more than the model's own rounding of it (seeded rows;
+            ``ailora.core.rounding``), and keeps the others in float32 (run in float32); the report
+            gives each layer's choice and error. "model" or "float32" force.
         device: where the decompositions run (default: where each weight is; "cuda" to use a GPU).
         check: True: check every adapted layer, as PEFT runs it, on seeded random rows against its
             original weight, and that nothing else in the model changed; for an architecture ailora

@@ -31,6 +31,10 @@ class LayerRecord:
     singular_values: dict[str, list[float]]  # role -> the values moved into the adapter
     residual_dtype: str
     seconds: float
+    # The half-precision criterion (``ailora.core.rounding``): the largest error rounding the residual
+    # adds to the layer's output on seeded rows, and the bound it is held to (None: not measured).
+    residual_error: float | None = None
+    residual_bound: float | None = None
 
 
 @dataclass

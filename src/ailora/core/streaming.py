@@ -33,7 +33,15 @@ from pathlib import Path
 import torch
 
 from ailora.core.adapters import PREFIX, RESIDUAL_FORM, has_residual, write_adapter_files
-from ailora.core.apply import ApplyLayout, ApplyOptions, layout_for, lora_config, residual_weight, state_for
+from ailora.core.apply import (
+    ApplyLayout,
+    ApplyOptions,
+    layout_for,
+    lora_config,
+    record_rounding,
+    residual_weight,
+    state_for,
+)
 from ailora.core.checkpoint import FLOAT_DTYPES, INDEX_FILE, Checkpoint, tensor_writer, write_shard
 from ailora.core.decompose import Plan, decompose
 from ailora.core.files import atomic_dir, check_empty_or_overwrite, write_json
@@ -51,6 +59,7 @@ from ailora.core.layouts import Block
 from ailora.core.models import check_kind, check_model_dir, load_config, model_class, parse_dtype
 from ailora.core.probe import LAYER_PROBE_ROWS, layer_probe, layer_tolerance
 from ailora.core.roles import Target
+from ailora.core.rounding import Rounding
 from ailora.errors import AiloraError, ExactnessError
 
 # Weight files of other formats are not copied: OUT's weights are its safetensors residuals only.
@@ -143,14 +152,13 @@ def _check_layer(w: torch.Tensor, res: torch.Tensor, t: Target, a: torch.Tensor,
     return {"max_abs_diff": diff, "tolerance": tol}
 
 
-def _residual_dtype(job: _Job, plan: Plan, residual_dtype: str) -> torch.dtype:
-    """The dtype a target's residual is kept in (``residual_weight``'s choice), known before it is written."""
+def _residual_choice(job: _Job, plan: Plan, residual_dtype: str) -> Rounding:
+    """The dtype a target's residual is kept in, and the criterion's numbers: ``residual_weight``'s
+    choice (on the same weight, the same rows), known before the residual is written."""
     if job.dtype == torch.float32 or residual_dtype == "float32":
-        return torch.float32
-    if residual_dtype == "model":
-        return job.dtype
+        return Rounding(torch.float32)
     return residual_weight(_weight(job, plan.target), plan.target, plan.A.cpu(), plan.B.cpu(), job.layout.scaling,
-                           residual_dtype).dtype  # "auto" in half precision: it depends on the rounding
+                           residual_dtype)[1]  # in half precision it depends on the rounding
 
 
 def _write_shards(job: _Job, plans: list[Plan], out: Path, options: ApplyOptions) -> tuple[dict, dict, int]:
@@ -163,7 +171,7 @@ def _write_shards(job: _Job, plans: list[Plan], out: Path, options: ApplyOptions
     def residual_writer(plan: Plan):
         def write(f) -> None:
             t, w, a, b = plan.target, _weight(job, plan.target), plan.A.cpu(), plan.B.cpu()
-            res = residual_weight(w, t, a, b, job.layout.scaling, options.residual_dtype)
+            res, _ = residual_weight(w, t, a, b, job.layout.scaling, options.residual_dtype)
             checks[t.name] = _check_layer(w, res, t, a, b, job.layout.scaling, generator)
             layers[t.name]["sha256"] = weight_hash(res)
             tensor_writer(res)(f)
@@ -180,8 +188,8 @@ def _write_shards(job: _Job, plans: list[Plan], out: Path, options: ApplyOptions
                     layers[plan.target.name] = {"key": name, "residual_dtype": "unchanged"}
                 items.append((name, entry.dtype, entry.shape, lambda f, s=shard, n=name: s.copy(n, f)))
                 continue
-            keep = str(_residual_dtype(job, plan, options.residual_dtype)).removeprefix("torch.")
-            plan.record.residual_dtype = keep
+            record_rounding(plan.record, _residual_choice(job, plan, options.residual_dtype))
+            keep = plan.record.residual_dtype
             layers[plan.target.name] = {"key": name, "residual_dtype": keep}
             items.append((name, FLOAT_DTYPES[getattr(torch, keep)], entry.shape, residual_writer(plan)))
         total += write_shard(out / shard.path.name, items, shard.metadata)
