@@ -30,8 +30,8 @@ __all__ = ["ROUNDING_ROWS", "Rounding", "keep_residual", "rounding_rows", "unit_
 # Seeded input rows of the criterion: the same rows for every layer of one width, in apply as in the
 # streaming init (which visits layers in another order), so both choose the same dtype.
 ROUNDING_ROWS, ROUNDING_SEED = 8, 0
-# Weight rows per chunk of the criterion's float32 workspace: at most 2**22 entries (16 MB).
-CHUNK_ENTRIES = 2**22
+# Weight rows per chunk of the criterion's float32 workspace: at most 2**20 entries (4 MB a temporary).
+CHUNK_ENTRIES = 2**20
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
