@@ -196,6 +196,8 @@ class TrainConfig:
     """Show tqdm progress bars."""
     eval_before: bool = False
     """Evaluate the untrained model on every evaluation split first (recorded as step 0, results "before")."""
+    fsdp: bool = False
+    """Shard the model (frozen residuals included) across the processes with PyTorch's FSDP2 (fully_shard; gloo on CPUs). Needs several processes (torchrun); not with Progtuning or mixed precision."""
     group_by_length: bool = False
     """Batch training examples of similar length together (less padding; seeded, so runs stay reproducible and resumable). Off by default, as in Hugging Face: where length goes with the label, length-sorted batches are less mixed."""
 

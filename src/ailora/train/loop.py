@@ -4,7 +4,9 @@
 on several processes: DDP through Accelerate, every process with its own shard of each epoch's
 batches (see ``ailora.train.data``). On CPUs: ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N
 $(which ailora) train ...`` (gloo). Checkpoints gather the trainable weights from the unwrapped
-model, which fits DDP; FSDP/DeepSpeed sharded checkpoints are not handled yet.
+model. ``train.fsdp=true`` shards the model with PyTorch's FSDP2 instead of DDP
+(``ailora.train.sharding``): checkpoints then hold the trainable tensors and the optimizer state
+whole, and the saved adapter is the same plain LoRA. DeepSpeed is not handled.
 
 Several processes, one set of starting factors: every process loads the model and runs the
 method's preparation; ``ailora.core.apply`` splits the SVDs between the processes and broadcasts
@@ -48,7 +50,7 @@ from ailora.errors import AiloraError, TrainingFailedError
 from ailora.methods import Prepared, get_method
 from ailora.tasks import load_task
 from ailora.tasks.metrics import get_metric, is_better
-from ailora.train import progressive, record
+from ailora.train import progressive, record, sharding
 from ailora.train.checks import check_run
 from ailora.train.config import RunConfig
 from ailora.train.context import LoopState, TrainContext, train_batch
@@ -59,7 +61,8 @@ from ailora.train.results import record_failure, recorded_config, run_results
 from ailora.train.stages import count_step, enter_stage, progtuning_schedule
 
 LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates and results["train_log"] means (each syncs)
-PREDICTIONS = "predictions"  # RUN_DIR/predictions/<split>-step<N>.jsonl: input, reference, prediction
+PREDICTIONS = "predictions"
+LOSS_SUMS = ("loss_sum", "loss_count", "log_sum", "log_count")  # LoopState fields each process keeps for itself  # RUN_DIR/predictions/<split>-step<N>.jsonl: input, reference, prediction
 
 
 def train(cfg: RunConfig) -> dict:
@@ -69,6 +72,7 @@ def train(cfg: RunConfig) -> dict:
     # Progtuning's frozen parts get no gradient: DDP must look for unused parameters.
     ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.progressive.enabled else []
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=ddp)
+    _check_fsdp(cfg, acc)
     run_dir = Path(cfg.run_dir)
     resuming = _on_main_then_share(acc, lambda: record.prepare_run_dir(
         run_dir, cfg.resume, cfg.overwrite, cfg.identity()))
@@ -99,6 +103,8 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     with quiet_progress(not (acc.is_main_process and cfg.train.progress)):
         prepared = _prepare(cfg, resolved, kind)
     hashes = _sync_from_main(acc, prepared)
+    if cfg.train.fsdp:  # before the optimizer: its groups are built on the sharded parameters
+        sharding.shard_model(prepared.model)
     splits = encode_splits(kind, data, resolved)
     set_seed(cfg.train.seed, device_specific=True)  # dropout differs per process, not per run
 
@@ -107,12 +113,15 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
                                           acc.process_index, acc.num_processes))
     total_steps = math.ceil(batches_per_epoch / cfg.train.grad_accum) * cfg.train.epochs
     scheduler = linear_schedule(optimizer, math.ceil(cfg.train.warmup_ratio * total_steps), total_steps)
-    model, optimizer = acc.prepare(prepared.model, optimizer)
+    if cfg.train.fsdp:  # sharded already: Accelerate would wrap it in DDP on CPUs
+        model, optimizer = prepared.model, acc.prepare(optimizer)
+    else:
+        model, optimizer = acc.prepare(prepared.model, optimizer)
     trainable = trainable_parameters(acc.unwrap_model(model))
 
     state = LoopState()
     if resuming:
-        state = _restore(acc, run_dir / record.CHECKPOINTS / "last.pt", trainable, optimizer, scheduler)
+        state = _restore(acc, run_dir / record.CHECKPOINTS / "last.pt", trainable, model, optimizer, scheduler)
     elif acc.is_main_process:
         record.write_json(run_dir / record.CONFIG, recorded_config(cfg))
         record.write_json(run_dir / "init_hashes.json", hashes)
@@ -121,6 +130,19 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
                        hashes=hashes, total_steps=total_steps, task=kind, resolved=resolved)
     ctx.schedule = progtuning_schedule(ctx, state)
     return ctx, state
+
+
+def _check_fsdp(cfg: RunConfig, acc: Accelerator) -> None:
+    """``train.fsdp`` needs several processes, and neither Progtuning (its stages cut the backward pass
+    differently per step) nor mixed precision (FSDP2's own policy is not wired) beside it."""
+    if not cfg.train.fsdp:
+        return
+    if acc.num_processes < 2:
+        raise AiloraError("train.fsdp=true needs several processes: launch with torchrun --nproc_per_node N "
+                          "(ACCELERATE_USE_CPU=true on CPUs)")
+    if cfg.progressive.enabled or cfg.train.mixed_precision != "no":
+        raise AiloraError("train.fsdp=true does not combine with Progtuning (progressive.stages > 1) or "
+                          "train.mixed_precision; turn them off, or train with DDP")
 
 
 def _prepare(cfg: RunConfig, resolved: ResolvedModel, kind) -> Prepared:
@@ -208,12 +230,13 @@ def _finish(ctx: TrainContext, state: LoopState, seconds: float, resumed: bool) 
         _eval(ctx, "validation", state.step)
     test = {name: _eval(ctx, name, state.step) for name in ctx.splits if name.startswith("test")}
     results = None
-    if acc.is_main_process:
-        prepared = dataclasses.replace(ctx.prepared, model=acc.unwrap_model(ctx.model))
-        adapter = get_method(ctx.cfg.method.name).save(prepared, run_dir / record.ADAPTER)
-        results = run_results(ctx, state, test, adapter, seconds, resumed)
-        record.write_json(run_dir / record.RESULTS, results)
-        (run_dir / record.FAILED).unlink(missing_ok=True)  # an earlier failed attempt, now superseded
+    with sharding.unsharded_trainable(acc.unwrap_model(ctx.model), acc.is_main_process) as whole:
+        if acc.is_main_process:
+            prepared = dataclasses.replace(ctx.prepared, model=whole)
+            adapter = get_method(ctx.cfg.method.name).save(prepared, run_dir / record.ADAPTER)
+            results = run_results(ctx, state, test, adapter, seconds, resumed)
+            record.write_json(run_dir / record.RESULTS, results)
+            (run_dir / record.FAILED).unlink(missing_ok=True)  # an earlier failed attempt, now superseded
     if ctx.writer is not None:
         ctx.writer.close()
     acc.wait_for_everyone()
@@ -271,9 +294,8 @@ def _load_trainable(trainable: dict, tensors: dict) -> None:
     missing = set(trainable) ^ set(tensors)
     if missing:
         raise AiloraError(f"checkpoint does not match the model's trainable weights ({sorted(missing)[0]}...)")
-    with torch.no_grad():
-        for name, p in trainable.items():
-            p.copy_(tensors[name])
+    for name, p in trainable.items():
+        sharding.copy_full(p, tensors[name])
 
 
 def linear_schedule(optimizer, warmup: int, total: int):
@@ -395,19 +417,25 @@ def _log_step(ctx: TrainContext, bar, state: LoopState, loss: torch.Tensor) -> N
 def _save(ctx: TrainContext, state: LoopState, which: str) -> None:
     """Write checkpoints/{which}.pt atomically (main process); every process's RNG state goes in."""
     _check_finite(ctx)
-    weights = {n: p.detach().cpu().clone() for n, p in ctx.trainable.items()}
+    weights = {n: sharding.full(p.detach()).cpu().clone() for n, p in ctx.trainable.items()}
     bad = next((n for n, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if bad is not None:  # a finite loss, then an update that overflowed: never checkpoint it
         raise TrainingFailedError(f"weight {bad} is not finite after optimizer step {state.step}; lower train.lr "
                                   "(the last good checkpoint is kept)", state.step)
     rngs = gather_object([record.rng_state()]) if ctx.acc.num_processes > 1 else [record.rng_state()]
+    # The loss sums are each process's own (its share of the batches): every process's goes in.
+    mine = {k: float(getattr(state, k)) if k.endswith("sum") else getattr(state, k) for k in LOSS_SUMS}
+    sums = gather_object([mine]) if ctx.acc.num_processes > 1 else [mine]
+    sharded = sharding.is_sharded(ctx.model)
+    optimizer = sharding.optimizer_state(ctx.optimizer) if sharded else ctx.optimizer.state_dict()
     if ctx.acc.is_main_process:
         loop = {**state.__dict__, "loss_sum": float(state.loss_sum), "log_sum": float(state.log_sum),
                 "wall_seconds": state.wall_seconds + time.perf_counter() - ctx.t_start}
         record.save_checkpoint(ctx.run_dir / record.CHECKPOINTS / f"{which}.pt", {
             "trainable": weights,
-            "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
-            "rng": rngs, "loop": loop, "num_processes": ctx.acc.num_processes,
+            "optimizer": optimizer, "scheduler": ctx.scheduler.state_dict(),
+            "rng": rngs, "loop": loop, "num_processes": ctx.acc.num_processes, "fsdp": sharded,
+            "loss_sums": sums,
         })
     ctx.acc.wait_for_everyone()
 
@@ -432,15 +460,23 @@ def _check_finite(ctx: TrainContext) -> None:
                                   min(bad))
 
 
-def _restore(acc: Accelerator, path: Path, trainable, optimizer, scheduler) -> LoopState:
+def _restore(acc: Accelerator, path: Path, trainable, model, optimizer, scheduler) -> LoopState:
     ckpt = record.load_checkpoint(path)
     if ckpt["num_processes"] != acc.num_processes:
         raise AiloraError(f"checkpoint {path} was written by {ckpt['num_processes']} processes; "
                           f"resume with the same number (now {acc.num_processes})")
+    sharded = sharding.is_sharded(model)
+    if ckpt.get("fsdp", False) != sharded:
+        raise AiloraError(f"checkpoint {path} was written {'with' if ckpt.get('fsdp') else 'without'} train.fsdp; "
+                          "resume with the same setting")
     _load_trainable(trainable, ckpt["trainable"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    if sharded:
+        sharding.load_optimizer_state(optimizer, ckpt["optimizer"])
+    else:
+        optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     record.set_rng_state(ckpt["rng"][acc.process_index])
-    return LoopState(**ckpt["loop"])
+    own = ckpt["loss_sums"][acc.process_index] if "loss_sums" in ckpt else {}
+    return LoopState(**{**ckpt["loop"], **own})
 
 
