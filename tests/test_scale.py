@@ -131,3 +131,19 @@ def test_apply_holds_no_copy_of_the_model():
     assert result["passed"] and result["residual_dtypes"] == ["bfloat16"]
     assert result["model_bytes"] > 90 * 2**20  # big enough that the process's own noise is small beside it
     assert result["added_peak_bytes"] < 0.5 * result["model_bytes"], result
+
+
+def test_gpu_check_dry_run_runs_every_part(tmp_path):
+    """``benchmarks/gpu_check.sh --dry-run`` (tiny shapes on the CPU) runs its tests, the bf16 exactness and
+    save/reload checks, the apply timings against PEFT and the training-step timings, and says it passed."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert table.count("| passed | bfloat16 |") == 6  # 3 architectures x 2 solvers, residuals kept in bf16
+    for row in ("| ailora pissa, exact |", "| ailora pissa, fast |", "| PEFT pissa |", "| PEFT pissa_niter_4 |",
+                "| ailora |", "| hand PEFT |"):
+        assert row in table
+    assert "exactness on device: passed" in table
