@@ -147,3 +147,18 @@ def test_gpu_check_dry_run_runs_every_part(tmp_path):
                 "| ailora |", "| hand PEFT |"):
         assert row in table
     assert "exactness on device: passed" in table
+
+
+def test_scale_7b_script_smoke_run_checks_and_cleans_up(tmp_path):
+    """``benchmarks/scale_7b.py --small`` (2 layers, hidden 1024, a 1000-token vocabulary): the streaming
+    init passes its per-layer check, the residual loads with from_pretrained and the saved adapter on the
+    original weights matches the trained layers (the step moved them far more), PEFT runs beside it, and
+    the temporary checkpoint is gone afterwards. Its times are not asserted."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_7b.py"
+    out = subprocess.run([sys.executable, str(script), "--small", "--vocab", "1000", "--tmp", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| ailora |" in out.stdout and "per-layer check passed, 4 bf16 residuals" in out.stdout
+    assert "from_pretrained ok" in out.stdout and "| PEFT pissa_niter_4 |" in out.stdout
+    assert "checks: True" in out.stdout
+    assert list(tmp_path.iterdir()) == []  # the checkpoint and outputs deleted
