@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 import ailora
 from ailora.cli import main as cli_main
 from ailora.core.models import load_model
+from ailora.errors import AiloraError
 from ailora.train import load_config, train
 from tests.test_multiprocess import _setup
 
@@ -149,3 +150,10 @@ def test_apply_then_fully_shard_in_a_users_script(tmp_path):
         untrained = tiny("llama")(input_ids=probe).logits
     assert (logits - out["logits"]).abs().max() < 1e-4
     assert (untrained - out["logits"]).abs().max() > 1e-3  # training moved it
+
+
+def test_fsdp_in_one_process_is_a_one_line_error(tmp_path):
+    config = _setup(tmp_path)
+    with pytest.raises(AiloraError, match="train.fsdp=true needs several processes"):
+        train(load_config(config, [f"run_dir={tmp_path / 'r'}", "train.fsdp=true"]))
+    assert not (tmp_path / "r").exists()  # refused before anything was written
