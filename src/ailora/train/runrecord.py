@@ -1,0 +1,409 @@
+"""The run record: one type per file a run writes about itself, one writer, one reader.
+
+``RunRecord`` is RUN_DIR/results.json of a complete run, ``FailedRecord`` RUN_DIR/failed.json of a
+run stopped by a failure, ``EpochEntry`` one line of RUN_DIR/metrics.jsonl (and one item of the
+record's ``epochs``), ``Evaluation`` one validation (``evaluations``), ``StepEntry`` the mean
+training loss of one logging interval (``train_log``). ``to_json`` writes each (its keys are the
+dataclass fields, in order); ``from_json`` reads it back and is strict: an unknown key, a missing
+one or a value of the wrong kind is a one-line ``AiloraError`` naming the file.
+
+Older records this project wrote lack keys added since, and read as follows (nothing else is
+accepted, and no other name is guessed at):
+
+- ``updated_parameters``, ``train_seconds`` and ``progressive`` (before Progtuning): None;
+- ``before`` and ``task.label_names`` (before ``train.eval_before`` and label names): None;
+- ``train_log`` (before step-level loss curves): None.
+
+The ``config`` stays the plain nested dict of ``RunConfig.to_dict`` as recorded; what the readers
+need from it goes through ``method_name``, ``config_seed`` and ``progressive_stages``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+
+from ailora.core.files import read_json
+from ailora.errors import AiloraError
+from ailora.train.record import CONFIG, FAILED, METRICS, RESULTS, write_json, write_jsonl
+
+
+def _plain(obj):
+    """A record as JSON data: dataclasses become objects with their fields in order, tuples lists."""
+    if is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _keys(data, cls, where: str, optional: tuple[str, ...] = ()) -> dict:
+    """``data``'s values by ``cls``'s field names; absent ``optional`` keys (those older records lack) are None."""
+    if not isinstance(data, dict):
+        raise AiloraError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise AiloraError(f"{where}: unknown key {unknown[0]!r} (keys are: {', '.join(names)})")
+    missing = [k for k in names if k not in data and k not in optional]
+    if missing:
+        raise AiloraError(f"{where}: no {missing[0]!r}")
+    return {k: data.get(k) for k in names}
+
+
+def _check(ok: bool, where: str, key: str, value, kind: str) -> None:
+    if not ok:
+        raise AiloraError(f"{where}: {key} must be {kind}, got {value!r}")
+
+
+def _int(v, where: str, key: str) -> int:
+    _check(isinstance(v, int) and not isinstance(v, bool), where, key, v, "an integer")
+    return v
+
+
+def _num(v, where: str, key: str, none: bool = False) -> float | None:
+    ok = (none and v is None) or (isinstance(v, int | float) and not isinstance(v, bool))
+    _check(ok, where, key, v, "a number" + (" or null" if none else ""))
+    return v
+
+
+def _obj(v, where: str, key: str, none: bool = False) -> dict | None:
+    _check((none and v is None) or isinstance(v, dict), where, key, v, "an object" + (" or null" if none else ""))
+    return v
+
+
+def _str(v, where: str, key: str, none: bool = False) -> str | None:
+    _check((none and v is None) or isinstance(v, str), where, key, v, "a string" + (" or null" if none else ""))
+    return v
+
+
+def _list(v, where: str, key: str, none: bool = False) -> list | None:
+    _check((none and v is None) or isinstance(v, list), where, key, v, "a list" + (" or null" if none else ""))
+    return v
+
+
+# The run config, as recorded: what the readers take from it.
+
+
+def _section(config: dict, name: str) -> dict:
+    return config.get(name) if isinstance(config.get(name), dict) else {}
+
+
+def check_config(config, where: str) -> dict:
+    """``config`` (a recorded ``RunConfig.to_dict``) holding what readers take from it, else a one-line error."""
+    _obj(config, where, "config")
+    _str(_section(config, "method").get("name"), where, "config method.name")
+    _int(_section(config, "train").get("seed"), where, "config train.seed")
+    return config
+
+
+def method_name(config: dict) -> str:
+    """The method (``method.name``) of a recorded config."""
+    return config["method"]["name"]
+
+
+def config_seed(config: dict) -> int:
+    return config["train"]["seed"]
+
+
+def progressive_stages(config: dict) -> int:
+    """Progtuning's stage count (0 or 1: off). Records from before the ``progressive`` section kept it
+    as ``train.progressive_stages``; records from before Progtuning have neither (0)."""
+    if "progressive" in config:
+        return config["progressive"].get("stages") or 0
+    return _section(config, "train").get("progressive_stages") or 0
+
+
+# Per-step and per-epoch entries.
+
+
+@dataclass(frozen=True)
+class StepEntry:
+    """The mean training loss of the logging interval that ends at ``step`` (``train_log``)."""
+
+    step: int
+    train_loss: float
+
+    @classmethod
+    def from_json(cls, data, where: str) -> StepEntry:
+        d = _keys(data, cls, where)
+        return cls(_int(d["step"], where, "step"), _num(d["train_loss"], where, "train_loss"))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One validation: after ``step`` optimizer steps in ``epoch`` (1-based; 0 and step 0: before training)."""
+
+    step: int
+    epoch: int
+    validation: dict  # metric name -> value
+
+    @classmethod
+    def from_json(cls, data, where: str) -> Evaluation:
+        d = _keys(data, cls, where)
+        return cls(_int(d["step"], where, "step"), _int(d["epoch"], where, "epoch"),
+                   _obj(d["validation"], where, "validation"))
+
+
+@dataclass(frozen=True)
+class EpochEntry:
+    """The end of one epoch: mean training loss over it, validation scores, seconds it took (evaluation included)."""
+
+    epoch: int
+    step: int
+    train_loss: float
+    validation: dict  # metric name -> value
+    seconds: float
+
+    @classmethod
+    def from_json(cls, data, where: str) -> EpochEntry:
+        d = _keys(data, cls, where)
+        return cls(_int(d["epoch"], where, "epoch"), _int(d["step"], where, "step"),
+                   _num(d["train_loss"], where, "train_loss"), _obj(d["validation"], where, "validation"),
+                   _num(d["seconds"], where, "seconds"))
+
+    def to_json(self) -> dict:
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best validation of the run (``train.select=best`` tests these weights)."""
+
+    step: int
+    epoch: int
+    metric: str
+    value: float
+
+    @classmethod
+    def from_json(cls, data, where: str) -> Best:
+        d = _keys(data, cls, where)
+        return cls(_int(d["step"], where, "best.step"), _int(d["epoch"], where, "best.epoch"),
+                   _str(d["metric"], where, "best.metric"), _num(d["value"], where, "best.value"))
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    kind: str
+    metrics: tuple[str, ...]
+    main_metric: str
+    sizes: dict  # split -> examples
+    label_names: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_json(cls, data, where: str) -> TaskInfo:
+        d = _keys(data, cls, where, optional=("label_names",))
+        names = _list(d["label_names"], where, "task.label_names", none=True)
+        return cls(_str(d["name"], where, "task.name"), _str(d["kind"], where, "task.kind"),
+                   tuple(_list(d["metrics"], where, "task.metrics")), _str(d["main_metric"], where, "task.main_metric"),
+                   _obj(d["sizes"], where, "task.sizes"), None if names is None else tuple(names))
+
+
+@dataclass(frozen=True)
+class Parameters:
+    trainable: int
+    total: int
+    trainable_percent: float
+
+    @classmethod
+    def from_json(cls, data, where: str) -> Parameters:
+        d = _keys(data, cls, where)
+        return cls(_int(d["trainable"], where, "parameters.trainable"), _int(d["total"], where, "parameters.total"),
+                   _num(d["trainable_percent"], where, "parameters.trainable_percent"))
+
+
+def _items(cls, values, where: str, key: str) -> tuple:
+    return tuple(cls.from_json(v, f"{where} {key}[{i}]") for i, v in enumerate(_list(values, where, key)))
+
+
+# The records.
+
+_LATER = ("train_log", "updated_parameters", "train_seconds")  # absent from older records: omitted when None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """RUN_DIR/results.json: everything about a complete run (``to_json`` adds ``"status": "complete"``)."""
+
+    config: dict  # the recorded RunConfig.to_dict (resume, overwrite, stop_after_steps left out)
+    task: TaskInfo
+    epochs: tuple[EpochEntry, ...]
+    evaluations: tuple[Evaluation, ...]
+    train_log: tuple[StepEntry, ...] | None  # None: a record from before step-level losses
+    best: Best | None  # None: no validation ran
+    selected: str  # the weights tested: "best" or "last"
+    validation: dict  # the last epoch's validation scores
+    before: dict | None  # train.eval_before: split -> scores of the untrained model
+    test: dict  # metric -> value on the test split
+    extra_test: dict  # other test splits: split -> metric -> value
+    steps: int
+    seed: int
+    parameters: Parameters
+    method: dict  # the method's provenance
+    adapter: dict  # {"dir", ...what the method's save returned}
+    wall_seconds: float
+    updated_parameters: int | None  # trainable parameters summed over optimizer steps
+    train_seconds: float | None  # time inside optimizer steps only
+    progressive: dict | None  # Progtuning's schedule and per-stage counts; None when off
+    resumed: bool
+    peak_memory: dict
+    distributed: dict
+    versions: dict
+    git: dict
+
+    def to_json(self) -> dict:
+        data = _plain(self)
+        return {"status": "complete", **{k: v for k, v in data.items() if not (k in _LATER and v is None)}}
+
+    @classmethod
+    def from_json(cls, data, where: str) -> RunRecord:
+        """A record from its JSON data; ``where`` (its file) names it in errors."""
+        _obj(data, where, "the record")
+        if data.get("status") != "complete":
+            raise AiloraError(f"{where}: status must be 'complete', got {data.get('status')!r}")
+        d = _keys({k: v for k, v in data.items() if k != "status"}, cls, where,
+                  optional=(*_LATER, "before", "progressive"))
+        log = d["train_log"]
+        _check(d["selected"] in ("best", "last"), where, "selected", d["selected"], "'best' or 'last'")
+        _check(isinstance(d["resumed"], bool), where, "resumed", d["resumed"], "true or false")
+        return cls(
+            config=check_config(d["config"], where), task=TaskInfo.from_json(d["task"], f"{where} task"),
+            epochs=_items(EpochEntry, d["epochs"], where, "epochs"),
+            evaluations=_items(Evaluation, d["evaluations"], where, "evaluations"),
+            train_log=None if log is None else _items(StepEntry, log, where, "train_log"),
+            best=None if d["best"] is None else Best.from_json(d["best"], f"{where} best"),
+            selected=d["selected"], validation=_obj(d["validation"], where, "validation"),
+            before=_obj(d["before"], where, "before", none=True), test=_obj(d["test"], where, "test"),
+            extra_test=_obj(d["extra_test"], where, "extra_test"), steps=_int(d["steps"], where, "steps"),
+            seed=_int(d["seed"], where, "seed"), parameters=Parameters.from_json(d["parameters"], f"{where} parameters"),
+            method=_obj(d["method"], where, "method"), adapter=_obj(d["adapter"], where, "adapter"),
+            wall_seconds=_num(d["wall_seconds"], where, "wall_seconds"),
+            updated_parameters=None if d["updated_parameters"] is None else
+            _int(d["updated_parameters"], where, "updated_parameters"),
+            train_seconds=_num(d["train_seconds"], where, "train_seconds", none=True),
+            progressive=_obj(d["progressive"], where, "progressive", none=True), resumed=d["resumed"],
+            peak_memory=_obj(d["peak_memory"], where, "peak_memory"),
+            distributed=_obj(d["distributed"], where, "distributed"),
+            versions=_obj(d["versions"], where, "versions"), git=_obj(d["git"], where, "git"))
+
+    @property
+    def main_metric(self) -> str:
+        return self.task.main_metric
+
+    def validation_score(self, metric: str) -> float:
+        """The validation value of the weights that were tested: the best checkpoint's under select=best,
+        else the last epoch's (NaN when the metric was not recorded)."""
+        if self.selected == "best" and self.best is not None:
+            return float(self.best.value)
+        value = self.validation.get(metric)
+        return float("nan") if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class FailedRecord:
+    """RUN_DIR/failed.json: a run stopped by a failure (a non-finite loss), never complete."""
+
+    error: str
+    step: int  # the optimizer step the failure was found at
+    config: dict
+    last_checkpoint: str | None  # relative to the run directory; None when none was saved
+    wall_seconds: float
+    versions: dict
+    git: dict
+
+    def to_json(self) -> dict:
+        return {"status": "failed", **_plain(self)}
+
+    @classmethod
+    def from_json(cls, data, where: str) -> FailedRecord:
+        _obj(data, where, "the record")
+        if data.get("status") != "failed":
+            raise AiloraError(f"{where}: status must be 'failed', got {data.get('status')!r}")
+        d = _keys({k: v for k, v in data.items() if k != "status"}, cls, where)
+        return cls(_str(d["error"], where, "error"), _int(d["step"], where, "step"),
+                   check_config(d["config"], where), _str(d["last_checkpoint"], where, "last_checkpoint", none=True),
+                   _num(d["wall_seconds"], where, "wall_seconds"), _obj(d["versions"], where, "versions"),
+                   _obj(d["git"], where, "git"))
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """What ``ailora.train.train`` returns for a run stopped early (``train.stop_after_steps``)."""
+
+    step: int
+    run_dir: str
+
+
+def from_train(result: dict) -> RunRecord | Interrupted:
+    """What ``ailora.train.train`` returned, as a record (complete) or an ``Interrupted``."""
+    if isinstance(result, dict) and result.get("status") == "interrupted":
+        d = _keys({k: v for k, v in result.items() if k != "status"}, Interrupted, "the training result")
+        return Interrupted(_int(d["step"], "the training result", "step"), d["run_dir"])
+    return RunRecord.from_json(result, "the training result")
+
+
+# Reading and writing run directories.
+
+
+def write_record(run_dir: str | os.PathLike, rec: RunRecord | FailedRecord) -> dict:
+    """Write ``rec`` as RUN_DIR/results.json (complete) or RUN_DIR/failed.json; returns the JSON data written."""
+    data = rec.to_json()
+    write_json(Path(run_dir) / (RESULTS if isinstance(rec, RunRecord) else FAILED), data)
+    return data
+
+
+def write_epochs(run_dir: str | os.PathLike, entries: list[dict]) -> None:
+    """RUN_DIR/metrics.jsonl: one ``EpochEntry`` per line (``entries``: the loop's per-epoch dicts, checked)."""
+    where = str(Path(run_dir) / METRICS)
+    write_jsonl(Path(run_dir) / METRICS, [EpochEntry.from_json(e, where).to_json() for e in entries])
+
+
+def _read(path: Path):
+    try:
+        return read_json(path)  # a one-line error for text that is not JSON
+    except OSError as exc:
+        raise AiloraError(f"{path} cannot be read: {exc.strerror}") from None
+
+
+def read_run_record(run_dir: str | os.PathLike) -> RunRecord | FailedRecord | None:
+    """The record of ``run_dir``: complete (results.json), failed (failed.json), or None (neither yet)."""
+    d = Path(run_dir)
+    if (d / RESULTS).is_file():
+        return RunRecord.from_json(_read(d / RESULTS), str(d / RESULTS))
+    if (d / FAILED).is_file():
+        return FailedRecord.from_json(_read(d / FAILED), str(d / FAILED))
+    return None
+
+
+def read_complete(run_dir: str | os.PathLike) -> RunRecord:
+    """The record of a complete run; a one-line error when ``run_dir`` holds none."""
+    f = Path(run_dir) / RESULTS
+    if not f.is_file():
+        raise AiloraError(f"run directory {run_dir} has no {RESULTS} (not a complete run)")
+    return RunRecord.from_json(_read(f), str(f))
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """RUN_DIR/config.json, checked for what readers take from it."""
+    f = Path(run_dir) / CONFIG
+    return check_config(_read(f), str(f))
+
+
+def read_epochs(run_dir: str | os.PathLike) -> tuple[EpochEntry, ...]:
+    """RUN_DIR/metrics.jsonl, one ``EpochEntry`` per line (written whole, atomically: any bad line is an error)."""
+    f = Path(run_dir) / METRICS
+    try:
+        lines = f.read_text().splitlines()
+    except OSError as exc:
+        raise AiloraError(f"{f} cannot be read: {exc.strerror}") from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            raise AiloraError(f"{f} line {i} is not valid JSON") from None
+        out.append(EpochEntry.from_json(data, f"{f} line {i}"))
+    return tuple(out)
