@@ -406,4 +406,6 @@ def read_epochs(run_dir: str | os.PathLike) -> tuple[EpochEntry, ...]:
         except json.JSONDecodeError:
             raise AiloraError(f"{f} line {i} is not valid JSON") from None
         out.append(EpochEntry.from_json(data, f"{f} line {i}"))
+    if [e.epoch for e in out] != list(range(1, len(out) + 1)):  # the loop rewrites the whole history each epoch
+        raise AiloraError(f"{f}: epochs must run 1, 2, ... in order, got {[e.epoch for e in out]}")
     return tuple(out)
