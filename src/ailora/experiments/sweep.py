@@ -424,6 +424,6 @@ def _method_summary(entry: MethodEntry, runs: list[PlannedRun], results: dict[st
     picked = [results[p] for p in chosen["runs"]]
     out.update(selected_lr=chosen["lr"], validation=chosen["validation"], runs=chosen["runs"],
                test={m: mean_std([float(res.test[m]) for res in picked if m in res.test]) for m in metrics},
-               params=dataclasses.asdict(picked[0].parameters))
+               params=picked[0].parameters.to_json())
     out["wall_seconds"]["per_run_at_selected_lr"] = round(statistics.fmean(r.wall_seconds for r in picked), 3)
     return out

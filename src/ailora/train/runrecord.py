@@ -119,8 +119,15 @@ def progressive_stages(config: dict) -> int:
 # Per-step and per-epoch entries.
 
 
+class _Json:
+    """``to_json``: the fields as a JSON object, in order (the one writer of every part of a record)."""
+
+    def to_json(self) -> dict:
+        return _plain(self)
+
+
 @dataclass(frozen=True)
-class StepEntry:
+class StepEntry(_Json):
     """The mean training loss of the logging interval that ends at ``step`` (``train_log``)."""
 
     step: int
@@ -133,7 +140,7 @@ class StepEntry:
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Evaluation(_Json):
     """One validation: after ``step`` optimizer steps in ``epoch`` (1-based; 0 and step 0: before training)."""
 
     step: int
@@ -148,7 +155,7 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class EpochEntry:
+class EpochEntry(_Json):
     """The end of one epoch: mean training loss over it, validation scores, seconds it took (evaluation included)."""
 
     epoch: int
@@ -164,12 +171,9 @@ class EpochEntry:
                    _num(d["train_loss"], where, "train_loss"), _obj(d["validation"], where, "validation"),
                    _num(d["seconds"], where, "seconds"))
 
-    def to_json(self) -> dict:
-        return _plain(self)
-
 
 @dataclass(frozen=True)
-class Best:
+class Best(_Json):
     """The best validation of the run (``train.select=best`` tests these weights)."""
 
     step: int
@@ -185,7 +189,7 @@ class Best:
 
 
 @dataclass(frozen=True)
-class TaskInfo:
+class TaskInfo(_Json):
     name: str
     kind: str
     metrics: tuple[str, ...]
@@ -203,7 +207,7 @@ class TaskInfo:
 
 
 @dataclass(frozen=True)
-class Parameters:
+class Parameters(_Json):
     trainable: int
     total: int
     trainable_percent: float
