@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ailora.analysis.curves import read_steps
+from ailora.analysis.curves import read_run, read_steps
 from ailora.errors import AiloraError
 from ailora.experiments.report import write_report
 from ailora.experiments.sweep import SweepSpec, run_sweep, summarize
@@ -167,3 +167,29 @@ def test_a_sweep_of_older_records_still_reports(tmp_path):
     assert "| lora | 8.0K | **80.00 ± 0.00** | 1e-3 |" in out["table"] and out["table"] == report["table"]
     assert out["comparisons"] == report["comparisons"] and out["verdicts"] == report["verdicts"]
     assert Path(out["markdown"]).is_file()
+
+
+# Run directories written by earlier versions of the trainer (tiny BERT, tiny-sentiment, 2 epochs):
+# the first record format (184a6a8) and the one where Progtuning lived in train.progressive_* (e25e67b).
+OLD = Path(__file__).parent / "data" / "records"
+
+
+@pytest.mark.parametrize("name", ["184a6a8", "e25e67b-plain", "e25e67b-prog"])
+def test_run_directories_of_earlier_versions_still_read(name):
+    run = OLD / name
+    rec = read_complete(run)
+    assert rec.train_log is None and rec.before is None and rec.task.label_names is None
+    assert rec.epochs == read_epochs(run) and [e.epoch for e in rec.epochs] == [1, 2] and rec.steps == 32
+    assert RunRecord.from_json(rec.to_json(), "again") == rec
+    curves = read_steps(run)
+    assert curves.eval_steps == [16, 32] and curves.loss_steps == [] and curves.method == "ailora"
+    assert read_run(run).metrics == {"accuracy": [e.validation["accuracy"] for e in rec.epochs]}
+    assert progressive_stages(rec.config) == (2 if name.endswith("prog") else 0)
+    assert (rec.updated_parameters is None) == (name == "184a6a8")
+
+
+def test_savings_between_records_of_an_earlier_version():
+    prog, base = read_complete(OLD / "e25e67b-prog"), read_complete(OLD / "e25e67b-plain")
+    out = savings(prog, base)
+    assert out["updated_parameter_saving"] == pytest.approx(1 - 26688 / 34880, abs=1e-6)
+    assert out["baseline_updated_parameters"] == 34880 and out["train_time_saving"] is not None

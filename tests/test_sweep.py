@@ -61,7 +61,8 @@ def fake_results(cfg, val: float, test: float, n_test: int = 0) -> dict:
         shutil.rmtree(d)
     task = get_task(cfg.task.name)
     tests = fake_predictions(cfg, task, test, n_test) if n_test else {m: test for m in task.metrics}
-    info = TaskInfo(task.name, task.kind, tuple(task.metrics), task.main_metric, {"train": 64, "test": n_test})
+    info = TaskInfo(task.name, task.kind, tuple(task.metrics), task.main_metric, {"train": 64, "test": n_test},
+                    task.label_names)
     rec = make_record(cfg.to_dict(), info, {m: val for m in task.metrics}, tests,
                       parameters=Parameters(1000 * cfg.method.rank, 10**6, 0.1 * cfg.method.rank))
     record.write_json(d / "config.json", rec.config)

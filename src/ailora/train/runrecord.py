@@ -39,15 +39,15 @@ def _plain(obj):
     return obj
 
 
-def _keys(data, cls, where: str, optional: tuple[str, ...] = ()) -> dict:
-    """``data``'s values by ``cls``'s field names; absent ``optional`` keys (those older records lack) are None."""
+def _keys(data, cls, where: str) -> dict:
+    """``data``'s values by ``cls``'s field names; absent ``cls.OPTIONAL`` keys (those older records lack) are None."""
     if not isinstance(data, dict):
         raise AiloraError(f"{where}: expected a JSON object, got {type(data).__name__}")
     names = [f.name for f in fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
         raise AiloraError(f"{where}: unknown key {unknown[0]!r} (keys are: {', '.join(names)})")
-    missing = [k for k in names if k not in data and k not in optional]
+    missing = [k for k in names if k not in data and k not in cls.OPTIONAL]
     if missing:
         raise AiloraError(f"{where}: no {missing[0]!r}")
     return {k: data.get(k) for k in names}
@@ -55,33 +55,54 @@ def _keys(data, cls, where: str, optional: tuple[str, ...] = ()) -> dict:
 
 def _check(ok: bool, where: str, key: str, value, kind: str) -> None:
     if not ok:
-        raise AiloraError(f"{where}: {key} must be {kind}, got {value!r}")
+        raise AiloraError(f"{where}: {key} must be {kind}, got {value!r:.80}")
 
 
-def _int(v, where: str, key: str) -> int:
-    _check(isinstance(v, int) and not isinstance(v, bool), where, key, v, "an integer")
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# What a field's annotation (a string: ``from __future__ import annotations``) accepts.
+_SCALARS = {"int": ("an integer", lambda v: _number(v) and isinstance(v, int)), "float": ("a number", _number),
+            "str": ("a string", lambda v: isinstance(v, str)), "bool": ("true or false", lambda v: isinstance(v, bool)),
+            "dict": ("an object", lambda v: isinstance(v, dict))}
+_PARTS: dict[str, type] = {}  # the record parts by class name, for annotations that name them
+
+
+def _value(v, kind: str, where: str, key: str):
+    """``v`` checked against the annotation ``kind``: a scalar, a record part, ``tuple[X, ...]``
+    (a JSON list), each optionally ``| None``."""
+    nullable, kind = kind.endswith(" | None"), kind.removesuffix(" | None")
+    if v is None and nullable:
+        return None
+    if kind.startswith("tuple["):
+        _check(isinstance(v, list), where, key, v, "a list")
+        return tuple(_value(x, kind[len("tuple["):-len(", ...]")], where, f"{key}[{i}]") for i, x in enumerate(v))
+    if kind in _PARTS:
+        return _PARTS[kind].from_json(v, f"{where} {key}")
+    text, ok = _SCALARS[kind]
+    _check(ok(v), where, key, v, text + (" or null" if nullable else ""))
     return v
 
 
-def _num(v, where: str, key: str, none: bool = False) -> float | None:
-    ok = (none and v is None) or (isinstance(v, int | float) and not isinstance(v, bool))
-    _check(ok, where, key, v, "a number" + (" or null" if none else ""))
-    return v
+class _Json:
+    """A part of a record: ``to_json`` writes its fields as a JSON object, in order; ``from_json`` reads
+    one back, checking every key and value against the fields and their annotations."""
 
+    OPTIONAL: tuple[str, ...] = ()  # keys older records lack: None when absent
 
-def _obj(v, where: str, key: str, none: bool = False) -> dict | None:
-    _check((none and v is None) or isinstance(v, dict), where, key, v, "an object" + (" or null" if none else ""))
-    return v
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _PARTS[cls.__name__] = cls
 
+    def to_json(self) -> dict:
+        return _plain(self)
 
-def _str(v, where: str, key: str, none: bool = False) -> str | None:
-    _check((none and v is None) or isinstance(v, str), where, key, v, "a string" + (" or null" if none else ""))
-    return v
-
-
-def _list(v, where: str, key: str, none: bool = False) -> list | None:
-    _check((none and v is None) or isinstance(v, list), where, key, v, "a list" + (" or null" if none else ""))
-    return v
+    @classmethod
+    def from_json(cls, data, where: str):
+        """From its JSON data; ``where`` (the file, and the place in it) names it in errors."""
+        d = _keys(data, cls, where)
+        return cls(**{f.name: _value(d[f.name], f.type, where, f.name) for f in fields(cls)})
 
 
 # The run config, as recorded: what the readers take from it.
@@ -93,9 +114,9 @@ def _section(config: dict, name: str) -> dict:
 
 def check_config(config, where: str) -> dict:
     """``config`` (a recorded ``RunConfig.to_dict``) holding what readers take from it, else a one-line error."""
-    _obj(config, where, "config")
-    _str(_section(config, "method").get("name"), where, "config method.name")
-    _int(_section(config, "train").get("seed"), where, "config train.seed")
+    _value(config, "dict", where, "config")
+    _value(_section(config, "method").get("name"), "str", where, "config method.name")
+    _value(_section(config, "train").get("seed"), "int", where, "config train.seed")
     return config
 
 
@@ -119,24 +140,12 @@ def progressive_stages(config: dict) -> int:
 # Per-step and per-epoch entries.
 
 
-class _Json:
-    """``to_json``: the fields as a JSON object, in order (the one writer of every part of a record)."""
-
-    def to_json(self) -> dict:
-        return _plain(self)
-
-
 @dataclass(frozen=True)
 class StepEntry(_Json):
     """The mean training loss of the logging interval that ends at ``step`` (``train_log``)."""
 
     step: int
     train_loss: float
-
-    @classmethod
-    def from_json(cls, data, where: str) -> StepEntry:
-        d = _keys(data, cls, where)
-        return cls(_int(d["step"], where, "step"), _num(d["train_loss"], where, "train_loss"))
 
 
 @dataclass(frozen=True)
@@ -146,12 +155,6 @@ class Evaluation(_Json):
     step: int
     epoch: int
     validation: dict  # metric name -> value
-
-    @classmethod
-    def from_json(cls, data, where: str) -> Evaluation:
-        d = _keys(data, cls, where)
-        return cls(_int(d["step"], where, "step"), _int(d["epoch"], where, "epoch"),
-                   _obj(d["validation"], where, "validation"))
 
 
 @dataclass(frozen=True)
@@ -164,13 +167,6 @@ class EpochEntry(_Json):
     validation: dict  # metric name -> value
     seconds: float
 
-    @classmethod
-    def from_json(cls, data, where: str) -> EpochEntry:
-        d = _keys(data, cls, where)
-        return cls(_int(d["epoch"], where, "epoch"), _int(d["step"], where, "step"),
-                   _num(d["train_loss"], where, "train_loss"), _obj(d["validation"], where, "validation"),
-                   _num(d["seconds"], where, "seconds"))
-
 
 @dataclass(frozen=True)
 class Best(_Json):
@@ -181,12 +177,6 @@ class Best(_Json):
     metric: str
     value: float
 
-    @classmethod
-    def from_json(cls, data, where: str) -> Best:
-        d = _keys(data, cls, where)
-        return cls(_int(d["step"], where, "best.step"), _int(d["epoch"], where, "best.epoch"),
-                   _str(d["metric"], where, "best.metric"), _num(d["value"], where, "best.value"))
-
 
 @dataclass(frozen=True)
 class TaskInfo(_Json):
@@ -195,15 +185,9 @@ class TaskInfo(_Json):
     metrics: tuple[str, ...]
     main_metric: str
     sizes: dict  # split -> examples
-    label_names: tuple[str, ...] | None = None
+    label_names: tuple[str, ...] | None  # None: none, or a record from before label names
 
-    @classmethod
-    def from_json(cls, data, where: str) -> TaskInfo:
-        d = _keys(data, cls, where, optional=("label_names",))
-        names = _list(d["label_names"], where, "task.label_names", none=True)
-        return cls(_str(d["name"], where, "task.name"), _str(d["kind"], where, "task.kind"),
-                   tuple(_list(d["metrics"], where, "task.metrics")), _str(d["main_metric"], where, "task.main_metric"),
-                   _obj(d["sizes"], where, "task.sizes"), None if names is None else tuple(names))
+    OPTIONAL = ("label_names",)
 
 
 @dataclass(frozen=True)
@@ -212,25 +196,34 @@ class Parameters(_Json):
     total: int
     trainable_percent: float
 
-    @classmethod
-    def from_json(cls, data, where: str) -> Parameters:
-        d = _keys(data, cls, where)
-        return cls(_int(d["trainable"], where, "parameters.trainable"), _int(d["total"], where, "parameters.total"),
-                   _num(d["trainable_percent"], where, "parameters.trainable_percent"))
-
-
-def _items(cls, values, where: str, key: str) -> tuple:
-    return tuple(cls.from_json(v, f"{where} {key}[{i}]") for i, v in enumerate(_list(values, where, key)))
-
 
 # The records.
 
-_LATER = ("train_log", "updated_parameters", "train_seconds")  # absent from older records: omitted when None
+
+class _Status(_Json):
+    """A whole record: its JSON object starts with ``"status": STATUS``."""
+
+    STATUS = ""
+
+    def to_json(self) -> dict:
+        return {"status": self.STATUS, **super().to_json()}
+
+    @classmethod
+    def from_json(cls, data, where: str):
+        if isinstance(data, dict):
+            _check(data.get("status") == cls.STATUS, where, "status", data.get("status"), repr(cls.STATUS))
+            data = {k: v for k, v in data.items() if k != "status"}
+        rec = super().from_json(data, where)
+        rec.check(where)
+        return rec
+
+    def check(self, where: str) -> None:
+        """What the field annotations cannot say, checked after reading."""
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """RUN_DIR/results.json: everything about a complete run (``to_json`` adds ``"status": "complete"``)."""
+class RunRecord(_Status):
+    """RUN_DIR/results.json: everything about a complete run."""
 
     config: dict  # the recorded RunConfig.to_dict (resume, overwrite, stop_after_steps left out)
     task: TaskInfo
@@ -258,40 +251,16 @@ class RunRecord:
     versions: dict
     git: dict
 
-    def to_json(self) -> dict:
-        data = _plain(self)
-        return {"status": "complete", **{k: v for k, v in data.items() if not (k in _LATER and v is None)}}
+    STATUS = "complete"
+    LATER = ("train_log", "updated_parameters", "train_seconds")  # not in older records: not written when None
+    OPTIONAL = (*LATER, "before", "progressive")
 
-    @classmethod
-    def from_json(cls, data, where: str) -> RunRecord:
-        """A record from its JSON data; ``where`` (its file) names it in errors."""
-        _obj(data, where, "the record")
-        if data.get("status") != "complete":
-            raise AiloraError(f"{where}: status must be 'complete', got {data.get('status')!r}")
-        d = _keys({k: v for k, v in data.items() if k != "status"}, cls, where,
-                  optional=(*_LATER, "before", "progressive"))
-        log = d["train_log"]
-        _check(d["selected"] in ("best", "last"), where, "selected", d["selected"], "'best' or 'last'")
-        _check(isinstance(d["resumed"], bool), where, "resumed", d["resumed"], "true or false")
-        return cls(
-            config=check_config(d["config"], where), task=TaskInfo.from_json(d["task"], f"{where} task"),
-            epochs=_items(EpochEntry, d["epochs"], where, "epochs"),
-            evaluations=_items(Evaluation, d["evaluations"], where, "evaluations"),
-            train_log=None if log is None else _items(StepEntry, log, where, "train_log"),
-            best=None if d["best"] is None else Best.from_json(d["best"], f"{where} best"),
-            selected=d["selected"], validation=_obj(d["validation"], where, "validation"),
-            before=_obj(d["before"], where, "before", none=True), test=_obj(d["test"], where, "test"),
-            extra_test=_obj(d["extra_test"], where, "extra_test"), steps=_int(d["steps"], where, "steps"),
-            seed=_int(d["seed"], where, "seed"), parameters=Parameters.from_json(d["parameters"], f"{where} parameters"),
-            method=_obj(d["method"], where, "method"), adapter=_obj(d["adapter"], where, "adapter"),
-            wall_seconds=_num(d["wall_seconds"], where, "wall_seconds"),
-            updated_parameters=None if d["updated_parameters"] is None else
-            _int(d["updated_parameters"], where, "updated_parameters"),
-            train_seconds=_num(d["train_seconds"], where, "train_seconds", none=True),
-            progressive=_obj(d["progressive"], where, "progressive", none=True), resumed=d["resumed"],
-            peak_memory=_obj(d["peak_memory"], where, "peak_memory"),
-            distributed=_obj(d["distributed"], where, "distributed"),
-            versions=_obj(d["versions"], where, "versions"), git=_obj(d["git"], where, "git"))
+    def to_json(self) -> dict:
+        return {k: v for k, v in super().to_json().items() if not (k in self.LATER and v is None)}
+
+    def check(self, where: str) -> None:
+        check_config(self.config, where)
+        _check(self.selected in ("best", "last"), where, "selected", self.selected, "'best' or 'last'")
 
     @property
     def main_metric(self) -> str:
@@ -307,7 +276,7 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
-class FailedRecord:
+class FailedRecord(_Status):
     """RUN_DIR/failed.json: a run stopped by a failure (a non-finite loss), never complete."""
 
     error: str
@@ -318,34 +287,26 @@ class FailedRecord:
     versions: dict
     git: dict
 
-    def to_json(self) -> dict:
-        return {"status": "failed", **_plain(self)}
+    STATUS = "failed"
 
-    @classmethod
-    def from_json(cls, data, where: str) -> FailedRecord:
-        _obj(data, where, "the record")
-        if data.get("status") != "failed":
-            raise AiloraError(f"{where}: status must be 'failed', got {data.get('status')!r}")
-        d = _keys({k: v for k, v in data.items() if k != "status"}, cls, where)
-        return cls(_str(d["error"], where, "error"), _int(d["step"], where, "step"),
-                   check_config(d["config"], where), _str(d["last_checkpoint"], where, "last_checkpoint", none=True),
-                   _num(d["wall_seconds"], where, "wall_seconds"), _obj(d["versions"], where, "versions"),
-                   _obj(d["git"], where, "git"))
+    def check(self, where: str) -> None:
+        check_config(self.config, where)
 
 
 @dataclass(frozen=True)
-class Interrupted:
+class Interrupted(_Status):
     """What ``ailora.train.train`` returns for a run stopped early (``train.stop_after_steps``)."""
 
     step: int
     run_dir: str
 
+    STATUS = "interrupted"
+
 
 def from_train(result: dict) -> RunRecord | Interrupted:
     """What ``ailora.train.train`` returned, as a record (complete) or an ``Interrupted``."""
-    if isinstance(result, dict) and result.get("status") == "interrupted":
-        d = _keys({k: v for k, v in result.items() if k != "status"}, Interrupted, "the training result")
-        return Interrupted(_int(d["step"], "the training result", "step"), d["run_dir"])
+    if isinstance(result, dict) and result.get("status") == Interrupted.STATUS:
+        return Interrupted.from_json(result, "the training result")
     return RunRecord.from_json(result, "the training result")
 
 
