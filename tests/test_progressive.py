@@ -210,7 +210,7 @@ def test_order_from_scores_and_custom_order():
 
 
 def test_savings_of_two_records():
-    task = TaskInfo("t", "classification", ("accuracy",), "accuracy", {})
+    task = TaskInfo("t", "classification", ("accuracy",), "accuracy", {}, None)
     config = {"method": {"name": "ailora"}, "train": {"lr": 1.0, "seed": 0}, "progressive": {"stages": 0}}
     base = make_record({**config, "run_dir": "a"}, task, {}, {"accuracy": 0.9}, updated_parameters=1000,
                        train_seconds=10.0, wall_seconds=20.0)

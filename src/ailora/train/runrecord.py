@@ -3,9 +3,11 @@
 ``RunRecord`` is RUN_DIR/results.json of a complete run, ``FailedRecord`` RUN_DIR/failed.json of a
 run stopped by a failure, ``EpochEntry`` one line of RUN_DIR/metrics.jsonl (and one item of the
 record's ``epochs``), ``Evaluation`` one validation (``evaluations``), ``StepEntry`` the mean
-training loss of one logging interval (``train_log``). ``to_json`` writes each (its keys are the
-dataclass fields, in order); ``from_json`` reads it back and is strict: an unknown key, a missing
-one or a value of the wrong kind is a one-line ``AiloraError`` naming the file.
+training loss of one logging interval (``train_log``); ``Interrupted`` is what ``train`` returns for
+a run stopped early (``from_train`` reads either). ``to_json`` writes each (its keys are the
+dataclass fields, in order); ``from_json`` reads it back against the fields and their annotations,
+strictly: an unknown key, a missing one or a value of the wrong kind is a one-line ``AiloraError``
+naming the file (and the place in it). ``write_record`` / ``read_run_record`` do the files.
 
 Older records this project wrote lack keys added since, and read as follows (nothing else is
 accepted, and no other name is guessed at):
