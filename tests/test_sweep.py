@@ -65,7 +65,7 @@ def fake_results(cfg, val: float, test: float, n_test: int = 0) -> dict:
            "evaluations": [{"step": 5, "epoch": 1, "validation": {m: val / 2 for m in task.metrics}},
                            {"step": 10, "epoch": 2, "validation": {m: val for m in task.metrics}}],
            "train_log": [{"step": 5, "train_loss": 1.0}, {"step": 10, "train_loss": 0.5}],
-           "parameters": {"trainable": 1000 * cfg.method.rank, "total": 10**6, "trainable_percent": 0.1 * cfg.method.rank},
+           "parameters": {"trainable": 1000 * cfg.method.options.rank, "total": 10**6, "trainable_percent": 0.1 * cfg.method.options.rank},
            "wall_seconds": 2.0, "epochs": [{"epoch": e, "train_loss": 1 / e, "validation": {m: val for m in task.metrics}}
                                            for e in (1, 2)]}
     record.write_json(d / "config.json", res["config"])

@@ -176,7 +176,7 @@ def test_cli_parser_maps_flags_to_overrides(tmp_path):
     args = parser.parse_args(["train", "--task", "tiny-sentiment", "--lr", "3e-4", "--rank", "4", "--run-dir",
                               str(tmp_path), "--max-train-samples", "10", "--resume", "train.epochs=5"])
     cfg = build_config(args)
-    assert (cfg.train.lr, cfg.method.rank, cfg.train.epochs, cfg.task.max_train_samples, cfg.resume) == (
+    assert (cfg.train.lr, cfg.method.options.rank, cfg.train.epochs, cfg.task.max_train_samples, cfg.resume) == (
         3e-4, 4, 5, 10, True)
     with pytest.raises(AiloraError, match="train.lr must be a number"):
         build_config(parser.parse_args(["train", "--task", "tiny-sentiment", "--lr", "", "--run-dir", "x"]))
