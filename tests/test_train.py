@@ -165,7 +165,7 @@ def test_config_errors(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({**ok, "train": {"lr": 1}}))
     cfg = load_config(path, ["method.targets=query,value", "method.alpha=none"])
-    assert cfg.train.lr == 1.0 and cfg.method.targets == ["query", "value"] and cfg.method.alpha is None
+    assert cfg.train.lr == 1.0 and cfg.method.options.targets == ["query", "value"] and cfg.method.options.alpha is None
 
 
 def test_cli_parser_maps_flags_to_overrides(tmp_path):

@@ -117,9 +117,10 @@ def _option_type(name: str, tp):
     def parse(text: str):
         try:
             value = base(text) if base in (int, float) else text
-            LoraOptions(**{name: value})
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if base is int else 'a number'}") from None
+        try:
+            LoraOptions(**{name: value})
         except OptionError as exc:
             raise argparse.ArgumentTypeError(exc.problem) from None
         return value

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ailora.core.options import FAMILIES, field_help
+from ailora.core.options import FAMILIES, field_help, option_defaults
 from ailora.errors import AiloraError
 
 # Keys that say how to run, not what is run: a resumed run may change them.
@@ -462,9 +462,13 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 def comparable(config: dict, ignore=()) -> dict:
     """A run's config (nested, as in results.json) flattened, without what two runs may differ in and
-    still compute the same (run control, record keys), the Progtuning section and the keys ``ignore``."""
+    still compute the same (run control, record keys), the Progtuning section and the keys ``ignore``.
+    Method options at their defaults are left out too: a record written before each method had its own
+    options holds every family's (vera_rank=256 beside rank=8), a newer one only its method's."""
     skip = {*RUN_CONTROL_KEYS, *RECORD_KEYS, *ignore}
-    return {k: v for k, v in flatten(config).items() if k not in skip and not k.startswith("progressive.")}
+    defaults = {f"method.{k}": v for k, v in option_defaults().items()}
+    return {k: v for k, v in flatten(config).items() if k not in skip and not k.startswith("progressive.")
+            and not (k in defaults and v == defaults[k])}
 
 
 def section_help(cls) -> dict[str, str]:
