@@ -13,7 +13,9 @@ import torch
 
 import ailora
 from ailora.cli.common import METHOD_ARGS, add_command, apply_options
-from ailora.core.apply import ApplyOptions, apply
+from ailora.core.apply import ApplyOptions, apply, apply_with
+from ailora.core.initialised import MARKER_FILE, load_initialised
+from ailora.core.models import load_model
 from ailora.core.options import (
     FAMILIES,
     HoulsbyOptions,
@@ -24,6 +26,7 @@ from ailora.core.options import (
     field_help,
 )
 from ailora.core.state import state_of
+from ailora.core.streaming import initialise_checkpoint
 from ailora.errors import AiloraError
 from ailora.experiments.report import build_table
 from ailora.experiments.sweep import summarize
@@ -32,6 +35,7 @@ from ailora.train import RunConfig, all_help
 from ailora.train.config import comparable
 from ailora.train.record import prepare_run_dir
 from tests.test_report import _sweep
+from tests.test_streaming import assert_same_model, save_sharded
 from tests.tiny_models import tiny
 
 # The method section exactly as ailora wrote it into config.json and results.json before each method had
@@ -170,3 +174,15 @@ def test_report_reads_a_sweep_recorded_before_per_method_options(tmp_path):
         path.write_text(json.dumps(results))
         (path.parent / "config.json").write_text(json.dumps(results["config"]))
     assert build_table(summarize(where)) == table
+
+
+def test_a_streaming_init_marker_written_before_use_dora_was_recorded_still_starts(tmp_path):
+    src = save_sharded("llama", tmp_path / "src")
+    options = ApplyOptions.of(method="pissa", rank=2, targets=["query", "value", "key"], progress=False)
+    initialise_checkpoint(src, tmp_path / "out", options)
+    marker = json.loads((tmp_path / "out" / MARKER_FILE).read_text())
+    assert marker["options"]["use_dora"] is False
+    del marker["options"]["use_dora"]  # as written before: targets as given, no use_dora
+    marker["options"]["targets"] = "query,value,key"
+    (tmp_path / "out" / MARKER_FILE).write_text(json.dumps(marker))
+    assert_same_model(load_initialised(tmp_path / "out"), apply_with(load_model(src), options))

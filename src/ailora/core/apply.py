@@ -20,7 +20,8 @@ by block and B block-structured (the Q rows of B only use the Q columns, ...). A
 keeps B's off-block entries at zero during training, so the blocks stay separate, and the trained
 layer is still a plain PEFT LoRA.
 
-``apply`` gathers its keywords in an ``ApplyOptions`` (checked when built) and ``apply_with`` runs
+``apply`` gathers its keywords in an ``ApplyOptions`` (checked when built; the LoRA options in one
+``LoraOptions``, ``ailora.core.options``, where each option and its help are declared) and ``apply_with`` runs
 the steps in order: validate the model, plan every start (all decompositions, before the model is
 touched), wrap it in PEFT, write the factors and residuals, check the outputs. What was done is an
 ``AiloraState`` (``ailora.core.state``), attached to the PeftModel and read back by ``state_of``.
@@ -61,7 +62,8 @@ from ailora.core.state import AiloraState, LayerRecord, attach_state, state_of
 from ailora.core.svd import SOLVERS
 from ailora.errors import AiloraError, ExactnessError
 
-__all__ = ["HEAD_NAMES", "AiloraState", "ApplyOptions", "LayerRecord", "LoraOptions", "apply", "apply_with", "state_of"]
+__all__ = ["HEAD_NAMES", "AiloraState", "ApplyOptions", "LayerRecord", "LoraOptions", "apply", "apply_with",
+           "state_of"]
 
 # Task-head modules that PEFT should train and save in full (``modules_to_save``).
 HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classification_head")
