@@ -104,7 +104,9 @@ class LoraOptions:
         object.__setattr__(self, "targets", _roles(self.targets, "targets"))
         _positive_int(self, "rank")
         _positive_or_none(self, "alpha")
-        if self.policy is not None and not isinstance(self.policy, str | Mapping):
+        if isinstance(self.policy, Mapping):  # a plain dict, as JSON records it
+            object.__setattr__(self, "policy", dict(self.policy))
+        elif self.policy is not None and not isinstance(self.policy, str):
             raise OptionError("policy", f"must be ROLE=INIT pairs, e.g. query=principal, got {self.policy!r}")
         if not isinstance(self.solver, str):  # a name in ailora.core.svd.SOLVERS, checked by apply (torch)
             raise OptionError("solver", f"must be a solver's name, got {self.solver!r}")
