@@ -30,7 +30,7 @@ from ailora.core.streaming import initialise_checkpoint
 from ailora.errors import AiloraError
 from ailora.experiments.report import build_table
 from ailora.experiments.sweep import summarize
-from ailora.methods import METHODS, get_method
+from ailora.methods import METHODS, TrainMethod, get_method, register_method
 from ailora.train import RunConfig, all_help
 from ailora.train.config import comparable
 from ailora.train.record import prepare_run_dir
@@ -186,3 +186,39 @@ def test_a_streaming_init_marker_written_before_use_dora_was_recorded_still_star
     marker["options"]["targets"] = "query,value,key"
     (tmp_path / "out" / MARKER_FILE).write_text(json.dumps(marker))
     assert_same_model(load_initialised(tmp_path / "out"), apply_with(load_model(src), options))
+
+
+@dataclasses.dataclass(frozen=True)
+class WidthOptions:
+    width: int = 3
+    """How wide the toy method's thing is (toy only)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+
+
+def test_a_registered_method_names_its_own_options_class_and_the_run_config_holds_it():
+    seen = []
+
+    def prepare(model, cfg, seed):
+        seen.append(cfg.options)
+        return get_method("full").prepare(model, cfg, seed)
+
+    register_method(TrainMethod("toy-width", prepare, get_method("full").save, "a toy", WidthOptions), replace=True)
+    cfg = RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r", "method": {"name": "toy-width"}},
+                              ["method.width=5"])
+    assert cfg.method.options == WidthOptions(width=5) and cfg.to_dict()["method"] == {"name": "toy-width", "width": 5,
+                                                                                       "dropout": 0.0}
+    assert all_help()["method.width"] == "How wide the toy method's thing is (toy only)."
+    get_method("toy-width").prepare(tiny("bert"), cfg.method, 0)
+    assert seen == [WidthOptions(width=5)]
+    with pytest.raises(AiloraError, match="method.width=5 does not apply to method ailora: width is how wide"):
+        RunConfig.from_dict({"task": {"name": "t"}, "run_dir": "r"}, ["method.width=5"])
+
+    @dataclasses.dataclass(frozen=True)
+    class Clash:
+        dropout: float = 0.5
+        """Another default for a shared option."""
+
+    with pytest.raises(AiloraError, match="option dropout of Clash differs in type or default"):
+        register_method(TrainMethod("toy-clash", prepare, get_method("full").save, "", Clash))
+    assert "toy-clash" not in METHODS

@@ -30,6 +30,7 @@ import dataclasses
 import inspect
 import math
 import textwrap
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -170,7 +171,30 @@ class NoOptions:
     """A method with no options of its own (full fine-tuning, BitFit)."""
 
 
-FAMILIES = (LoraTrainingOptions, VeraOptions, HoulsbyOptions, NoOptions)
+# Every options class a run config may hold, in help order: the built-in families, then those of methods
+# registered later (``register_family``, called by ``ailora.methods.register_method``).
+FAMILIES: list[type] = [LoraTrainingOptions, VeraOptions, HoulsbyOptions, NoOptions]
+
+
+def register_family(cls: type) -> None:
+    """Make the options class ``cls`` of a newly registered method known to the run config (its keys,
+    types and help). It must be a frozen dataclass whose fields all have defaults (the method's
+    defaults), none called ``name`` (the method's), and whose fields that share a name with a known
+    family's have that field's type and default (``method.targets`` means one thing)."""
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
+        raise AiloraError(f"a method's options must be a frozen dataclass, got {cls!r}")
+    if cls in FAMILIES:
+        return
+    types = {k: tp for family in FAMILIES for k, tp in typing.get_type_hints(family).items()}
+    defaults, hints = option_defaults(), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "name" or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+            raise AiloraError(f"option {f.name} of {cls.__name__}: an option needs a default and another name "
+                              "than name (the method's)")
+        if f.name in types and (hints[f.name], f.default) != (types[f.name], defaults[f.name]):
+            raise AiloraError(f"option {f.name} of {cls.__name__} differs in type or default from method.{f.name} "
+                              "of the methods registered before; give it its own name")
+    FAMILIES.append(cls)
 
 
 def field_help(cls) -> dict[str, str]:

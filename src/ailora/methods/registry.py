@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ailora.core.options import NoOptions
+from ailora.core.options import NoOptions, register_family
 from ailora.registry import lookup, register
 
 
@@ -74,7 +74,9 @@ METHODS: dict[str, TrainMethod] = {}
 
 
 def register_method(method: TrainMethod, replace: bool = False) -> TrainMethod:
-    """Add ``method`` to ``METHODS`` (``replace=True`` to overwrite a method of the same name)."""
+    """Add ``method`` to ``METHODS`` (``replace=True`` to overwrite a method of the same name); its
+    options class joins the run config's method section (``ailora.core.options.register_family``)."""
+    register_family(method.options)
     return register(METHODS, method.name, method, "training method", replace)
 
 
