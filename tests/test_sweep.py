@@ -64,7 +64,7 @@ def fake_results(cfg, val: float, test: float, n_test: int = 0) -> dict:
     info = TaskInfo(task.name, task.kind, tuple(task.metrics), task.main_metric, {"train": 64, "test": n_test},
                     task.label_names)
     rec = make_record(cfg.to_dict(), info, {m: val for m in task.metrics}, tests,
-                      parameters=Parameters(1000 * cfg.method.rank, 10**6, 0.1 * cfg.method.rank))
+                      parameters=Parameters(1000 * cfg.method.options.rank, 10**6, 0.1 * cfg.method.options.rank))
     record.write_json(d / "config.json", rec.config)
     write_epochs(d, [e.to_json() for e in rec.epochs])
     return write_record(d, rec)

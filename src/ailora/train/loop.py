@@ -141,7 +141,7 @@ def _param_groups(cfg: RunConfig, prepared: Prepared) -> list[dict]:
     """The LoRA family's groups come from its state; a baseline names its head and its own group
     (``Prepared.groups``)."""
     t = cfg.train
-    return param_groups(prepared.model, t.lr, value_lr_ratio=cfg.method.value_lr_ratio,
+    return param_groups(prepared.model, t.lr, value_lr_ratio=prepared.value_lr_ratio,
                         weight_decay=t.weight_decay, head_lr=t.head_lr, loraplus_ratio=prepared.loraplus_ratio,
                         **prepared.groups)
 
