@@ -20,11 +20,12 @@ can tell what they were for.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,6 +52,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Free bytes under which a failed write is taken for a full disk: libraries that write through
+# their own code (torch.save: "[enforce fail at inline_container.cc]", safetensors) lose the errno.
+FULL_DISK_BYTES = 1 << 20
+
+
+def _is_full(exc: BaseException, where: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return not isinstance(exc, AiloraError) and shutil.disk_usage(where).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
+@contextmanager
+def _full_disk_named(path: Path, staging: Path) -> Iterator[None]:
+    """A write into ``staging`` (for ``path``) that failed for lack of space as a one-line AiloraError;
+    checked while the staging entry still holds what was written (the caller removes it after)."""
+    try:
+        yield
+    except Exception as exc:  # torch, safetensors and the OS each raise their own type for a full disk
+        if _is_full(exc, staging.parent):
+            raise AiloraError(f"no space left on the device of {path.parent} while writing {path}; nothing was "
+                              "replaced (free some space and run again)") from None
+        raise
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` when the block succeeds."""
@@ -61,9 +89,10 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with _full_disk_named(path, tmp):
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -110,6 +139,34 @@ def require_writable(out: str | os.PathLike, what: str = "output") -> Path:
     return out
 
 
+def real_path(path: str | os.PathLike, what: str = "path") -> Path:
+    """``path`` absolute with every symbolic link resolved (spellings of one place compare equal);
+    a one-line error for a link loop."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError("Symlink loop ..."), later ones OSError
+        raise AiloraError(f"{what} {path} is a loop of symbolic links") from None
+
+
+def refuse_aliased_output(out: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]],
+                          what: str = "output") -> None:
+    """Refuse, before anything is touched, an output that is, holds or lies inside one of ``inputs``
+    ((name, path) pairs; paths that do not exist, such as ``minilm``, are skipped), or that is or holds the
+    working directory: replacing it (``--overwrite``) would delete the inputs or the user's files.
+    Paths compare after resolving links, so relative, absolute and linked spellings are one place."""
+    target = real_path(out, what)
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise AiloraError(f"{what} {out} is the working directory or holds it; give a directory of its own")
+    for name, given in inputs:
+        if given is None or not os.path.lexists(given):
+            continue
+        source = real_path(given, name)
+        relation = "is" if target == source else "holds" if target in source.parents else \
+            "lies inside" if source in target.parents else None
+        if relation:
+            raise AiloraError(f"{what} {out} {relation} the input {given} ({name}); write it somewhere apart")
+
+
 def check_empty_or_overwrite(out: Path, overwrite: bool, what: str = "output") -> None:
     """Refuse a non-empty ``out`` (or a file in its place) unless ``overwrite``, and an ``out`` that
     cannot be written (``require_writable``)."""
@@ -138,7 +195,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out, "tmp")))
     try:
-        yield tmp
+        with _full_disk_named(out, tmp):
+            yield tmp
         if out.exists() or out.is_symlink():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out, "old")))
             os.replace(out, old / out.name)

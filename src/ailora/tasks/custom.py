@@ -205,6 +205,9 @@ def _read_squad_file(path: Path) -> list[Row]:
 
 
 def _example(spec: TaskSpec, where: str, row: Mapping[str, Any], label: str) -> dict[str, Any]:
+    for field in (*spec.text_fields, label):
+        if isinstance(row[field], dict | list):  # str() of it would train on its Python repr, without a word
+            raise AiloraError(f"{where}: field {field!r} is a JSON {type(row[field]).__name__}, not a text or label")
     texts = [str(row[f]) for f in spec.text_fields]
     if spec.kind == "generation":
         return {"prompt": "\n".join(texts), "target": str(row[label]), "_src": where}

@@ -8,6 +8,7 @@ Tokenisation is not done here: the trainer does it.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Mapping
@@ -193,4 +194,6 @@ def _finalise(spec: TaskSpec, label_names: tuple[str, ...] | None, ex: Example) 
             out["label"] = float(out["label"])
         except (TypeError, ValueError):
             raise AiloraError(f"{where}: label {out['label']!r} is not a number") from None
+        if not math.isfinite(out["label"]):  # one nan target makes the loss or every correlation nan
+            raise AiloraError(f"{where}: label {out['label']} is not a finite number")
     return out

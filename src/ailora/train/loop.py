@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from tqdm.auto import tqdm
 
 from ailora.core.decompose import quiet_progress
+from ailora.core.files import read_json
 from ailora.core.initialised import initialised_record
 from ailora.core.models import load_tokenizer, resolve_model_path
 from ailora.core.optim import param_groups
@@ -81,7 +81,7 @@ def train(cfg: RunConfig) -> dict:
     resuming = _on_main_then_share(acc, lambda: record.prepare_run_dir(
         run_dir, cfg.resume, cfg.overwrite, cfg.identity()))
     if cfg.resume and (run_dir / record.RESULTS).is_file():
-        return json.loads((run_dir / record.RESULTS).read_text())  # already complete: nothing to do
+        return read_json(run_dir / record.RESULTS)  # already complete: nothing to do
     ctx, state = _setup(acc, cfg, run_dir, resuming)
     ctx.t_start = t_start
     if cfg.train.eval_before and state.before is None:

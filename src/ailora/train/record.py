@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ailora.core.files import atomic_file, remove_stale_in, require_writable, write_text
+from ailora.core.files import atomic_file, read_json, remove_stale_in, require_writable, write_text
 from ailora.errors import AiloraError
 from ailora.train.config import RunConfig
 
@@ -87,9 +87,11 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, identity: dict
     if not (run_dir / CONFIG).is_file():
         raise AiloraError(f"cannot resume: {run_dir} has no {CONFIG}")
     try:
-        saved = RunConfig.from_dict(json.loads((run_dir / CONFIG).read_text()) | {"resume": True,
-                                                                                  "overwrite": False})
-    except (json.JSONDecodeError, AiloraError) as exc:
+        held = read_json(run_dir / CONFIG)
+        if not isinstance(held, dict):
+            raise AiloraError(f"it holds a JSON {type(held).__name__}, not an object")
+        saved = RunConfig.from_dict(held | {"resume": True, "overwrite": False})
+    except AiloraError as exc:
         raise AiloraError(f"cannot resume: {run_dir / CONFIG} is unreadable ({exc})") from None
     diff = sorted(k for k in set(identity) | set(saved.identity()) if identity.get(k) != saved.identity().get(k))
     if diff:
@@ -128,11 +130,25 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+CHECKPOINT_KEYS = ("trainable", "optimizer", "scheduler", "rng", "loop", "num_processes")
+
+
 def load_checkpoint(path: Path) -> dict:
+    """The checkpoint at ``path``, or a one-line error naming it (empty, truncated, foreign, or
+    another structure) that says what is still intact. PyTorch's own message is not repeated: it
+    advises ``weights_only=False``, which would run whatever a foreign file holds."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise AiloraError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0]}") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ok = isinstance(ckpt, dict) and all(k in ckpt for k in CHECKPOINT_KEYS)
+    except Exception:  # a truncated, empty or foreign file; torch raises several types for them
+        ok = False
+    if not ok:
+        what = "it is empty" if path.is_file() and path.stat().st_size == 0 else "it is not a checkpoint ailora wrote"
+        fix = "copy checkpoints/best.pt over it (where there is one) to resume from the best step, or " \
+            if path.name == "last.pt" else ""
+        raise AiloraError(f"checkpoint {path} is broken ({what}); the run's other files (config, the other "
+                          f"checkpoint, {ADAPTER}/ where written) are intact: {fix}start again with --overwrite")
+    return ckpt
 
 
 # The environment.
