@@ -122,6 +122,7 @@ def require_writable(out: str | os.PathLike, what: str = "output") -> Path:
     left behind: a probe file is created and removed.
     """
     out = Path(out)
+    real_path(out, what)  # a link loop anywhere on the path: a one-line error, not OSError(ELOOP) later
     parent = out.parent if out.name else out
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

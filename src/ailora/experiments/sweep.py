@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ailora.core.files import remove_stale_in, require_writable
+from ailora.core.files import real_path, remove_stale_in, require_writable
 from ailora.core.models import resolve_model_path
 from ailora.errors import AiloraError, TrainingFailedError
 from ailora.tasks.metrics import get_metric, is_better
@@ -256,7 +256,7 @@ def run_config(spec: SweepSpec, run: PlannedRun, sweep_dir) -> RunConfig:
         for key, value in options.items():
             set_dotted(data, key, value)
     # Absolute, so that a resume from another working directory finds the same config.
-    data.update(run_dir=str(Path(sweep_dir).resolve() / run.path))
+    data.update(run_dir=str(real_path(sweep_dir, "sweep directory") / run.path))
     fixed = {"model": {"name": spec.model}, "task": {"name": run.task}, "method": {"name": entry.method},
              "train": {"lr": run.lr, "seed": run.seed}}
     for section, values in fixed.items():

@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ailora.core.files import atomic_file, read_json, remove_stale_in, require_writable, write_text
+from ailora.core.files import (
+    atomic_file,
+    read_json,
+    refuse_aliased_output,
+    remove_stale_in,
+    require_writable,
+    write_text,
+)
 from ailora.errors import AiloraError
 from ailora.train.config import RunConfig
 
@@ -42,6 +49,7 @@ RESULTS = "results.json"
 FAILED = "failed.json"  # a run stopped by a failure (a non-finite loss): {"status": "failed", "error", "step", ...}
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
+RUN_INPUTS = ("model.name", "task.name", "task.data_dir")  # config keys that name what a run reads
 PACKAGES = ("ailora", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "numpy")
 
 
@@ -68,6 +76,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, identity: dict
     Refuses a directory that already holds a run unless resuming (the same config) or overwriting.
     """
     run_dir = require_writable(run_dir, "run directory")
+    # --overwrite deletes run_dir: never the working directory, a model, a task file or its data
+    refuse_aliased_output(run_dir, [(k, identity.get(k)) for k in RUN_INPUTS], "run directory")
     if run_dir.exists() and not run_dir.is_dir():
         raise AiloraError(f"run directory {run_dir} is a file; choose another path")
     if (run_dir / CONFIG).is_file():  # a run's directory (never a stranger's): what a killed save left
