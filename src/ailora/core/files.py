@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -74,9 +75,17 @@ def _full_disk_named(path: Path, staging: Path) -> Iterator[None]:
         yield
     except Exception as exc:  # torch, safetensors and the OS each raise their own type for a full disk
         if _is_full(exc, staging.parent):
-            raise AiloraError(f"no space left on the device of {path.parent} while writing {path}; nothing was "
+            path = _final(path)
+            device = next(d for d in path.parents if d.exists())
+            raise AiloraError(f"no space left on the device of {device} while writing {path}; nothing was "
                               "replaced (free some space and run again)") from None
         raise
+
+
+def _final(path: Path) -> Path:
+    """Where ``path``, a file inside a staging directory of ``atomic_dir``, will be: the name a user gave."""
+    staged = re.match(r"^\.(.+)\.tmp-", path.parent.name)
+    return path.parent.parent / staged.group(1) / path.name if staged else path
 
 
 @contextmanager
