@@ -304,6 +304,10 @@ def test_the_optimizer_factory_takes_trainers_rates_from_its_arguments(tmp_path)
     no_decay = [g for name, g in groups.items() if name.endswith(".no_decay")]
     assert no_decay and all(g["weight_decay"] == 0.0 for g in no_decay)  # biases and norms, as Trainer
     assert all(p.ndim == 1 for g in no_decay for p in g["params"])
+    args.adam_beta2, args.adam_epsilon = 0.95, 1e-6
+    make, kwargs = ailora.hf.optimizer_cls_and_kwargs(model, args=args, optimizer_kwargs={"eps": 1e-7})
+    built = make()(model, **kwargs)
+    assert built.defaults["betas"] == (0.9, 0.95) and built.defaults["eps"] == 1e-7  # the explicit kwarg wins
     with pytest.raises(AiloraError, match="lr=0.01 disagrees with the TrainingArguments' 0.003"):
         ailora.hf.optimizer_cls_and_kwargs(model, lr=1e-2, args=args)
     with pytest.raises(AiloraError, match="give lr, or args"):
@@ -312,6 +316,7 @@ def test_the_optimizer_factory_takes_trainers_rates_from_its_arguments(tmp_path)
 
 @pytest.mark.parametrize("trainer_args, refused", [({"weight_decay": 0.1}, "weight_decay=0.1"),
                                                    ({"learning_rate": 1e-3}, "learning_rate=0.001"),
+                                                   ({"adam_epsilon": 1e-6}, "adam_epsilon=1e-06"),
                                                    ({}, None), ({"learning_rate": 1e-2}, None)])
 def test_a_trainer_whose_rates_the_factory_ignores_is_refused(trainer_args, refused, tmp_path):
     from tests.test_hf import Rows
@@ -352,6 +357,9 @@ def test_readers_refuse_what_would_shift_or_swallow_rows(tmp_path):
     f.write_text("text\tlabel\ngood\tpos\tstray\n")
     with pytest.raises(AiloraError, match=r"t.csv line 2: 3 fields but 2 columns"):
         read_table(f, ("text", "label"))
+    f.write_text("text,label,text\na,pos,b\n")
+    with pytest.raises(AiloraError, match=r"t.csv line 1: column 'text' appears twice"):
+        read_table(f, ("text", "label"), delimiter=",")
     f.write_bytes("text,label\nna\u00efve,pos\n".encode("utf-8") + b"caf\xe9,neg\n")
     with pytest.raises(AiloraError, match=r"t.csv line 3: not valid UTF-8 \(byte 0xe9\)"):
         read_text(f)

@@ -27,9 +27,10 @@ singular vectors, float32 residuals) are nothing PEFT can re-run. So:
 Trainer's ``learning_rate`` and ``weight_decay`` do not reach an optimizer a factory builds (Trainer
 hands the factory the model only). ``optimizer_cls_and_kwargs(model, args=training_args)`` takes them
 from the arguments: ``learning_rate`` as the base (query) rate, ``weight_decay`` on the weights Trainer
-decays (never biases or norm weights). Given ``lr=`` alone, ``AiloraCallback`` refuses at the start of
-training a Trainer whose arguments set another ``learning_rate`` (not the default) or a
-``weight_decay`` the groups do not have, instead of training with rates nobody asked for.
+decays (never biases or norm weights), and its Adam betas and epsilon. Given ``lr=`` alone,
+``AiloraCallback`` refuses at the start of training a Trainer whose arguments set another
+``learning_rate``, betas or epsilon (not the defaults) or a ``weight_decay`` the optimizer does not
+have, instead of training with rates nobody asked for.
 
 Why ``optimizer_cls_and_kwargs``: Trainer refuses ``optimizers=(optimizer, None)`` under FSDP,
 whose wrapping replaces the parameters after the optimizer would have been built. Given a factory,
@@ -40,6 +41,7 @@ their learning rate (2x for AILoRA) under FSDP too.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -156,7 +158,10 @@ class RoleGroupedOptimizer:
                               "pass the model returned by ailora.apply")
         built = self.optimizer(groups, **optimizer_kwargs)
         # What AiloraCallback compares with Trainer's arguments (``refuse_ignored_trainer_rates``).
-        built.ailora_rates = {"learning_rate": self.lr, "weight_decay": self.group_kwargs.get("weight_decay", 0.0)}
+        betas, eps = built.defaults.get("betas"), built.defaults.get("eps")
+        built.ailora_rates = {"learning_rate": self.lr, "weight_decay": self.group_kwargs.get("weight_decay", 0.0),
+                              **({"adam_beta1": betas[0], "adam_beta2": betas[1]} if betas else {}),
+                              **({"adam_epsilon": eps} if eps is not None else {})}
         return built
 
 
@@ -167,12 +172,13 @@ def _trainer_default(name: str):
 
 
 def refuse_ignored_trainer_rates(args, optimizer) -> None:
-    """Refuse a Trainer whose ``learning_rate`` (other than its default) or ``weight_decay`` differs from
-    what ``optimizer_cls_and_kwargs`` built its groups with: Trainer would ignore them without a word."""
+    """Refuse a Trainer whose ``weight_decay``, or ``learning_rate`` / Adam betas / epsilon other than their
+    defaults, differ from what ``optimizer_cls_and_kwargs`` built the optimizer with: Trainer would
+    ignore them without a word."""
     rates = getattr(getattr(optimizer, "optimizer", optimizer), "ailora_rates", None)  # under Accelerate's wrapper
     if rates is None:
         return
-    for name in ("learning_rate", "weight_decay"):
+    for name in rates:
         given = getattr(args, name)
         if given != rates[name] and (name == "weight_decay" or given != _trainer_default(name)):
             raise AiloraError(f"TrainingArguments({name}={given}) is not what ailora.hf.optimizer_cls_and_kwargs "
@@ -195,6 +201,13 @@ def _rates_from_args(lr: float | None, args, group_kwargs: dict) -> tuple[float,
     return args.learning_rate, {**group_kwargs, "weight_decay": args.weight_decay}
 
 
+def _adam_kwargs(optimizer: type, args, optimizer_kwargs: dict | None) -> dict:
+    """``optimizer_kwargs`` with Trainer's Adam betas and epsilon beneath them, for an optimizer taking them."""
+    params = inspect.signature(optimizer).parameters
+    adam = {"betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon} if args is not None else {}
+    return {**{k: v for k, v in adam.items() if k in params}, **(optimizer_kwargs or {})}
+
+
 def optimizer_cls_and_kwargs(model: nn.Module, lr: float | None = None, optimizer: type = torch.optim.AdamW,
                              optimizer_kwargs: dict | None = None, args=None,
                              **group_kwargs) -> tuple[Callable, dict]:
@@ -204,11 +217,12 @@ def optimizer_cls_and_kwargs(model: nn.Module, lr: float | None = None, optimize
         model: the model returned by ailora.apply (its roles and lr ratios are read here).
         lr: the base (query) learning rate; Trainer's scheduler scales every group alike.
         optimizer: the torch optimizer class. optimizer_kwargs: its other arguments (betas, eps...).
-        args: the Trainer's TrainingArguments: its learning_rate is the base rate and its weight_decay
-            is applied as Trainer applies it (not to biases and norm weights); ``lr`` may then be left out.
+        args: the Trainer's TrainingArguments: its learning_rate is the base rate, its weight_decay is
+            applied as Trainer applies it (not to biases and norm weights), its Adam betas and epsilon
+            go to an optimizer that takes them (under ``optimizer_kwargs``); ``lr`` may then be left out.
         group_kwargs: ``ailora.param_groups`` options (value_lr_ratio, lr_ratios, weight_decay, head_lr,
             loraplus_ratio).
     """
     lr, group_kwargs = _rates_from_args(lr, args, group_kwargs)
     factory = RoleGroupedOptimizer(_ailora_state(model, None), lr, optimizer, **group_kwargs)
-    return (lambda: factory), dict(optimizer_kwargs or {})
+    return (lambda: factory), _adam_kwargs(optimizer, args, optimizer_kwargs)

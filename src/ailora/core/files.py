@@ -220,6 +220,20 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def clear_dir(path: str | os.PathLike) -> None:
+    """Delete the directory ``path`` (``--overwrite``); through a symbolic link (a run directory linked
+    to scratch storage), delete what the target holds and keep the link and the target."""
+    path = Path(path)
+    if not path.is_symlink():
+        shutil.rmtree(path)
+        return
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def remove_stale(out: str | os.PathLike) -> list[Path]:
     """Delete the staging siblings of ``out`` that an interrupted writer left; returns them."""
     out = Path(out)

@@ -90,6 +90,9 @@ def read_table(
             raise AiloraError(f"{path} is empty (expected a header row)")
         header = [h.strip() for h in lines[0][1]]
         lines = lines[1:]
+        twice = next((h for i, h in enumerate(header) if h and h in header[:i]), None)
+        if twice is not None:  # a row's dict would keep the last of them without a word
+            raise AiloraError(f"{path} line 1: column {twice!r} appears twice in the header")
     else:
         header = list(names)
     for column in required:

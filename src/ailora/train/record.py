@@ -23,7 +23,6 @@ import json
 import platform
 import random
 import resource
-import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -34,6 +33,7 @@ import torch
 
 from ailora.core.files import (
     atomic_file,
+    clear_dir,
     read_json,
     refuse_aliased_output,
     remove_stale_in,
@@ -85,7 +85,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, identity: dict
             remove_stale_in(d)
     held = run_dir.exists() and any(run_dir.iterdir())
     if overwrite and held:
-        shutil.rmtree(run_dir)
+        clear_dir(run_dir)
         held = False
     if not held:
         if resume:
