@@ -165,10 +165,10 @@ class RoleGroupedOptimizer:
         return built
 
 
-def _trainer_default(name: str):
-    from transformers import TrainingArguments
-
-    return TrainingArguments.__dataclass_fields__[name].default
+def _default(args, name: str):
+    """The default of field ``name`` of ``args``' class (TRL's SFTConfig has its own learning rate)."""
+    field = getattr(type(args), "__dataclass_fields__", {}).get(name)
+    return None if field is None else field.default
 
 
 def refuse_ignored_trainer_rates(args, optimizer) -> None:
@@ -180,7 +180,7 @@ def refuse_ignored_trainer_rates(args, optimizer) -> None:
         return
     for name in rates:
         given = getattr(args, name)
-        if given != rates[name] and (name == "weight_decay" or given != _trainer_default(name)):
+        if given != rates[name] and (name == "weight_decay" or given != _default(args, name)):
             raise AiloraError(f"TrainingArguments({name}={given}) is not what ailora.hf.optimizer_cls_and_kwargs "
                               f"built the optimizer with ({rates[name]}); pass args=training_args to it (or the "
                               "same value) so that Trainer's rates are the ones used")
