@@ -3,7 +3,7 @@
 Layout of RUN_DIR::
 
     config.json            the full RunConfig
-    metrics.jsonl          one object per epoch: {"epoch", "train_loss", "validation": {...}, "seconds"}
+    metrics.jsonl          one object per epoch: {"epoch", "step", "train_loss", "validation": {...}, "seconds"}
     results.json           everything (config, per-epoch metrics, test, params, time, memory, versions)
     failed.json            instead, when training failed (a non-finite loss): the error and its step
     adapter/               what the method saved (LoRA family: ailora.save, loads on the original base)
@@ -11,6 +11,9 @@ Layout of RUN_DIR::
     checkpoints/best.pt    the same at the best validation score
     tb/                    TensorBoard events
     init_hashes.json       one hash per process of the prepared model (identical when synced)
+
+metrics.jsonl, results.json and failed.json hold the ``EpochEntry``, ``RunRecord`` and
+``FailedRecord`` types of ``ailora.train.runrecord``, which alone writes and reads them.
 
 Every file is written through ``ailora.core.files.atomic_file`` (a temporary sibling, fsync,
 ``os.replace``), so an interruption leaves the previous version, never half a file.
