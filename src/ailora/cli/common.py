@@ -98,6 +98,27 @@ def model_kwargs(args: argparse.Namespace) -> dict:
     return {"kind": args.kind, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
 
 
+# Arguments that name what a subcommand writes, and what it reads (``refuse_aliased_outputs``).
+OUTPUT_ARGS = ("out", "residual_out", "run_dir", "dir")
+INPUT_ARGS = ("adapter", "initial", "base", "model", "finetuned", "config", "spec", "task", "tasks", "data_dir")
+
+
+def refuse_aliased_outputs(args: argparse.Namespace) -> None:
+    """For a subcommand that can replace its output (``--overwrite``): refuse an output that is, holds
+    or lies inside one of its inputs, or is the working directory, before anything is read or written."""
+    if not hasattr(args, "overwrite"):
+        return
+    from ailora.core.files import refuse_aliased_output  # imported on use: start-up speed
+
+    inputs = []
+    for name in INPUT_ARGS:
+        value = getattr(args, name, None)
+        inputs += [(f"--{name.replace('_', '-')}", item) for item in (value if isinstance(value, list) else [value])]
+    for name in OUTPUT_ARGS:
+        if getattr(args, name, None):
+            refuse_aliased_output(getattr(args, name), inputs, f"--{name.replace('_', '-')}")
+
+
 def output_args(help: str) -> list[Argument]:
     """--out (``help`` says what goes there), --overwrite and --quiet."""
     return [

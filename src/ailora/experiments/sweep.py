@@ -39,14 +39,13 @@ import dataclasses
 import json
 import math
 import re
-import shutil
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ailora.core.files import remove_stale_in, require_writable
+from ailora.core.files import clear_dir, real_path, remove_stale_in, require_writable
 from ailora.core.models import resolve_model_path
 from ailora.errors import AiloraError, TrainingFailedError
 from ailora.tasks.metrics import get_metric, is_better
@@ -257,7 +256,7 @@ def run_config(spec: SweepSpec, run: PlannedRun, sweep_dir) -> RunConfig:
         for key, value in options.items():
             set_dotted(data, key, value)
     # Absolute, so that a resume from another working directory finds the same config.
-    data.update(run_dir=str(Path(sweep_dir).resolve() / run.path))
+    data.update(run_dir=str(real_path(sweep_dir, "sweep directory") / run.path))
     fixed = {"model": {"name": spec.model}, "task": {"name": run.task}, "method": {"name": entry.method},
              "train": {"lr": run.lr, "seed": run.seed}}
     for section, values in fixed.items():
@@ -308,7 +307,7 @@ def prepare_sweep_dir(spec: SweepSpec, sweep_dir, overwrite: bool = False) -> No
             diff = [k for k in spec.identity() if spec.identity()[k] != held.identity()[k]]
             raise AiloraError(f"sweep directory {d} holds a different sweep (it differs in {', '.join(diff)}); "
                               "pass --overwrite to replace it or choose another directory")
-        shutil.rmtree(d)
+        clear_dir(d)
     elif d.is_dir() and any(d.iterdir()):
         raise AiloraError(f"{d} is not empty and holds no {SPEC}; choose a new or empty sweep directory")
     record.write_json(d / SPEC, spec.to_dict())

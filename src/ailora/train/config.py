@@ -293,8 +293,9 @@ class RunConfig:
         return {**dataclasses.asdict(self), "method": self.method.to_dict()}
 
     def identity(self) -> dict:
-        """The config without run-control keys: what must match for a run to be resumed."""
-        return {k: v for k, v in flatten(self.to_dict()).items() if k not in RUN_CONTROL_KEYS}
+        """The config without run-control keys and run_dir (the same run, spelt from another directory
+        or moved with ``mv``, is the same): what must match for a run to be resumed."""
+        return {k: v for k, v in flatten(self.to_dict()).items() if k not in (*RUN_CONTROL_KEYS, "run_dir")}
 
 
 def load_config(path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -303,8 +304,8 @@ def load_config(path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     if not p.is_file():
         raise AiloraError(f"config file {p} does not exist")
     try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AiloraError(f"config file {p} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise AiloraError(f"config file {p} must hold a JSON object")

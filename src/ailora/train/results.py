@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from ailora.errors import TrainingFailedError
 from ailora.train import record
 from ailora.train.config import RunConfig
@@ -76,7 +78,10 @@ def run_results(ctx: TrainContext, state: LoopState, test: dict, adapter: dict, 
         peak_memory=record.peak_memory(),
         distributed={"num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
                      "mixed_precision": acc.mixed_precision, "init_hashes": hashes,
-                     "init_identical": len(set(hashes)) == 1},
+                     "init_identical": len(set(hashes)) == 1,
+                     # float sums (SVDs, matmuls) run in another order with another count: results are
+                     # bit-identical across runs only at the same counts (docs/faults.md)
+                     "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()},
         versions=record.package_versions(),
         git=record.git_revision(),
     )
