@@ -12,7 +12,7 @@ from peft.optimizers import create_loraplus_optimizer
 import ailora
 from ailora import methods as baselines
 from ailora.errors import AiloraError
-from ailora.methods import get_method
+from ailora.methods import build_options, get_method
 from ailora.methods.houlsby import HoulsbyAdapter, add_houlsby
 from ailora.methods.select import prepare_bitfit
 from ailora.train import RunConfig, check_run, train
@@ -47,7 +47,7 @@ def _perturb(model, scale=0.05):
 
 
 def _prepare(name, **options):
-    cfg = MethodConfig(name=name, **options)
+    cfg = MethodConfig(name, build_options(name, options))
     cfg.validate()
     return get_method(name).prepare(tiny("bert"), cfg, 0)  # a Prepared: the model and what was done
 
@@ -186,7 +186,7 @@ def test_sensible_combinations_validate():
     def checked(*overrides):
         cfg = RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r"}, list(overrides))
         assert check_run(cfg) is cfg
-        return cfg.method
+        return cfg.method.options
 
     method = checked("method.name=ailora", "method.use_dora=true", "method.use_rslora=true", "method.loraplus_ratio=16")
     assert (method.use_dora, method.use_rslora, method.loraplus_ratio) == (True, True, 16)

@@ -95,7 +95,7 @@ def test_the_choice_is_per_layer_and_the_streaming_init_makes_the_same(tmp_path,
     original = load_model(src, dtype="bfloat16")
     seen["victim"] = original.get_submodule(victim).weight.float().sum().item()
     monkeypatch.setattr(apply_module, "keep_residual", tight)
-    options = ApplyOptions(rank=2, solver="fast", progress=False)
+    options = ApplyOptions.of(rank=2, solver="fast", progress=False)
     model = apply_with(copy.deepcopy(original), options)
     kept = {r.name: r.residual_dtype for r in model.ailora_state.layers}
     assert kept.pop(victim) == "float32" and set(kept.values()) == {"bfloat16"}

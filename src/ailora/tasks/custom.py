@@ -35,7 +35,7 @@ from typing import Any
 from ailora.errors import AiloraError
 from ailora.tasks.kinds import EXAMPLE_KINDS, example_kind
 from ailora.tasks.prompts import KEEP, decoding_problem, template_problem
-from ailora.tasks.readers import require_file
+from ailora.tasks.readers import read_text, require_file
 from ailora.tasks.spec import RawSplits, TaskSpec
 
 _KEYS = {
@@ -116,7 +116,7 @@ def task_from_json(path: str | os.PathLike[str]) -> TaskSpec:
     against the file's folder."""
     path = require_file(Path(path), "task spec")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise AiloraError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(config, dict):

@@ -11,6 +11,7 @@ without editing them.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -56,7 +57,8 @@ class _Rows:
 
     def read_file(self, path: Path, text_fields: tuple[str, ...], label_field: str) -> list[Example]:
         return [self.example([str(row[f]) for f in text_fields], row[label_field], where)
-                for where, row in read_rows(path, (*text_fields, label_field))]
+                for where, row in read_rows(path, (*text_fields, label_field))
+                if _scalars(where, row, (*text_fields, label_field))]
 
     def example(self, texts: list[str], label: Any, where: str) -> Example:
         return {"text": texts[0], "text_pair": texts[1] if len(texts) > 1 else None, "label": label, "_src": where}
@@ -66,6 +68,15 @@ class _Rows:
 
     def finalise_label(self, example: Example, label_names, by_index: bool, where: str) -> None:
         return None
+
+
+def _scalars(where: str, row: dict, fields: tuple[str, ...]) -> bool:
+    """True, or an error naming a field that is a JSON list or object: str() of it would train on its
+    Python repr without a word."""
+    for field in fields:
+        if isinstance(row[field], dict | list):
+            raise AiloraError(f"{where}: field {field!r} is a JSON {type(row[field]).__name__}, not a text or label")
+    return True
 
 
 class ClassificationData(_Rows):
@@ -106,6 +117,8 @@ class RegressionData(_Rows):
             example["label"] = float(example["label"])
         except (TypeError, ValueError):
             raise AiloraError(f"{where}: label {example['label']!r} is not a number") from None
+        if not math.isfinite(example["label"]):  # one nan target makes the loss or every correlation nan
+            raise AiloraError(f"{where}: label {example['label']} is not a finite number")
 
 
 class GenerationData(_Rows):

@@ -7,7 +7,7 @@ loaded or written, so a wrong name or option is a one-line error within a second
 from __future__ import annotations
 
 from ailora.errors import AiloraError
-from ailora.methods import get_method, refuse_unused
+from ailora.methods import get_method
 from ailora.methods.options import changed_fields
 from ailora.tasks import get_task, task_from_json
 from ailora.tasks.kinds import EXAMPLE_KINDS
@@ -15,10 +15,9 @@ from ailora.train.config import RunConfig
 
 
 def check_run(cfg: RunConfig) -> RunConfig:
-    """Raise AiloraError when the method or task is unknown, or the method cannot run the options set;
-    returns ``cfg``."""
+    """Raise AiloraError when the method or task is unknown, or the method cannot run the options set
+    (an option it does not read was refused when the config was built); returns ``cfg``."""
     method = get_method(cfg.method.name)
-    refuse_unused(cfg.method, method.name, method.options)  # an option the method does not read
     if method.check is not None:
         method.check(cfg.method)
     if not cfg.task.name.endswith(".json"):

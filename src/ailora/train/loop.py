@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -58,6 +57,7 @@ from ailora.train.data import train_batches
 from ailora.train.evaluate import Evaluation, evaluate
 from ailora.train.kinds import encode_splits, load_for_task, resolve_model, task_kind
 from ailora.train.results import record_failure, recorded_config, run_results
+from ailora.train.runrecord import read_complete, write_epochs, write_record
 from ailora.train.stages import count_step, enter_stage, progtuning_schedule
 
 LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates and results["train_log"] means (each syncs)
@@ -77,7 +77,7 @@ def train(cfg: RunConfig) -> dict:
     resuming = _on_main_then_share(acc, lambda: record.prepare_run_dir(
         run_dir, cfg.resume, cfg.overwrite, cfg.identity()))
     if cfg.resume and (run_dir / record.RESULTS).is_file():
-        return json.loads((run_dir / record.RESULTS).read_text())  # already complete: nothing to do
+        return read_complete(run_dir).to_json()  # already complete: nothing to do
     ctx, state = _setup(acc, cfg, run_dir, resuming)
     ctx.t_start = t_start
     if cfg.train.eval_before and state.before is None:
@@ -163,7 +163,7 @@ def _param_groups(cfg: RunConfig, prepared: Prepared) -> list[dict]:
     """The LoRA family's groups come from its state; a baseline names its head and its own group
     (``Prepared.groups``)."""
     t = cfg.train
-    return param_groups(prepared.model, t.lr, value_lr_ratio=cfg.method.value_lr_ratio,
+    return param_groups(prepared.model, t.lr, value_lr_ratio=prepared.value_lr_ratio,
                         weight_decay=t.weight_decay, head_lr=t.head_lr, loraplus_ratio=prepared.loraplus_ratio,
                         **prepared.groups)
 
@@ -234,8 +234,7 @@ def _finish(ctx: TrainContext, state: LoopState, seconds: float, resumed: bool) 
         if acc.is_main_process:
             prepared = dataclasses.replace(ctx.prepared, model=whole)
             adapter = get_method(ctx.cfg.method.name).save(prepared, run_dir / record.ADAPTER)
-            results = run_results(ctx, state, test, adapter, seconds, resumed)
-            record.write_json(run_dir / record.RESULTS, results)
+            results = write_record(run_dir, run_results(ctx, state, test, adapter, seconds, resumed))
             (run_dir / record.FAILED).unlink(missing_ok=True)  # an earlier failed attempt, now superseded
     if ctx.writer is not None:
         ctx.writer.close()
@@ -392,7 +391,7 @@ def _end_epoch(ctx: TrainContext, state: LoopState, seconds_so_far: float) -> No
         ctx.writer.add_scalar("train/epoch_loss", state.history[-1]["train_loss"], state.step)
     state.epoch, state.group, state.loss_sum, state.loss_count, state.epoch_seconds = state.epoch + 1, 0, 0.0, 0, 0.0
     if acc.is_main_process:
-        record.write_jsonl(ctx.run_dir / record.METRICS, state.history)
+        write_epochs(ctx.run_dir, state.history)
     _save(ctx, state, "last")
 
 
