@@ -120,7 +120,7 @@ def _same(a: dict, b: dict) -> None:
 
 
 def test_apply_splits_decompositions_across_two_processes(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     (tmp_path / "runner.py").write_text(APPLY_RUNNER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
            str(tmp_path / "runner.py"), str(tmp_path)]
