@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING
 from ailora.errors import AiloraError, ExactnessError, TrainingFailedError
 from ailora.version import __version__
 
+from ailora import quiet
+
+quiet.install()
+
 if TYPE_CHECKING:
     from ailora.core.adapters import load, merge, merge_to_dir, save, unmerge, verify
     from ailora.core.apply import apply

@@ -38,8 +38,9 @@ import peft
 import torch
 from torch import nn
 
+from ailora.core import quantize
 from ailora.core.adapters import lora_scaling, mark_residual_form
-from ailora.core.decompose import Plan, decompose, module_source
+from ailora.core.decompose import InitConfigs, Plan, decompose, module_source
 from ailora.core.policies import get_policy_method, resolve_policy
 from ailora.core.probe import (
     LAYER_PROBE_ROWS,
@@ -93,9 +94,15 @@ class ApplyOptions:
     check: bool | str = True
     progress: bool | None = None
     distribute: bool = True
+    # QAILoRA (``ailora.core.quantize``): the residuals as bitsandbytes layers.
+    quantize: str | None = None
+    quant_iters: int = 0
+    quant_double: bool = False
+    quant_keep: bool = False
 
     def __post_init__(self) -> None:
         get_policy_method(self.method)
+        self.quant_spec()
         if not isinstance(self.rank, int) or self.rank <= 0:
             raise AiloraError(f"rank must be a positive integer, got {self.rank!r}")
         if self.solver not in SOLVERS:
@@ -109,6 +116,14 @@ class ApplyOptions:
             raise AiloraError(f"alpha must be a finite positive number, got {self.alpha!r}")
         if not (isinstance(self.dropout, int | float) and 0 <= self.dropout < 1):
             raise AiloraError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+
+    def quant_spec(self) -> quantize.QuantSpec | None:
+        """The quantisation asked for (checked), or None; a quant_* option without ``quantize`` is an error."""
+        if self.quantize is None:
+            if self.quant_iters or self.quant_double or self.quant_keep:
+                raise AiloraError("quant_iters, quant_double and quant_keep need quantize='nf4'|'fp4'|'int8'")
+            return None
+        return quantize.QuantSpec(self.quantize, self.quant_iters, self.quant_double, self.quant_keep)
 
     def resolved_policy(self) -> dict[str, str]:
         """role -> init name: the method's starts, restricted to ``targets``, overridden by ``policy``."""
@@ -124,7 +139,9 @@ class ApplyOptions:
 def _validate_weight(name: str, module: nn.Module, target: Target, rank: int) -> None:
     w = weight_of(module)
     kind = type(w).__name__
-    if not w.is_floating_point() or "4bit" in kind or "8bit" in kind or hasattr(w, "quant_state"):
+    if quantize.is_quantised(module):  # only with quantize (``quantize.validate``): started from deq(W)
+        w = quantize.dequantize(module)
+    elif not w.is_floating_point() or "4bit" in kind or "8bit" in kind or hasattr(w, "quant_state"):
         raise AiloraError(f"layer {name} has quantised or integer weights ({w.dtype}, {kind}); "
                           "load the model in float32/bfloat16/float16 to initialise adapters")
     for b in target.blocks:
@@ -178,6 +195,7 @@ def layout_for(model: nn.Module, options: ApplyOptions) -> ApplyLayout:
     policy = options.resolved_policy()
     alpha = options.lora_alpha()
     targets = find_targets(model, list(policy), options.modules)
+    quantize.validate(model, targets, options.quant_spec(), options.use_dora)
     for t in targets:
         _validate_weight(t.name, model.get_submodule(t.name), t, options.rank)
     head = _head_modules(model, options.head)
@@ -193,10 +211,27 @@ def _plan_all(model: nn.Module, layout: ApplyLayout, options: ApplyOptions) -> t
     for t in layout.targets:
         module = model.get_submodule(t.name)
         device = options.device if options.device is not None else weight_of(module).device
-        plans.append(Plan.empty(t, module_source(module), layout.policy, options.rank, device))
+        source = _dequantised_source(module) if quantize.is_quantised(module) else module_source(module)
+        plans.append(Plan.empty(t, source, layout.policy, options.rank, device))
     split = decompose(plans, layout.policy, options.solver, options.seed, layout.scaling, options.progress,
                       options.distribute)
     return plans, split
+
+
+def _dequantised_source(module: nn.Module):
+    """The blocks of a bitsandbytes layer's dequantised weight (dequantised on each read: never held)."""
+    return lambda blk: blk.take(quantize.dequantize(module))
+
+
+def _quantise(model: nn.Module, plans: list[Plan], layout: ApplyLayout, options: ApplyOptions):
+    """Quantise every residual (and the unadapted layers) and put them in the model (``ailora.core.quantize``)."""
+    spec = options.quant_spec()
+    g = torch.Generator().manual_seed(options.seed)
+    rows = lambda p: layer_probe(p.target.in_features, torch.float32, "cpu", g)  # noqa: E731
+    cfg = InitConfigs(options.solver, options.seed).on(plans[0].device) if plans else None
+    result = quantize.prepare(model, plans, layout.policy, spec, layout.scaling, cfg, layout.head, rows)
+    quantize.install(model, result)
+    return result
 
 
 def lora_config(layout: ApplyLayout, options: ApplyOptions) -> peft.LoraConfig:
@@ -282,7 +317,7 @@ def keep_blocks_apart(layer: nn.Module, t: Target, rank: int) -> None:
 
 
 def _write_layer(peft_model, plan: Plan, scaling: float, residual_dtype: str, rank: int,
-                 generator: torch.Generator | None) -> dict | None:
+                 generator: torch.Generator | None, probe_dtype: torch.dtype | None = None) -> dict | None:
     """Copy a plan's factors into its PEFT layer; an SVD start also replaces W by its residual.
     With a ``generator``, check the layer on seeded random rows against its original weight and
     return {"max_abs_diff", "tolerance"}."""
@@ -290,16 +325,19 @@ def _write_layer(peft_model, plan: Plan, scaling: float, residual_dtype: str, ra
     layer = peft_model.base_model.model.get_submodule(t.name)
     base = layer.get_base_layer()
     device = weight_of(base).device
+    quantised = quantize.is_quantised(base)  # its residual is already in place (``_quantise``)
     x = reference = None
     if generator is not None:
-        x = layer_probe(t.in_features, weight_of(base).dtype, device, generator)
-        reference = run_layer(base, x)  # W x (+ bias), before W is touched
+        x = layer_probe(t.in_features, probe_dtype or weight_of(base).dtype, device, generator)
+        reference = None if quantised else run_layer(base, x)  # W x (+ bias), before W is touched
     a, b = plan.A.to(device), plan.B.to(device)
     lora_dtype = layer.lora_A["default"].weight.dtype
     with torch.no_grad():
         layer.lora_A["default"].weight.copy_(a.to(lora_dtype))
         layer.lora_B["default"].weight.copy_(b.to(lora_dtype))
-        if plan.record.singular_values:  # an SVD start: the residual replaces W
+        if quantised:
+            plan.record.residual_dtype = quantize.quant_type_of(base)
+        elif plan.record.singular_values:  # an SVD start: the residual replaces W
             keep = _replace_with_residual(base, t, a, b, scaling, residual_dtype)
             plan.record.residual_dtype = str(keep).removeprefix("torch.")
         else:
@@ -308,6 +346,8 @@ def _write_layer(peft_model, plan: Plan, scaling: float, residual_dtype: str, ra
         keep_blocks_apart(layer, t, rank)
     if x is None:
         return None
+    if quantised:  # exactly deq(Q(W_res)) x + s B (A x); the quantisation error is reported apart
+        reference = quantize.layer_reference(base, x, a, b, scaling)
     diff = (run_layer(layer, x) - reference).abs().max().item()
     # The layer runs in its input's dtype (the model's) whatever dtype the residual is kept in.
     return {"max_abs_diff": diff, "tolerance": layer_tolerance(x.dtype, reference)}
@@ -346,10 +386,12 @@ def _check_layers(state: AiloraState, layers: dict[str, dict]) -> None:
                              f"(tolerance {tol:.1g})")
 
 
-def _check_untouched(peft_model: peft.PeftModel, state: AiloraState, snap: Snapshot, layout: ApplyLayout) -> None:
+def _check_untouched(peft_model: peft.PeftModel, state: AiloraState, snap: Snapshot, layout: ApplyLayout,
+                     swapped: Mapping[str, nn.Module] | None = None) -> None:
     """Record in ``state.check["untouched"]`` that nothing but the adapted layers changed (see
-    ``ailora.core.probe.untouched``); raise ExactnessError naming what did."""
-    result = untouched(peft_model.base_model.model, snap, [t.name for t in layout.targets], layout.head)
+    ``ailora.core.probe.untouched``; ``swapped``: the layers ``quantize`` replaced); raise ExactnessError
+    naming what did."""
+    result = untouched(peft_model.base_model.model, snap, [t.name for t in layout.targets], layout.head, swapped)
     state.check["untouched"] = result
     if not result["passed"]:
         raise ExactnessError(f"{state.method} init changed more than the adapted layers: "
@@ -390,6 +432,10 @@ def apply(
     check: bool = True,
     progress: bool | None = None,
     distribute: bool = True,
+    quantize: str | None = None,
+    quant_iters: int = 0,
+    quant_double: bool = False,
+    quant_keep: bool = False,
 ) -> peft.PeftModel:
     """Wrap ``model`` in a ``peft.PeftModel`` whose LoRA adapters start as ``method`` says.
 
@@ -416,6 +462,12 @@ def apply(
             process decomposes a share of the blocks and the owners broadcast the factors, so every
             process holds the factors one process would compute, in a fraction of the time. Every
             process must then call ``apply`` with the same model and options. False: each computes all.
+        quantize: "nf4", "fp4" or "int8": store each residual as a bitsandbytes layer under PEFT's LoRA
+            layer for bitsandbytes, and quantise the unadapted Linear layers as ``BitsAndBytesConfig``
+            would (``quant_keep``: keep them); a model loaded quantised is started from its dequantised
+            weights. The quantisation error of every layer, against QLoRA's, is in ``state.quantization``
+            and the layer records (``ailora.core.quantize``); ``quant_iters``: error-reducing refits of the
+            principal blocks; ``quant_double``: bitsandbytes' double quantisation of the 4-bit scales.
     Returns the PeftModel, with ``model.ailora_state`` (an AiloraState, also ``state_of(model)``)
     describing what was done.
     """
@@ -423,6 +475,7 @@ def apply(
         method=method, rank=rank, alpha=alpha, targets=targets, policy=policy, modules=modules, solver=solver,
         seed=seed, head=head, dropout=dropout, use_rslora=use_rslora, use_dora=use_dora,
         residual_dtype=residual_dtype, device=device, check=check, progress=progress, distribute=distribute,
+        quantize=quantize, quant_iters=quant_iters, quant_double=quant_double, quant_keep=quant_keep,
     )
     return apply_with(model, options)
 
@@ -438,16 +491,23 @@ def apply_with(model: nn.Module, options: ApplyOptions) -> peft.PeftModel:
     snap = snapshot(model, [t.name for t in layout.targets]) if options.check else None
     # All decompositions first, before the model is touched: a failure leaves it as it was.
     plans, split = _plan_all(model, layout, options)
+    quantised = _quantise(model, plans, layout, options) if options.quantize else None
     peft_model = peft.get_peft_model(model, lora_config(layout, options))
     generator = torch.Generator().manual_seed(options.seed) if options.check else None
+    probe_dtype = layout.dtype if quantised else None
     layer_checks = {plan.target.name: _write_layer(peft_model, plan, layout.scaling, options.residual_dtype,
-                                                   options.rank, generator) for plan in plans}
+                                                   options.rank, generator, probe_dtype) for plan in plans}
     state = _new_state(layout, options, plans, split)
+    if quantised:
+        quantize.record(state, quantised)
     attach_state(peft_model, state)
     mark_residual_form(peft_model, state)  # a raw save_pretrained must not load silently wrong
     if options.check:
         _check_layers(state, layer_checks)
-        _check_untouched(peft_model, state, snap, layout)
+        _check_untouched(peft_model, state, snap, layout, quantised.modules() if quantised else None)
+        if quantised and probe is not None:  # the end-to-end change is the quantisation error: reported
+            state.quantization["probe"] = compare_outputs(peft_model, probe, reference, layout.dtype)
+            probe = None
         _check_outputs(peft_model, state, probe, reference, layout.dtype)
     state.total_seconds = time.perf_counter() - t_start
     return peft_model

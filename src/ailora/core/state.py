@@ -31,6 +31,7 @@ class LayerRecord:
     singular_values: dict[str, list[float]]  # role -> the values moved into the adapter
     residual_dtype: str
     seconds: float
+    quant: dict | None = None  # with quantize: the layer's quantisation errors (``ailora.core.quantize``)
 
 
 @dataclass
@@ -59,6 +60,8 @@ class AiloraState:
     check: dict = field(default_factory=dict)
     total_seconds: float = 0.0
     version: str = __version__
+    quantization: dict | None = None
+    """With ``quantize``: the spec and per-role quantisation errors against QLoRA's (``ailora.core.quantize``)."""
     split: dict = field(default_factory=dict)
     """How the decompositions were shared across processes: {} in one process, else {"processes": P,
     "blocks": [blocks decomposed by each]} (``ailora.core.decompose``)."""
@@ -72,6 +75,7 @@ class AiloraState:
             "head": self.head, "use_dora": self.use_dora,
             "roles_source": self.roles_source,
             "targets": {n: [b.describe() for b in t.blocks] for n, t in self.targets.items()},
+            **({"quantization": self.quantization} if self.quantization is not None else {}),
         }
 
     def report(self) -> dict:
