@@ -32,7 +32,21 @@ ARGUMENTS = [
     arg("--overwrite", action="store_true", help="replace a non-empty output directory"),
     arg("--quiet", action="store_true", help="no progress bar or summary line"),
     *METHOD_ARGS,
+    arg("--quantize", default=None, choices=["nf4", "fp4", "int8"],
+        help="QAILoRA: store each residual (and the unadapted Linear layers) as a bitsandbytes layer; "
+             "the report gives each layer's quantisation error against QLoRA's"),
+    arg("--quant-iters", type=int, default=0, help="error-reducing iterations of the principal starts (with --quantize)"),
+    arg("--quant-double", action="store_true", help="double quantisation of the 4-bit scales (with --quantize)"),
+    arg("--quant-keep", action="store_true", help="keep the unadapted Linear layers in full precision (with --quantize)"),
 ]
+
+
+def _options(args):
+    """``apply_options`` with the --quant-* flags (``ailora.core.quantize``)."""
+    import dataclasses
+
+    return dataclasses.replace(apply_options(args), quantize=args.quantize, quant_iters=args.quant_iters,
+                               quant_double=args.quant_double, quant_keep=args.quant_keep)
 
 
 def run(args) -> int:
@@ -42,7 +56,7 @@ def run(args) -> int:
 
     write = init_dir if args.out is not None else init_residual_dir
     out = args.out if args.out is not None else args.residual_out
-    report = write(args.model, out, apply_options(args), overwrite=args.overwrite, **model_kwargs(args))
+    report = write(args.model, out, _options(args), overwrite=args.overwrite, **model_kwargs(args))
     check = report["output_check"]
     triplets = sum(len(v) for rec in report["layers"] for v in rec["singular_values"].values())
     files = ("adapter_config.json, adapter_model.safetensors, ailora.json, report.json" if args.out is not None

@@ -344,7 +344,38 @@ def summary(quantised: Quantised) -> dict:
         }
     start_from = {r.record()["start_from"] for r in quantised.adapted.values()}
     return {**quantised.spec.describe(), "start_from": "+".join(sorted(start_from)), "roles": per_role,
-            "unadapted_quantised": len(quantised.others)}
+            "unadapted_quantised": len(quantised.others), "saved_adapter": _saved_adapter(quantised)}
+
+
+def _saved_adapter(quantised: Quantised) -> dict:
+    """How far the saved plain-LoRA adapter is from the trained quantised model, per adapted layer
+    (a constant of the start: training moves both by the same delta). On the original full-precision
+    base the weights differ by W - deq(Q(W_res)) - s B0 A0 (the start's error); on the base quantised
+    as QLoRA loads it, by deq(Q(W)) - deq(Q(W_res)) - s B0 A0."""
+    results = list(quantised.adapted.values())
+    recs = [rec for r in results for rec in r.by_role.values()]
+    served = [rec["serve_quantised_error"] for rec in recs if rec["serve_quantised_error"] is not None]
+    return {
+        "on_original_base": {"max_weight_rel_error": max((rec["error"] for rec in recs), default=0.0),
+                             "max_probe_rel_diff": max((r.probe_rel_diff for r in results), default=0.0)},
+        "on_quantised_base": {"max_weight_rel_error": max(served) if served else None,
+                              "quant_type": quantised.spec.type},
+    }
+
+
+def card_lines(quantization: dict) -> list[str]:
+    """Model-card lines for an adapter trained on a quantised residual (``ailora.core.hub.model_card``)."""
+    saved = quantization.get("saved_adapter", {})
+    orig, quant = saved.get("on_original_base", {}), saved.get("on_quantised_base", {})
+    lines = [f"- trained on a `{quantization['type']}` bitsandbytes residual (QAILoRA, {quantization['iters']} "
+             f"error-reducing iterations; start taken from the {quantization.get('start_from', '?')})",
+             f"- on the full-precision original base this adapter differs from the trained quantised model by "
+             f"the start's quantisation error: max relative weight error {orig.get('max_weight_rel_error', 0.0):.3g}, "
+             f"max relative output difference on probe rows {orig.get('max_probe_rel_diff', 0.0):.3g}"]
+    if quant.get("max_weight_rel_error") is not None:
+        lines.append(f"- served on the base quantised to `{quant['quant_type']}` (QLoRA-style): max relative "
+                     f"weight error {quant['max_weight_rel_error']:.3g}")
+    return lines
 
 
 def _mean(values: list[float]) -> float | None:
@@ -357,3 +388,11 @@ def record(state, quantised: Quantised) -> None:
     for rec in state.layers:
         if rec.name in quantised.adapted:
             rec.quant = quantised.adapted[rec.name].record()
+
+
+def refuse_quantised_merge(model: nn.Module) -> None:
+    """Merging into a quantised layer would re-quantise W_res + s B A, adding a new error nobody measured."""
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and is_quantised(module.get_base_layer()):
+            raise AiloraError(f"layer {name} has a quantised base; merging would re-quantise it with a new error. "
+                              "Save the adapter (ailora.save) and merge it into the full-precision original base")

@@ -19,14 +19,14 @@ from ailora.core.initialised import start_from_initialised
 from ailora.core.policies import METHODS as LORA_FAMILY
 from ailora.core.policies import resolve_policy
 from ailora.core.state import state_of
-from ailora.methods.options import LORA_OPTIONS
+from ailora.methods.options import LORA_OPTIONS, QUANT_OPTIONS
 from ailora.methods.registry import Prepared, TrainMethod, register_method
 
 
 def _apply_options(cfg, seed: int) -> ApplyOptions:
     return ApplyOptions(method=cfg.name, rank=cfg.rank, alpha=cfg.alpha, targets=cfg.targets, policy=cfg.policy,
                         solver=cfg.solver, seed=seed, dropout=cfg.dropout, use_rslora=cfg.use_rslora,
-                        use_dora=cfg.use_dora)
+                        use_dora=cfg.use_dora, **{k: getattr(cfg, k) for k in QUANT_OPTIONS})
 
 
 def prepare_lora(model: nn.Module, cfg, seed: int) -> Prepared:

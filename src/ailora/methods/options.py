@@ -27,8 +27,11 @@ from typing import Any
 
 from ailora.errors import AiloraError
 
+# QAILoRA (``ailora.core.quantize``): read by the LoRA family only.
+QUANT_OPTIONS = ("quantize", "quant_iters", "quant_double", "quant_keep")
+
 LORA_OPTIONS = frozenset({"rank", "alpha", "targets", "policy", "solver", "dropout", "use_rslora", "use_dora",
-                          "loraplus_ratio", "value_lr_ratio"})
+                          "loraplus_ratio", "value_lr_ratio", *QUANT_OPTIONS})
 VERA_OPTIONS = frozenset({"vera_rank", "targets", "dropout"})
 HOULSBY_OPTIONS = frozenset({"bottleneck"})
 NO_OPTIONS = frozenset()
@@ -47,6 +50,10 @@ MEANING = {
     "value_lr_ratio": "the learning-rate multiplier of value LoRA adapters",
     "bottleneck": "the size of Houlsby adapters",
     "vera_rank": "the rank of VeRA's shared random matrices",
+    "quantize": "the bitsandbytes quantisation of a LoRA-family residual base (QAILoRA)",
+    "quant_iters": "the error-reducing iterations of a quantised LoRA-family start",
+    "quant_double": "double quantisation of a 4-bit LoRA-family residual's scales",
+    "quant_keep": "keeping the unadapted layers of a quantised LoRA-family model in full precision",
 }
 
 # What each non-LoRA method trains (the LoRA family trains LoRA adapters).

@@ -124,6 +124,14 @@ class MethodConfig:
     """Houlsby adapter size m (houlsby only): 2md + d + m parameters per adapter."""
     vera_rank: int = 256
     """Rank of VeRA's shared frozen random matrices (vera only; the paper uses 256)."""
+    quantize: str | None = None
+    """QAILoRA: store each residual (and the unadapted Linear layers) as bitsandbytes nf4, fp4 or int8 (LoRA family)."""
+    quant_iters: int = 0
+    """Error-reducing iterations of the principal starts over the quantised residual (with quantize)."""
+    quant_double: bool = False
+    """Double quantisation of the 4-bit scales (with quantize nf4/fp4)."""
+    quant_keep: bool = False
+    """Keep the unadapted Linear layers in full precision (with quantize)."""
 
     def validate(self) -> None:
         _positive("method.rank", self.rank)
@@ -137,6 +145,10 @@ class MethodConfig:
             _positive("method.value_lr_ratio", self.value_lr_ratio)
         if not 0 <= self.dropout < 1:
             raise AiloraError(f"method.dropout must be in [0, 1), got {self.dropout}")
+        if self.quantize is not None:
+            _choice("method.quantize", self.quantize, ("nf4", "fp4", "int8"))
+        if self.quant_iters < 0:
+            raise AiloraError(f"method.quant_iters must be a non-negative integer, got {self.quant_iters}")
 
 
 @dataclass
