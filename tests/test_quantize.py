@@ -215,3 +215,29 @@ def test_cli_init_quantize(tmp_path, capsys):
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["quantization"]["type"] == "fp4" and report["layers"][0]["quant"]["by_role"]
     assert "kernels" not in capsys.readouterr().err
+
+
+def test_streaming_init_loads_quantised(tmp_path):
+    from ailora.core.streaming import initialise_checkpoint
+
+    save_tiny_llama(tmp_path / "m")
+    options = ApplyOptions(method="ailora", rank=4, quantize="nf4")
+    initialise_checkpoint(tmp_path / "m", tmp_path / "res", options)
+    streamed = ailora.load_initialised(tmp_path / "res")  # the init's --quantize, through BitsAndBytesConfig
+    inner = streamed.base_model.model
+    assert getattr(inner, "is_loaded_in_4bit", False)
+    assert Q.is_quantised(inner.get_submodule("model.layers.0.mlp.up_proj"))  # loaded quantised by transformers
+    direct = ailora.apply(T.AutoModelForCausalLM.from_pretrained(tmp_path / "m"), method="ailora", rank=4,
+                          quantize="nf4")
+    s, d = streamed.ailora_state, direct.ailora_state
+    for name, (a0, b0) in d.initial.items():  # same factors, same quantised residuals, same reported errors
+        assert torch.equal(s.initial[name][0], a0) and torch.equal(s.initial[name][1], b0)
+        ours = Q.dequantize(inner.get_submodule(name).get_base_layer())
+        assert torch.equal(ours, Q.dequantize(direct.base_model.model.get_submodule(name).get_base_layer()))
+    for rs, rd in zip(s.layers, d.layers, strict=True):
+        for role, rec in rd.quant["by_role"].items():
+            assert rs.quant["by_role"][role]["error"] == pytest.approx(rec["error"], rel=1e-4)
+            assert rs.quant["by_role"][role]["qlora_error"] == pytest.approx(rec["qlora_error"], rel=1e-4)
+    with pytest.raises(AiloraError, match="quant_iters needs") as err:
+        initialise_checkpoint(tmp_path / "m", tmp_path / "res2", ApplyOptions(quantize="nf4", quant_iters=1))
+    assert "\n" not in str(err.value) and not (tmp_path / "res2").exists()

@@ -151,7 +151,7 @@ class QuantResult:
     module: nn.Module
     by_role: dict[str, dict]
     probe_rel_diff: float
-    from_quantised: bool
+    from_quantised: bool  # the model came quantised: its weights were dequantised
     activation_diff: float | None = None  # int8: see ``activation_diff``
 
     def record(self) -> dict:
@@ -199,10 +199,36 @@ def quantise_plan(plan, module: nn.Module, policy: dict[str, str], spec: QuantSp
         q = quantise_weight(res, bias, spec, compute_dtype, device)
         deq, start = _start(w, q, plan.A, plan.B, scaling)
         errors.append({blk.role: _relative(blk.take(w - start), blk.take(w)) for blk in plan.target.blocks})
-    from_quantised = is_quantised(module)
+    return _result(w, q, start, plan.target.blocks, errors, spec, compute_dtype, probe, is_quantised(module))
+
+
+STREAMED_ITERS = ("quant_iters needs the decomposition of the original weights (ailora.apply on the model); the "
+                  "streaming init stores one-pass factors: use quant_iters=0 with it")
+
+
+def quantise_streamed(res: torch.Tensor, a: torch.Tensor, b: torch.Tensor, t, bias, spec: QuantSpec, scaling: float,
+                      compute_dtype: torch.dtype, device, probe: torch.Tensor) -> QuantResult:
+    """Quantise a residual written by the streaming init, ``res``: (out, in) as stored, with its starting
+    factors A: (k*r, in), B: (out, k*r). The original weight is W = W_res + s B A (as the init computed
+    the residual; up to the residual's rounding when it was kept in half precision), so the report is
+    the one ``apply`` gives, without the original checkpoint."""
+    if spec.iters:
+        raise AiloraError(STREAMED_ITERS)
+    res, a, b = res.float(), a.float().to(res.device), b.float().to(res.device)
+    w = torch.addmm(res, b, a, alpha=scaling)
+    q = quantise_weight(res, bias, spec, compute_dtype, device)
+    deq, start = _start(w, q, a, b, scaling)
+    errors = [{blk.role: _relative(blk.take(w - start), blk.take(w)) for blk in t.blocks}]
+    return _result(w, q, start, t.blocks, errors, spec, compute_dtype, probe, False)
+
+
+def _result(w, q, start, blocks, errors, spec, compute_dtype, probe, from_quantised: bool) -> QuantResult:
+    """The QuantResult of one layer: W and the start deq(Q) + s B A (both (out, in) float32), its quantised
+    residual ``q``, the errors per iteration (role -> error)."""
+    device = q.weight.device
     plain = None if from_quantised else dequantize(quantise_weight(w, None, spec, compute_dtype, device)).to(w.device)
     by_role = {}
-    for blk in plan.target.blocks:
+    for blk in blocks:
         qlora = None if plain is None else _relative(blk.take(w - plain), blk.take(w))
         err = errors[-1][blk.role]
         served = None if plain is None else _relative(blk.take(plain - start), blk.take(w))
@@ -273,14 +299,49 @@ def prepare(model: nn.Module, plans, policy: dict[str, str], spec: QuantSpec, sc
             head: list[str], probe_rows) -> Quantised:
     """Quantise every planned residual (and the unadapted Linear layers), without touching ``model``.
     ``probe_rows(plan) -> (rows, in)`` gives each layer's probe rows."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = _compute_dtype(model)
     adapted = {p.target.name: quantise_plan(p, model.get_submodule(p.target.name), policy, spec, scaling, cfg,
                                             dtype, probe_rows(p)) for p in plans}
-    others = {}
-    for name in unadapted_to_quantise(model, list(adapted), head, spec):
+    return Quantised(spec, adapted, _others(model, list(adapted), head, spec, dtype))
+
+
+def prepare_streamed(model: nn.Module, targets, initial: dict, residual_of, spec: QuantSpec, scaling: float,
+                     head: list[str], probe_rows) -> Quantised:
+    """``prepare`` for a model loaded from the streaming init's directory: each target's stored residual
+    (``residual_of(target)``: (out, in), checked by the caller) and starting factors ``initial``
+    (name -> (A0, B0)); ``probe_rows(target) -> (rows, in)``."""
+    dtype = _compute_dtype(model)
+    adapted = {}
+    for t in targets:
+        module = model.get_submodule(t.name)
+        a, b = initial[t.name]
+        adapted[t.name] = quantise_streamed(residual_of(t), a, b, t, module.bias, spec, scaling, dtype,
+                                            module.weight.device, probe_rows(t))
+    return Quantised(spec, adapted, _others(model, list(adapted), head, spec, dtype))
+
+
+def _compute_dtype(model: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _others(model: nn.Module, adapted: list[str], head: list[str], spec: QuantSpec, dtype) -> dict[str, nn.Module]:
+    out = {}
+    for name in unadapted_to_quantise(model, adapted, head, spec):
         m = model.get_submodule(name)
-        others[name] = quantise_weight(m.weight.detach(), m.bias, spec, dtype, m.weight.device)
-    return Quantised(spec, adapted, others)
+        out[name] = quantise_weight(m.weight.detach(), m.bias, spec, dtype, m.weight.device)
+    return out
+
+
+def bnb_config(spec: QuantSpec, compute_dtype: torch.dtype):
+    """transformers' ``BitsAndBytesConfig`` for ``spec``: what ``from_pretrained`` quantises a checkpoint with."""
+    import transformers
+
+    bnb()
+    if QUANT_TYPES[spec.type].bits == 8:
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=spec.type,
+                                           bnb_4bit_use_double_quant=spec.double_quant,
+                                           bnb_4bit_compute_dtype=compute_dtype)
 
 
 def install(model: nn.Module, quantised: Quantised) -> None:
