@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
     models = ["smoke"] if args.smoke else args.models
     results = {}
-    print(f"| model | method | role (start) | layers | QLoRA error | ratio, 0 iterations | "
+    print("| model | method | role (start) | layers | QLoRA error | ratio, 0 iterations | "
           + " | ".join(f"ratio, {k} iterations" for k in args.iters) + " |")
     print("| --- " * (6 + len(args.iters)) + "|")
     for name in models:

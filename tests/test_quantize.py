@@ -241,3 +241,36 @@ def test_streaming_init_loads_quantised(tmp_path):
     with pytest.raises(AiloraError, match="quant_iters needs") as err:
         initialise_checkpoint(tmp_path / "m", tmp_path / "res2", ApplyOptions(quantize="nf4", quant_iters=1))
     assert "\n" not in str(err.value) and not (tmp_path / "res2").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_qailora_end_to_end(tmp_path):
+    """Tier 3: the real SmolLM2 (its float32 cache) over an nf4 residual: PEFT's bnb layers, the principal
+    role closer to W than QLoRA, a training step moving only the adapters, save on the original base."""
+    from ailora.core.models import load_model, smollm2_dir
+
+    original = load_model(smollm2_dir()).eval()
+    pm = ailora.apply(copy.deepcopy(original), method="ailora", rank=8, quantize="nf4", quant_iters=1, progress=False)
+    state = pm.ailora_state
+    assert state.check["layers"]["passed"] and state.check["untouched"]["passed"]
+    roles = state.quantization["roles"]
+    assert roles["query"]["mean_ratio"] < 1 and roles["value"]["mean_ratio"] is not None
+    assert all(isinstance(pm.base_model.model.get_submodule(r.name), peft_bnb.Linear4bit) for r in state.layers)
+    ids = torch.randint(0, original.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    frozen = {n: p.detach().clone() for n, p in pm.named_parameters() if not p.requires_grad and p.is_floating_point()}
+    pm.train()
+    loss = pm(input_ids=ids, labels=ids).loss
+    loss.backward()
+    torch.optim.SGD([p for p in pm.parameters() if p.requires_grad], lr=1e-2).step()
+    assert torch.isfinite(loss)
+    assert all(torch.equal(p, frozen[n]) for n, p in pm.named_parameters() if n in frozen)
+    pm.eval()
+    meta = ailora.save(pm, tmp_path / "adapter")
+    loaded = ailora.load(original, tmp_path / "adapter").base_model.model
+    name = state.layers[0].name
+    trained, on_original = pm.base_model.model.get_submodule(name), loaded.get_submodule(name)
+    w = on_original.get_base_layer().weight
+    diff = _rel(on_original.get_base_layer().weight + on_original.get_delta_weight("default")
+                - Q.dequantize(trained.get_base_layer()) - trained.get_delta_weight("default"), w)
+    assert diff == pytest.approx(state.layers[0].quant["by_role"]["query"]["error"], rel=1e-3)
+    assert diff <= meta["quantization"]["saved_adapter"]["on_original_base"]["max_weight_rel_error"] * 1.001

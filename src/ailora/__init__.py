@@ -13,10 +13,9 @@ and ``optimizer_cls_and_kwargs``.
 
 from typing import TYPE_CHECKING
 
+from ailora import quiet
 from ailora.errors import AiloraError, ExactnessError, TrainingFailedError
 from ailora.version import __version__
-
-from ailora import quiet
 
 quiet.install()
 

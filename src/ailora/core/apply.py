@@ -40,7 +40,7 @@ from torch import nn
 
 from ailora.core import quantize
 from ailora.core.adapters import lora_scaling, mark_residual_form
-from ailora.core.decompose import InitConfigs, Plan, decompose, module_source
+from ailora.core.decompose import Plan, decompose, module_source
 from ailora.core.policies import get_policy_method, resolve_policy
 from ailora.core.probe import (
     LAYER_PROBE_ROWS,
@@ -211,27 +211,11 @@ def _plan_all(model: nn.Module, layout: ApplyLayout, options: ApplyOptions) -> t
     for t in layout.targets:
         module = model.get_submodule(t.name)
         device = options.device if options.device is not None else weight_of(module).device
-        source = _dequantised_source(module) if quantize.is_quantised(module) else module_source(module)
+        source = quantize.dequantised_source(module) if quantize.is_quantised(module) else module_source(module)
         plans.append(Plan.empty(t, source, layout.policy, options.rank, device))
     split = decompose(plans, layout.policy, options.solver, options.seed, layout.scaling, options.progress,
                       options.distribute)
     return plans, split
-
-
-def _dequantised_source(module: nn.Module):
-    """The blocks of a bitsandbytes layer's dequantised weight (dequantised on each read: never held)."""
-    return lambda blk: blk.take(quantize.dequantize(module))
-
-
-def _quantise(model: nn.Module, plans: list[Plan], layout: ApplyLayout, options: ApplyOptions):
-    """Quantise every residual (and the unadapted layers) and put them in the model (``ailora.core.quantize``)."""
-    spec = options.quant_spec()
-    g = torch.Generator().manual_seed(options.seed)
-    rows = lambda p: layer_probe(p.target.in_features, torch.float32, "cpu", g)  # noqa: E731
-    cfg = InitConfigs(options.solver, options.seed).on(plans[0].device) if plans else None
-    result = quantize.prepare(model, plans, layout.policy, spec, layout.scaling, cfg, layout.head, rows)
-    quantize.install(model, result)
-    return result
 
 
 def lora_config(layout: ApplyLayout, options: ApplyOptions) -> peft.LoraConfig:
@@ -491,7 +475,8 @@ def apply_with(model: nn.Module, options: ApplyOptions) -> peft.PeftModel:
     snap = snapshot(model, [t.name for t in layout.targets]) if options.check else None
     # All decompositions first, before the model is touched: a failure leaves it as it was.
     plans, split = _plan_all(model, layout, options)
-    quantised = _quantise(model, plans, layout, options) if options.quantize else None
+    quantised = (quantize.quantise_model(model, plans, layout.policy, layout.scaling, layout.head, options)
+                 if options.quantize else None)
     peft_model = peft.get_peft_model(model, lora_config(layout, options))
     generator = torch.Generator().manual_seed(options.seed) if options.check else None
     probe_dtype = layout.dtype if quantised else None

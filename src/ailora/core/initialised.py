@@ -27,6 +27,7 @@ import peft
 import torch
 from torch import nn
 
+from ailora.core import quantize as quant
 from ailora.core.adapters import PREFIX, mark_residual_form, read_adapter
 from ailora.core.apply import (
     ApplyOptions,
@@ -36,13 +37,12 @@ from ailora.core.apply import (
     run_in_float32,
     state_for,
 )
-from ailora.core import quantize as quant
 from ailora.core.checkpoint import Checkpoint
 from ailora.core.files import read_json
 from ailora.core.inits import INITS
 from ailora.core.layouts import module_entries, split_pattern
-from ailora.core.probe import layer_probe
 from ailora.core.models import load_model, parse_dtype
+from ailora.core.probe import layer_probe
 from ailora.core.roles import Target
 from ailora.core.state import LayerRecord, attach_state
 from ailora.errors import AiloraError

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ailora.core.decompose import InitConfigs
 from ailora.core.inits import INITS
+from ailora.core.probe import layer_probe
 from ailora.errors import AiloraError
 
 __all__ = ["QUANT_TYPES", "QuantResult", "QuantSpec", "bnb", "dequantize", "is_quantised", "quantise_weight"]
@@ -191,7 +193,7 @@ def quantise_plan(plan, module: nn.Module, policy: dict[str, str], spec: QuantSp
     refits = spec.iters if svd and any(policy[b.role] == "principal" for b in plan.target.blocks) else 0
     device = module.weight.device
     bias = getattr(module, "bias", None)
-    errors = []
+    errors, deq = [], None
     for it in range(refits + 1):
         if it:
             _refit(plan, w, deq, policy, scaling, cfg)
@@ -303,6 +305,23 @@ def prepare(model: nn.Module, plans, policy: dict[str, str], spec: QuantSpec, sc
     adapted = {p.target.name: quantise_plan(p, model.get_submodule(p.target.name), policy, spec, scaling, cfg,
                                             dtype, probe_rows(p)) for p in plans}
     return Quantised(spec, adapted, _others(model, list(adapted), head, spec, dtype))
+
+
+def dequantised_source(module: nn.Module):
+    """The blocks of a bitsandbytes layer's dequantised weight (dequantised on each read: never held)."""
+    return lambda blk: blk.take(dequantize(module))
+
+
+def quantise_model(model: nn.Module, plans, policy: dict[str, str], scaling: float, head: list[str],
+                   options) -> Quantised:
+    """``apply``'s step: quantise every planned residual (and the unadapted layers) and put them in the
+    model; ``options``: the ApplyOptions (its quant spec, solver and seed)."""
+    g = torch.Generator().manual_seed(options.seed)
+    rows = lambda p: layer_probe(p.target.in_features, torch.float32, "cpu", g)  # noqa: E731
+    cfg = InitConfigs(options.solver, options.seed).on(plans[0].device) if plans else None
+    result = prepare(model, plans, policy, options.quant_spec(), scaling, cfg, head, rows)
+    install(model, result)
+    return result
 
 
 def prepare_streamed(model: nn.Module, targets, initial: dict, residual_of, spec: QuantSpec, scaling: float,
