@@ -274,3 +274,14 @@ def test_smollm2_qailora_end_to_end(tmp_path):
                 - Q.dequantize(trained.get_base_layer()) - trained.get_delta_weight("default"), w)
     assert diff == pytest.approx(state.layers[0].quant["by_role"]["query"]["error"], rel=1e-3)
     assert diff <= meta["quantization"]["saved_adapter"]["on_original_base"]["max_weight_rel_error"] * 1.001
+
+
+def test_end_to_end_probe_is_reported_and_bfloat16_runs():
+    """check="full" (or an unknown architecture): the whole-model probe difference is the quantisation
+    error, recorded rather than checked; a bfloat16 model computes in bfloat16 over its 4-bit residuals."""
+    pm = ailora.apply(tiny("llama"), method="pissa", rank=4, quantize="nf4", check="full")
+    probe = pm.ailora_state.quantization["probe"]
+    assert probe["max_abs_diff"] > 0 and pm.ailora_state.check["layers"]["passed"]
+    half = ailora.apply(tiny("llama").to(torch.bfloat16), method="ailora", rank=4, quantize="fp4")
+    base = half.base_model.model.get_submodule(half.ailora_state.layers[0].name).get_base_layer()
+    assert base.compute_dtype == torch.bfloat16 and half.ailora_state.check["layers"]["passed"]

@@ -309,7 +309,7 @@ def _write_layer(peft_model, plan: Plan, scaling: float, residual_dtype: str, ra
     layer = peft_model.base_model.model.get_submodule(t.name)
     base = layer.get_base_layer()
     device = weight_of(base).device
-    quantised = quantize.is_quantised(base)  # its residual is already in place (``_quantise``)
+    quantised = quantize.is_quantised(base)  # its residual is already in place (``quantize.quantise_model``)
     x = reference = None
     if generator is not None:
         x = layer_probe(t.in_features, probe_dtype or weight_of(base).dtype, device, generator)
