@@ -61,9 +61,16 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--iters", nargs="+", type=int, default=[1, 2, 5])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quant_errors.json"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared CPU, more threads than free cores slow LAPACK's SVD "
+                         "down many times over)")
     ap.add_argument("--smoke", action="store_true", help="a tiny random LLaMA instead of the real models")
     args = ap.parse_args(argv)
+    import torch
+
     import ailora
+
+    torch.set_num_threads(args.threads)
 
     models = ["smoke"] if args.smoke else args.models
     results = {}
