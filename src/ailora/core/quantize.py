@@ -30,7 +30,8 @@ from ailora.core.inits import INITS
 from ailora.core.probe import layer_probe
 from ailora.errors import AiloraError
 
-__all__ = ["QUANT_TYPES", "QuantResult", "QuantSpec", "bnb", "dequantize", "is_quantised", "quantise_weight"]
+__all__ = ["QUANT_TYPES", "QuantResult", "QuantSpec", "Quantised", "bnb", "bnb_config", "dequantize", "is_quantised",
+           "layer_reference", "prepare_streamed", "quantise_model", "quantise_weight"]
 
 
 def bnb():
