@@ -416,10 +416,7 @@ def apply(
     check: bool = True,
     progress: bool | None = None,
     distribute: bool = True,
-    quantize: str | None = None,
-    quant_iters: int = 0,
-    quant_double: bool = False,
-    quant_keep: bool = False,
+    quantize: str | None = None, quant_iters: int = 0, quant_double: bool = False, quant_keep: bool = False,
 ) -> peft.PeftModel:
     """Wrap ``model`` in a ``peft.PeftModel`` whose LoRA adapters start as ``method`` says.
 
@@ -446,12 +443,8 @@ def apply(
             process decomposes a share of the blocks and the owners broadcast the factors, so every
             process holds the factors one process would compute, in a fraction of the time. Every
             process must then call ``apply`` with the same model and options. False: each computes all.
-        quantize: "nf4", "fp4" or "int8": store each residual as a bitsandbytes layer under PEFT's LoRA
-            layer for bitsandbytes, and quantise the unadapted Linear layers as ``BitsAndBytesConfig``
-            would (``quant_keep``: keep them); a model loaded quantised is started from its dequantised
-            weights. The quantisation error of every layer, against QLoRA's, is in ``state.quantization``
-            and the layer records (``ailora.core.quantize``); ``quant_iters``: error-reducing refits of the
-            principal blocks; ``quant_double``: bitsandbytes' double quantisation of the 4-bit scales.
+        quantize: "nf4", "fp4" or "int8": each residual as a bitsandbytes layer, its error against QLoRA's
+            in ``state.quantization``; quant_iters, quant_double, quant_keep: see ``ailora.core.quantize``.
     Returns the PeftModel, with ``model.ailora_state`` (an AiloraState, also ``state_of(model)``)
     describing what was done.
     """

@@ -14,6 +14,12 @@ weights, the only information there is. ``iters`` > 0 alternates, for the princi
 rank-r correction of a quantisation error lies in that error's principal directions, so refitting a
 minor block there would throw its start away; minor blocks keep their single-pass factors.
 
+Options (``apply`` / ``ApplyOptions``): ``quantize`` the type; ``quant_iters`` the refits above;
+``quant_double`` bitsandbytes' double quantisation of the 4-bit scales; ``quant_keep`` keeps the
+unadapted Linear layers in full precision (by default they are quantised as ``BitsAndBytesConfig``
+would, the output head and tied weights kept). A model loaded quantised is started from its
+dequantised weights, its other layers left as they were loaded.
+
 bitsandbytes is imported only when quantising (``bnb``); ``ailora.quiet`` keeps the warning its CPU
 back end logs on import from ailora's users.
 """
