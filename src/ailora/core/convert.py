@@ -26,7 +26,7 @@ from ailora.core.roles import weight_of
 from ailora.errors import AiloraError
 
 # Written beside the converted adapter: the same report as its ailora.json.
-REPORT_FILE = "convert_report.json"
+CONVERT_REPORT_FILE = "convert_report.json"
 
 
 def _initial_factors(sd: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -79,7 +79,7 @@ def convert_dir(adapter, out, rank: int | None = None, initial=None, base=None, 
     if base is not None:
         provenance["check"] = _check_against_base(base, adapter, sd, cfg, init_factors, new_sd, new_cfg)
     report = plain_adapter_meta(provenance, modules, rank, new_cfg)
-    write_adapter_dir(out, new_sd, new_cfg, report, overwrite, {REPORT_FILE: report})
+    write_adapter_dir(out, new_sd, new_cfg, report, overwrite, {CONVERT_REPORT_FILE: report})
     return report
 
 

@@ -21,7 +21,7 @@ from ailora.methods.houlsby import prepare_houlsby
 from ailora.methods.lora import lora_variant
 from ailora.methods.options import HOULSBY_OPTIONS, NO_OPTIONS, VERA_OPTIONS
 from ailora.methods.registry import Prepared, TrainMethod, register_method
-from ailora.methods.select import BaselineState, head_modules, prepare_bitfit, prepare_full
+from ailora.methods.select import BaselineState, head_modules, prepare_bitfit, prepare_full, prepared_baseline
 
 LORAPLUS_RATIO = 16.0  # LoRA+'s default ratio lr_B / lr_A (PEFT's example and the paper's suggestion)
 VERA_TARGETS = ("query", "value")
@@ -41,8 +41,8 @@ def prepare_vera(model: nn.Module, cfg, seed: int) -> Prepared:
         vera_dropout=cfg.dropout, d_initial=0.1, fan_in_fan_out=all(t.fan_in_fan_out for t in targets),
         modules_to_save=head or None,
     )
-    return Prepared(peft.get_peft_model(model, config),
-                    BaselineState("vera", head, {"vera_rank": cfg.vera_rank, "targets": [t.name for t in targets]}))
+    return prepared_baseline(peft.get_peft_model(model, config),
+                             BaselineState("vera", head, {"vera_rank": cfg.vera_rank, "targets": [t.name for t in targets]}))
 
 
 BASELINES = [

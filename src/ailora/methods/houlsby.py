@@ -28,7 +28,14 @@ from torch import nn
 from ailora.core.roles import find_targets, weight_of
 from ailora.errors import AiloraError
 from ailora.methods.registry import Prepared
-from ailora.methods.select import BaselineState, head_modules, head_parameters, is_norm, train_only
+from ailora.methods.select import (
+    BaselineState,
+    head_modules,
+    head_parameters,
+    is_norm,
+    prepared_baseline,
+    train_only,
+)
 
 ROLES = ("output", "down")  # attention output projection, FFN output projection
 INIT_STD = 1e-3  # the paper's near-identity init scale (truncated at two standard deviations)
@@ -123,5 +130,5 @@ def prepare_houlsby(model: nn.Module, cfg, seed: int) -> Prepared:
     names = add_houlsby(model, cfg.bottleneck, seed)
     trained = [n for n, _ in model.named_parameters() if ".houlsby_" in n or n in norms]
     train_only(model, trained + head_parameters(model, head))
-    return Prepared(model, BaselineState("houlsby", head, {"bottleneck": cfg.bottleneck, "init_std": INIT_STD,
-                                                           "modules": names}))
+    return prepared_baseline(model, BaselineState("houlsby", head, {"bottleneck": cfg.bottleneck,
+                                                                    "init_std": INIT_STD, "modules": names}))

@@ -37,6 +37,9 @@ class Prepared:
     synced: Mapping[str, Any] = field(default_factory=dict)
     """Tensors besides parameters and buffers that must be identical on every process (the LoRA
     family's starting factors, which saving subtracts)."""
+    groups: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``ailora.param_groups`` the method fixes: a baseline's ``head`` and
+    ``own_group`` (the LoRA family's groups come from its state, so none)."""
 
     def metadata(self, name: str) -> dict:
         """Provenance for the run record: the state's metadata, or just the method's ``name``."""
