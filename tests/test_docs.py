@@ -187,9 +187,34 @@ def _serving_ranks(ns: dict, box: Sandbox) -> None:
         same(logits(loaded), model)
 
 
+def _quantised(ns: dict, box: Sandbox) -> None:
+    """PEFT's bitsandbytes LoRA layers; the per-role report; the saved adapter loads on the original base
+    and records its error there."""
+    from peft.tuners.lora import bnb as peft_bnb
+
+    state = ns["model"].ailora_state
+    assert all(isinstance(ns["model"].base_model.model.get_submodule(r.name), peft_bnb.Linear4bit) for r in state.layers)
+    assert set(ns["roles"]) == {"query", "value"} and all(r["mean_ratio"] > 0 for r in ns["roles"].values())
+    assert ns["per_layer"]["by_role"] and state.check["layers"]["passed"]
+    meta = json.loads((box.root / "qadapter" / "ailora.json").read_text())
+    assert meta["quantization"]["saved_adapter"]["on_original_base"]["max_weight_rel_error"] > 0
+    assert isinstance(box.loaded("qadapter", "causal-lm"), peft.PeftModel)
+
+
+def _quantised_trainer(ns: dict, box: Sandbox) -> None:
+    """The Trainer trains the nf4 model; its checkpoint is plain LoRA for the original base, error recorded."""
+    checkpoint = box.root / "runs" / "qclf" / "checkpoint-4"
+    assert json.loads((checkpoint / "ailora.json").read_text())["quantization"]["type"] == "nf4"
+    trained = [p for n, p in ns["clf"].named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in trained)
+    moved_from_base = moved(logits(box.loaded("runs/qclf/checkpoint-4")), logits(box.base()))
+    assert moved_from_base
+
+
 CHECKS = {  # page -> one check per Python snippet, in order
     "README.md": [_three_lines, _served, _trainer, _sft, _serve],
     "python.md": [_accelerate],
+    "quantization.md": [_quantised, _quantised_trainer],
     "serving.md": [_serving_ranks],
 }
 

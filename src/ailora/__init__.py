@@ -13,8 +13,11 @@ and ``optimizer_cls_and_kwargs``.
 
 from typing import TYPE_CHECKING
 
+from ailora import quiet
 from ailora.errors import AiloraError, ExactnessError, TrainingFailedError
 from ailora.version import __version__
+
+quiet.install()
 
 if TYPE_CHECKING:
     from ailora.core.adapters import load, merge, merge_to_dir, save, unmerge, verify

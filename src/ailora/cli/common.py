@@ -143,7 +143,8 @@ def _option_type(name: str, tp):
         try:
             LoraOptions(**{name: value})
         except OptionError as exc:
-            raise argparse.ArgumentTypeError(exc.problem) from None
+            if exc.key == name:  # a problem with another option (quant_iters without --quantize) waits for all
+                raise argparse.ArgumentTypeError(exc.problem) from None
         return value
 
     parse.__name__ = base.__name__  # argparse names it in "invalid <type> value" messages

@@ -446,8 +446,15 @@ def _merge_in_place(model: peft.PeftModel) -> peft.PeftModel:
     return model
 
 
+def _refuse_quantised_merge(model: peft.PeftModel) -> None:
+    from ailora.core.quantize import refuse_quantised_merge  # imported on use: bitsandbytes is optional
+
+    refuse_quantised_merge(model)
+
+
 def merge(model: peft.PeftModel, check: bool = True) -> dict:
     """Merge the adapters into the base weights in place (PEFT's merge_adapter), output-checked."""
+    _refuse_quantised_merge(model)
     if not check:
         model.merge_adapter()
         return {}
@@ -467,6 +474,7 @@ def merge_to_dir(model: peft.PeftModel, out_dir, overwrite: bool = False, tokeni
     """Merge and write a full transformers model (safetensors), checked against the adapted model.
 
     ``tokenizer_from``: a model directory whose tokenizer files are copied along."""
+    _refuse_quantised_merge(model)
     merged, check = _merge_checked(model, lambda m: m.merge_and_unload())
     with atomic_dir(out_dir, overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

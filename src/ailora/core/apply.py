@@ -40,6 +40,7 @@ import peft
 import torch
 from torch import nn
 
+from ailora.core import quantize
 from ailora.core.adapters import lora_scaling, mark_residual_form
 from ailora.core.decompose import Plan, decompose, module_source
 from ailora.core.options import LoraOptions, LoraTrainingOptions, options_doc
@@ -95,6 +96,7 @@ class ApplyOptions:
             raise AiloraError(f"ApplyOptions.lora must be a LoraOptions, got {type(self.lora).__name__}")
         if self.lora.solver not in SOLVERS:
             raise AiloraError(f"unknown solver {self.lora.solver!r}; solvers are: {', '.join(SOLVERS)}")
+        self.quant_spec()
         if not (isinstance(self.check, bool) or self.check == "full"):
             raise AiloraError(f"check must be True, False or 'full', got {self.check!r}")
 
@@ -116,6 +118,12 @@ class ApplyOptions:
         lora = options if options is not None else LoraOptions(**given)
         return cls(method=method, lora=lora, **{k: v for k, v in keywords.items() if k in own})
 
+    def quant_spec(self) -> quantize.QuantSpec | None:
+        """The quantisation ``lora.quantize`` asks for, or None (``ailora.core.quantize``)."""
+        o = self.lora
+        return None if o.quantize is None else quantize.QuantSpec(o.quantize, o.quant_iters, o.quant_double,
+                                                                  o.quant_keep)
+
     def resolved_policy(self) -> dict[str, str]:
         """role -> init name: the method's starts, restricted to ``targets``, overridden by ``policy``."""
         return resolve_policy(self.method, self.lora.targets, self.lora.policy)
@@ -135,7 +143,9 @@ TRAINING_ONLY = tuple(f.name for f in dataclasses.fields(LoraTrainingOptions)
 def _validate_weight(name: str, module: nn.Module, target: Target, rank: int) -> None:
     w = weight_of(module)
     kind = type(w).__name__
-    if not w.is_floating_point() or "4bit" in kind or "8bit" in kind or hasattr(w, "quant_state"):
+    if quantize.is_quantised(module):  # only with quantize (``quantize.validate``): started from deq(W)
+        w = quantize.dequantize(module)
+    elif not w.is_floating_point() or "4bit" in kind or "8bit" in kind or hasattr(w, "quant_state"):
         raise AiloraError(f"layer {name} has quantised or integer weights ({w.dtype}, {kind}); "
                           "load the model in float32/bfloat16/float16 to initialise adapters")
     for b in target.blocks:
@@ -189,6 +199,7 @@ def layout_for(model: nn.Module, options: ApplyOptions) -> ApplyLayout:
     policy = options.resolved_policy()
     alpha = options.lora_alpha()
     targets = find_targets(model, list(policy), options.modules)
+    quantize.validate(model, targets, options.quant_spec(), options.lora.use_dora)
     for t in targets:
         _validate_weight(t.name, model.get_submodule(t.name), t, options.lora.rank)
     head = _head_modules(model, options.head)
@@ -204,7 +215,8 @@ def _plan_all(model: nn.Module, layout: ApplyLayout, options: ApplyOptions) -> t
     for t in layout.targets:
         module = model.get_submodule(t.name)
         device = options.device if options.device is not None else weight_of(module).device
-        plans.append(Plan.empty(t, module_source(module), layout.policy, options.lora.rank, device))
+        source = quantize.dequantised_source(module) if quantize.is_quantised(module) else module_source(module)
+        plans.append(Plan.empty(t, source, layout.policy, options.lora.rank, device))
     split = decompose(plans, layout.policy, options.lora.solver, options.seed, layout.scaling, options.progress,
                       options.distribute)
     return plans, split
@@ -298,7 +310,7 @@ def keep_blocks_apart(layer: nn.Module, t: Target, rank: int) -> None:
 
 
 def _write_layer(peft_model, plan: Plan, scaling: float, residual_dtype: str, rank: int,
-                 generator: torch.Generator | None) -> dict | None:
+                 generator: torch.Generator | None, probe_dtype: torch.dtype | None = None) -> dict | None:
     """Copy a plan's factors into its PEFT layer; an SVD start also replaces W by its residual.
     With a ``generator``, check the layer on seeded random rows against its original weight and
     return {"max_abs_diff", "tolerance"}."""
@@ -306,16 +318,19 @@ def _write_layer(peft_model, plan: Plan, scaling: float, residual_dtype: str, ra
     layer = peft_model.base_model.model.get_submodule(t.name)
     base = layer.get_base_layer()
     device = weight_of(base).device
+    quantised = quantize.is_quantised(base)  # its residual is already in place (``quantize.quantise_model``)
     x = reference = None
     if generator is not None:
-        x = layer_probe(t.in_features, weight_of(base).dtype, device, generator)
-        reference = run_layer(base, x)  # W x (+ bias), before W is touched
+        x = layer_probe(t.in_features, probe_dtype or weight_of(base).dtype, device, generator)
+        reference = None if quantised else run_layer(base, x)  # W x (+ bias), before W is touched
     a, b = plan.A.to(device), plan.B.to(device)
     lora_dtype = layer.lora_A["default"].weight.dtype
     with torch.no_grad():
         layer.lora_A["default"].weight.copy_(a.to(lora_dtype))
         layer.lora_B["default"].weight.copy_(b.to(lora_dtype))
-        if plan.record.singular_values:  # an SVD start: the residual replaces W
+        if quantised:
+            plan.record.residual_dtype = quantize.quant_type_of(base)
+        elif plan.record.singular_values:  # an SVD start: the residual replaces W
             record_rounding(plan.record, _replace_with_residual(base, t, a, b, scaling, residual_dtype))
         else:
             plan.record.residual_dtype = "unchanged"
@@ -323,6 +338,8 @@ def _write_layer(peft_model, plan: Plan, scaling: float, residual_dtype: str, ra
         keep_blocks_apart(layer, t, rank)
     if x is None:
         return None
+    if quantised:  # exactly deq(Q(W_res)) x + s B (A x); the quantisation error is reported apart
+        reference = quantize.layer_reference(base, x, a, b, scaling)
     diff = (run_layer(layer, x) - reference).abs().max().item()
     # The layer runs in its input's dtype (the model's) whatever dtype the residual is kept in.
     return {"max_abs_diff": diff, "tolerance": layer_tolerance(x.dtype, reference)}
@@ -360,10 +377,12 @@ def _check_layers(state: AiloraState, layers: dict[str, dict]) -> None:
                              f"(tolerance {tol:.1g})")
 
 
-def _check_untouched(peft_model: peft.PeftModel, state: AiloraState, snap: Snapshot, layout: ApplyLayout) -> None:
+def _check_untouched(peft_model: peft.PeftModel, state: AiloraState, snap: Snapshot, layout: ApplyLayout,
+                     swapped: Mapping[str, nn.Module] | None = None) -> None:
     """Record in ``state.check["untouched"]`` that nothing but the adapted layers changed (see
-    ``ailora.core.probe.untouched``); raise ExactnessError naming what did."""
-    result = untouched(peft_model.base_model.model, snap, [t.name for t in layout.targets], layout.head)
+    ``ailora.core.probe.untouched``; ``swapped``: the layers ``quantize`` replaced); raise ExactnessError
+    naming what did."""
+    result = untouched(peft_model.base_model.model, snap, [t.name for t in layout.targets], layout.head, swapped)
     state.check["untouched"] = result
     if not result["passed"]:
         raise ExactnessError(f"{state.method} init changed more than the adapted layers: "
@@ -445,16 +464,24 @@ def apply_with(model: nn.Module, options: ApplyOptions) -> peft.PeftModel:
     snap = snapshot(model, [t.name for t in layout.targets]) if options.check else None
     # All decompositions first, before the model is touched: a failure leaves it as it was.
     plans, split = _plan_all(model, layout, options)
+    quantised = (quantize.quantise_model(model, plans, layout.policy, layout.scaling, layout.head, options)
+                 if options.lora.quantize else None)
     peft_model = peft.get_peft_model(model, lora_config(layout, options))
     generator = torch.Generator().manual_seed(options.seed) if options.check else None
+    probe_dtype = layout.dtype if quantised else None
     layer_checks = {plan.target.name: _write_layer(peft_model, plan, layout.scaling, options.lora.residual_dtype,
-                                                   options.lora.rank, generator) for plan in plans}
+                                                   options.lora.rank, generator, probe_dtype) for plan in plans}
     state = _new_state(layout, options, plans, split)
+    if quantised:
+        quantize.record(state, quantised)
     attach_state(peft_model, state)
     mark_residual_form(peft_model, state)  # a raw save_pretrained must not load silently wrong
     if options.check:
         _check_layers(state, layer_checks)
-        _check_untouched(peft_model, state, snap, layout)
+        _check_untouched(peft_model, state, snap, layout, quantised.modules() if quantised else None)
+        if quantised and probe is not None:  # the end-to-end change is the quantisation error: reported
+            state.quantization["probe"] = compare_outputs(peft_model, probe, reference, layout.dtype)
+            probe = None
         _check_outputs(peft_model, state, probe, reference, layout.dtype)
     state.total_seconds = time.perf_counter() - t_start
     return peft_model

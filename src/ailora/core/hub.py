@@ -50,6 +50,10 @@ def model_card(meta: dict, config: dict, base_model: str | None) -> str:
         f"- saved: r = {config['r']}, lora_alpha = {config['lora_alpha']} (one scale for every module), "
         f"compressed rank: {meta.get('compressed_rank')}, max relative error: {meta.get('max_relative_error', 0.0):.3g}",
     ]
+    if meta.get("quantization"):
+        from ailora.core.quantize import card_lines
+
+        lines += card_lines(meta["quantization"])
     if check:
         lines.append(f"- output check at initialisation: max |diff| {check.get('max_abs_diff', 0.0):.2e} "
                      f"(tolerance {check.get('tolerance', 0.0):.0e})")

@@ -27,6 +27,7 @@ import peft
 import torch
 from torch import nn
 
+from ailora.core import quantize as quant
 from ailora.core.adapters import PREFIX, mark_residual_form, read_adapter
 from ailora.core.apply import (
     ApplyOptions,
@@ -40,7 +41,8 @@ from ailora.core.checkpoint import Checkpoint
 from ailora.core.files import read_json
 from ailora.core.inits import INITS
 from ailora.core.layouts import module_entries, split_pattern
-from ailora.core.models import load_model
+from ailora.core.models import load_model, parse_dtype
+from ailora.core.probe import layer_probe
 from ailora.core.roles import Target
 from ailora.core.state import LayerRecord, attach_state
 from ailora.errors import AiloraError
@@ -55,8 +57,9 @@ REPORT_FILE = "report.json"
 # The LoRA options that do not decide the starting factors and residuals (DoRA is refused apart: its
 # magnitudes need the original weights); a run starting from the directory must ask for the same
 # values of every other one, resolved (targets and policy as the policy they give, alpha as a number),
-# and for the same ``modules`` and, where a start draws random numbers, ``seed``.
-NOT_START = ("dropout", "use_dora")
+# and for the same ``modules`` and, where a start draws random numbers, ``seed``. The residuals are stored
+# in full precision: quantising them is the loading run's choice (``quant_iters`` is refused there).
+NOT_START = ("dropout", "use_dora", "quantize", "quant_iters", "quant_double", "quant_keep")
 
 
 def canonical_modules(modules) -> dict[str, list[str]] | None:
@@ -108,7 +111,7 @@ def _require_record(directory) -> dict:
     return record
 
 
-def load_initialised(directory, kind: str | None = None, trust_remote_code: bool = False,
+def load_initialised(directory, kind: str | None = None, trust_remote_code: bool = False, quantize: str | None = None,
                      **config_overrides) -> peft.PeftModel:
     """The model ``ailora.apply`` gave the original checkpoint, from the directory the streaming init
     wrote (``ailora init --model DIR --residual-out OUT``), with no decomposition.
@@ -116,11 +119,20 @@ def load_initialised(directory, kind: str | None = None, trust_remote_code: bool
     ``kind``: the model class (default: the init's); ``config_overrides`` go to the model's config as
     in ``from_pretrained`` (``num_labels=3`` for a new classification head). The model loads in the
     init's dtype. Returns a PeftModel with its ``ailora_state``, equal to ``ailora.apply(original,
-    **the init's options)``."""
+    **the init's options)``.
+
+    ``quantize`` ("nf4", "fp4", "int8"; default: the init's ``--quantize``, if any): the model loads
+    through transformers' ``BitsAndBytesConfig`` (never whole in full precision) and each stored
+    residual is quantised as ``apply(..., quantize=...)`` does, with the same error report
+    (``ailora.core.quantize``)."""
     record = _require_record(directory)
+    options = options_from_record({**record["options"], **({"quantize": quantize} if quantize else {})})
+    spec = options.quant_spec()
+    if spec is not None:
+        config_overrides.setdefault("quantization_config", quant.bnb_config(spec, parse_dtype(record["dtype"])))
     model = load_model(directory, kind=kind or record["kind"], dtype=record["dtype"],
                        trust_remote_code=trust_remote_code, **config_overrides)
-    return start_from_initialised(model, directory)
+    return start_from_initialised(model, directory, options)
 
 
 def _start(options: ApplyOptions) -> dict:
@@ -180,16 +192,40 @@ def _install(layer, t: Target, factors: tuple[torch.Tensor, torch.Tensor], recor
     """Put the starting factors into PEFT's layer; a residual kept in float32 inside a half-precision
     model is read again in float32 and run so (as ``apply`` leaves it); check the residual's hash."""
     base = layer.get_base_layer()
-    if recorded["residual_dtype"] == "float32" and base.weight.dtype != torch.float32:
+    quantised = quant.is_quantised(base)  # its residual was checked and quantised by ``_quantise_streamed``
+    if recorded["residual_dtype"] == "float32" and base.weight.dtype != torch.float32 and not quantised:
         base.weight = nn.Parameter(ckpt.tensor(recorded["key"]), requires_grad=False)
         run_in_float32(base)
-    if recorded["residual_dtype"] != "unchanged" and weight_hash(base.weight) != recorded["sha256"]:
+    if recorded["residual_dtype"] != "unchanged" and not quantised and weight_hash(base.weight) != recorded["sha256"]:
         raise AiloraError(f"the weight of layer {t.name} is not the residual the init wrote ({recorded['key']}); "
                           "the directory was changed, or loaded in another dtype")
     a0, b0 = factors
     with torch.no_grad():
         layer.lora_A["default"].weight.copy_(a0.to(layer.lora_A["default"].weight.dtype))
         layer.lora_B["default"].weight.copy_(b0.to(layer.lora_B["default"].weight.dtype))
+
+
+def _quantise_streamed(model: nn.Module, layout, options: ApplyOptions, initial: dict, ckpt: Checkpoint,
+                       recorded: dict, directory) -> quant.Quantised | None:
+    """With ``options.lora.quantize``: every stored residual (read again from the checkpoint, one at a time,
+    and checked against its hash) quantised into the model, as ``apply`` does (``ailora.core.quantize``)."""
+    spec = options.quant_spec()
+    if spec is None:
+        return None
+
+    def residual_of(t: Target) -> torch.Tensor:
+        res = ckpt.tensor(recorded[t.name]["key"])
+        if recorded[t.name]["residual_dtype"] != "unchanged" and weight_hash(res) != recorded[t.name]["sha256"]:
+            raise AiloraError(f"the weight of layer {t.name} is not the residual the init wrote "
+                              f"({recorded[t.name]['key']}); the directory was changed")
+        return res.T if t.fan_in_fan_out else res
+
+    g = torch.Generator().manual_seed(options.seed)
+    rows = lambda t: layer_probe(t.in_features, torch.float32, "cpu", g)  # noqa: E731
+    result = quant.prepare_streamed(model, layout.targets, initial, residual_of, spec, layout.scaling, layout.head,
+                                    rows)
+    quant.install(model, result)
+    return result
 
 
 def start_from_initialised(model: nn.Module, directory, options: ApplyOptions | None = None) -> peft.PeftModel:
@@ -211,6 +247,8 @@ def start_from_initialised(model: nn.Module, directory, options: ApplyOptions | 
                         sd[f"{PREFIX}{names[t.name]}.lora_B.weight"].float()) for t in layout.targets}
     # Where the model came from, for PEFT's config and adapters saved from it: they apply to the ORIGINAL.
     model.config._name_or_path = model.name_or_path = record["source"]
+    quantised = _quantise_streamed(model, layout, options, initial, ckpt, {t.name: record["layers"][names[t.name]]
+                                                                            for t in layout.targets}, directory)
     peft_model = peft.get_peft_model(model, lora_config(layout, options))
     for t in layout.targets:
         layer = peft_model.base_model.model.get_submodule(t.name)
@@ -222,6 +260,8 @@ def start_from_initialised(model: nn.Module, directory, options: ApplyOptions | 
     state = state_for(layout, options, initial, [dataclasses.replace(layers[names[t.name]], name=t.name)
                                                  for t in layout.targets])
     state.check, state.total_seconds = report["output_check"], report["total_seconds"]
+    if quantised is not None:
+        quant.record(state, quantised)
     attach_state(peft_model, state)
     mark_residual_form(peft_model, state)
     return peft_model

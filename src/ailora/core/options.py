@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from ailora.errors import AiloraError
 
 RESIDUAL_DTYPES = ("auto", "model", "float32")
+# bitsandbytes' types (``ailora.core.quantize.QUANT_TYPES`` describes each; named here so the CLI needs no torch).
+QUANT_NAMES = ("nf4", "fp4", "int8")
 
 
 class OptionError(AiloraError):
@@ -100,6 +102,14 @@ class LoraOptions:
     """DoRA's per-row magnitude of each adapted weight, trained as well: PEFT sets it to the row norms of W0, which the SVD start keeps exact (the dora method sets it)."""
     residual_dtype: str = field(default="auto", metadata={"choices": RESIDUAL_DTYPES})
     """The dtype of the residual W - s B0 A0 in a half-precision model: auto keeps the model's dtype where rounding it moves the layer's output by no more than the model's own rounding (ailora.core.rounding), else float32; model or float32 force one."""
+    quantize: str | None = field(default=None, metadata={"choices": QUANT_NAMES})
+    """QAILoRA: store each residual (and the Linear layers not adapted) as a bitsandbytes nf4, fp4 or int8 layer under PEFT's bitsandbytes LoRA layer; the report gives each layer's quantisation error beside QLoRA's (ailora.core.quantize)."""
+    quant_iters: int = 0
+    """With quantize: error-reducing refits of the principal starts against the quantised residual (0: one pass)."""
+    quant_double: bool = False
+    """With quantize nf4 or fp4: bitsandbytes' double quantisation of the 4-bit scales."""
+    quant_keep: bool = False
+    """With quantize: keep the Linear layers that are not adapted in full precision."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", _roles(self.targets, "targets"))
@@ -117,6 +127,22 @@ class LoraOptions:
                 raise OptionError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.residual_dtype not in RESIDUAL_DTYPES:
             raise OptionError("residual_dtype", f"must be auto, model or float32, got {self.residual_dtype!r}")
+        self._check_quantize()
+
+    def _check_quantize(self) -> None:
+        """The quant_* options: each on its own, then together (an error about a missing ``quantize``
+        names quantize: the CLI checks one flag at a time and leaves that one to the whole)."""
+        if self.quantize is not None and self.quantize not in QUANT_NAMES:
+            raise OptionError("quantize", f"must be one of {', '.join(QUANT_NAMES)}, got {self.quantize!r}")
+        if not isinstance(self.quant_iters, int) or isinstance(self.quant_iters, bool) or self.quant_iters < 0:
+            raise OptionError("quant_iters", f"must be a non-negative integer, got {self.quant_iters!r}")
+        for name in ("quant_double", "quant_keep"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if self.quantize is None and (self.quant_iters or self.quant_double or self.quant_keep):
+            raise OptionError("quantize", "must be nf4, fp4 or int8 for quant_iters, quant_double or quant_keep")
+        if self.quant_double and self.quantize == "int8":
+            raise OptionError("quant_double", "applies to nf4 and fp4 only (the 4-bit scales), not int8")
 
 
 @dataclass(frozen=True)

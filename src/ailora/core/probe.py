@@ -4,7 +4,7 @@ and a fixed probe batch, run through the whole model before and after."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -180,10 +180,12 @@ def _module_kept(name: str, before: nn.Module, now: nn.Module | None, adapted: s
     return now is before
 
 
-def untouched(model: nn.Module, snap: Snapshot, adapted: Iterable[str], heads: Iterable[str] = ()) -> dict:
+def untouched(model: nn.Module, snap: Snapshot, adapted: Iterable[str], heads: Iterable[str] = (),
+              swapped: Mapping[str, nn.Module] | None = None) -> dict:
     """Compare ``model`` (the module PEFT wrapped, as it is after the change) with its ``snapshot``: adapters
     on exactly the ``adapted`` modules, each wrapping its original module; the ``heads`` copied as they were;
     every other module the same object; every recorded parameter and buffer the same tensor, unchanged.
+    ``swapped``: modules replaced on purpose (quantised layers), name -> the module now expected there.
 
     With each adapted layer checked on its outputs, this makes the model's outputs unchanged without
     running it (an end-to-end forward reads every weight of the model, more than all the decompositions).
@@ -191,8 +193,9 @@ def untouched(model: nn.Module, snap: Snapshot, adapted: Iterable[str], heads: I
     adapted, heads = set(adapted), set(heads)
     now = dict(model.named_modules())
     inside = tuple(f"{root}." for root in adapted | heads)  # their submodules now sit under other names
+    swapped = swapped or {}
     changed = [n for n, m in snap.modules.items() if not n.startswith(inside)
-               and not _module_kept(n, m, now.get(n), adapted, heads)]
+               and not _module_kept(n, swapped.get(n, m), now.get(n), adapted, heads)]
     changed += sorted(n for n, m in now.items() if hasattr(m, "lora_A") and n not in adapted)
     for name, kind, attr, t, print_ in snap.tensors:
         if getattr(snap.modules[name], kind).get(attr) is not t or _fingerprint(t) != print_:

@@ -36,6 +36,7 @@ class LayerRecord:
     # adds to the layer's output on seeded rows, and the bound it is held to (None: not measured).
     residual_error: float | None = None
     residual_bound: float | None = None
+    quant: dict | None = None  # with quantize: the layer's quantisation errors (``ailora.core.quantize``)
 
 
 @dataclass
@@ -62,6 +63,8 @@ class AiloraState:
     check: dict = field(default_factory=dict)
     total_seconds: float = 0.0
     version: str = __version__
+    quantization: dict | None = None
+    """With ``quantize``: the spec and per-role quantisation errors against QLoRA's (``ailora.core.quantize``)."""
     split: dict = field(default_factory=dict)
     """How the decompositions were shared across processes: {} in one process, else {"processes": P,
     "blocks": [blocks decomposed by each]} (``ailora.core.decompose``)."""
@@ -80,6 +83,7 @@ class AiloraState:
             "roles_source": self.roles_source,
             "targets": {n: [b.describe() for b in t.blocks] for n, t in self.targets.items()},
             "options": asdict(o),
+            **({"quantization": self.quantization} if self.quantization is not None else {}),
         }
 
     def report(self) -> dict:

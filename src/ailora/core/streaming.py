@@ -58,6 +58,7 @@ from ailora.core.initialised import (
 from ailora.core.layouts import Block
 from ailora.core.models import check_kind, check_model_dir, load_config, model_class, parse_dtype
 from ailora.core.probe import LAYER_PROBE_ROWS, layer_probe, layer_tolerance
+from ailora.core.quantize import STREAMED_ITERS
 from ailora.core.roles import Target
 from ailora.core.rounding import Rounding
 from ailora.errors import AiloraError, ExactnessError
@@ -240,6 +241,8 @@ def initialise_checkpoint(model_dir, out, options: ApplyOptions, kind: str = "au
     ``dtype``: the dtype the model is initialised and trained in (default float32, as ``load_model``).
     Train from ``out`` with ``ailora.load_initialised(out)`` or ``ailora train --model out``."""
     t_start = time.perf_counter()
+    if options.lora.quant_iters:  # refits need W and deq(Q) at once: ``ailora.core.quantize``
+        raise AiloraError(STREAMED_ITERS)
     job = _prepare(model_dir, out, options, kind, dtype, trust_remote_code, overwrite)
     layout = job.layout
     plans = [Plan.empty(t, _source(job, t), layout.policy, options.lora.rank, options.device or "cpu")
