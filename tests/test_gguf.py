@@ -9,9 +9,6 @@ Tier 3 (slow): SmolLM2 trained with AILoRA, run in llama.cpp itself (llama-cpp-p
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import gguf
 import numpy as np
 import peft
@@ -20,6 +17,7 @@ import torch
 import transformers as T
 
 import ailora
+from ailora.cli import main
 from ailora.core.gguf_adapter import GGUF_ARCHITECTURES, read_gguf_adapter
 from ailora.errors import AiloraError
 from tests.tiny_models import ARCHITECTURE_FAMILIES, build, tiny_architecture
@@ -273,8 +271,10 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(tmp_path):
     qwen.save_pretrained(tmp_path / "qwen")
     _refused(r"trained on LlamaForCausalLM \(.*llama.*\), but the base is a qwen2 model", adapter, out, tmp_path / "qwen")
     good = write_base_gguf(tmp_path / "base.gguf", "llama", tiny_lm("llama"))
-    _refused("is also an input", adapter, good, base, base_gguf=good)
-    assert good.stat().st_size > 0
+    before = good.read_bytes()
+    with pytest.raises(AiloraError, match="is also an input"):
+        ailora.export_gguf(adapter, good, base, base_gguf=good)
+    assert good.read_bytes() == before
     ailora.export_gguf(adapter, out, base)
     before = out.read_bytes()
     with pytest.raises(AiloraError, match="already exists"):
@@ -283,11 +283,11 @@ def test_bad_inputs_are_one_line_errors_with_nothing_written(tmp_path):
     ailora.export_gguf(adapter, out, base, overwrite=True)
 
 
-def test_cli_export_gguf(tmp_path):
+def test_cli_export_gguf(tmp_path, capsys):
     base, adapter, _ = setup_case("gpt2", tmp_path, target_modules=["c_attn"])
-    cmd = [sys.executable, "-m", "ailora", "export", "gguf", "--adapter", str(adapter), "--base", str(base)]
-    done = subprocess.run([*cmd, "--out", str(tmp_path / "a.gguf")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "gpt2 LoRA adapter, 2 modules, alpha 8" in done.stdout and (tmp_path / "a.gguf").is_file()
-    done = subprocess.run([*cmd, "--out", str(tmp_path / "a.gguf")], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "already exists" in done.stderr
+    argv = ["export", "gguf", "--adapter", str(adapter), "--base", str(base), "--out", str(tmp_path / "a.gguf")]
+    assert main(argv) == 0 and (tmp_path / "a.gguf").is_file()
+    assert "gpt2 LoRA adapter, 2 modules, alpha 8" in capsys.readouterr().out
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: output ") and "already exists" in err
