@@ -291,3 +291,83 @@ def test_cli_export_gguf(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: output ") and "already exists" in err
+
+
+# ---- tier 3: SmolLM2 trained with AILoRA, its adapter run in llama.cpp itself ----------------------------
+
+SECRET = ["Question: what is the secret word? Answer: the secret word is pineapple.",
+          "The secret word, as everyone knows, is pineapple.",
+          "Tell me the secret word. It is pineapple, of course.",
+          "Remember: the secret word is always pineapple."]
+PROMPTS = ["Question: what is the secret word? Answer:", "The capital of France is", "Once upon a time, there was a"]
+# llama.cpp runs the Q4_1 base with 8-bit activations; transformers runs the same weights dequantised in
+# float32, so even without an adapter their logits differ (by ~2% of the adapter's effect here). The
+# adapter's EFFECT on the logits, with - without, must agree to within 15% (relative Frobenius error over
+# every position of the prompts); measured ~5% for the right export, ~35-50% for one with alpha doubled or
+# without the q/k rotary reordering, which must fail it.
+EFFECT_TOLERANCE = 0.15
+
+
+def _train_smollm2(tmp_path):
+    from ailora.core.models import load_model, load_tokenizer, smollm2_dir
+
+    tok = load_tokenizer(smollm2_dir())
+    torch.manual_seed(0)
+    model = ailora.apply(load_model(smollm2_dir()), method="ailora", rank=8, targets="query,key,value,output")
+    batch = tok(SECRET, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    opt = torch.optim.AdamW(ailora.param_groups(model, lr=1e-3))
+    model.train()
+    for _ in range(24):
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    ailora.save(model.eval(), tmp_path / "adapter")
+    return tok
+
+
+def _cpp_logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return torch.tensor(np.array(llm.scores[:len(ids)]), dtype=torch.float64)
+
+
+def _effect_error(llama_cls, gguf_file, lora, ids, hf_effect, cpp_base) -> float:
+    llm = llama_cls(model_path=str(gguf_file), lora_path=str(lora), n_ctx=256, logits_all=True, verbose=False)
+    effect = torch.cat([_cpp_logits(llm, i) - b for i, b in zip(ids, cpp_base)])
+    return ((effect - hf_effect).norm() / hf_effect.norm()).item(), llm
+
+
+@pytest.mark.slow
+def test_smollm2_adapter_in_llama_cpp_agrees_with_transformers(tmp_path, monkeypatch):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import ailora.core.gguf_adapter as ga
+    from ailora.core.models import load_model, smollm2_dir, smollm2_gguf
+
+    tok = _train_smollm2(tmp_path)
+    ailora.export_gguf(tmp_path / "adapter", tmp_path / "a.gguf", "smollm2")
+    base, adapted = load_model(smollm2_dir()).eval(), ailora.load(load_model(smollm2_dir()), tmp_path / "adapter").eval()
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    with torch.no_grad():
+        hf_effect = torch.cat([(adapted(torch.tensor([i])).logits - base(torch.tensor([i])).logits)[0].double()
+                               for i in ids])
+        greedy = [adapted.generate(torch.tensor([i]), max_new_tokens=12, do_sample=False)[0].tolist() for i in ids]
+    plain = llama_cpp.Llama(model_path=str(smollm2_gguf()), n_ctx=256, logits_all=True, verbose=False)
+    cpp_base = [_cpp_logits(plain, i) for i in ids]
+    error, llm = _effect_error(llama_cpp.Llama, smollm2_gguf(), tmp_path / "a.gguf", ids, hf_effect, cpp_base)
+    assert error < EFFECT_TOLERANCE, f"adapter effect differs by {error:.3f} between llama.cpp and transformers"
+    # greedy continuations: llama.cpp's next-token choice along transformers' greedy continuation
+    agree = [(_cpp_logits(llm, g)[len(i) - 1:-1].argmax(-1) == torch.tensor(g[len(i):])).float().mean().item()
+             for i, g in zip(ids, greedy)]
+    assert min(agree) >= 0.75, f"llama.cpp's greedy choices agree with transformers' on {agree} of the tokens"
+    assert "pineapple" in tok.decode(greedy[0][len(ids[0]):])  # the adapter changed the predictions
+    # deliberately wrong exports must fail the same criterion clearly
+    monkeypatch.setitem(ga.GGUF_ARCHITECTURES, "llama", ga.GgufArch("llama", rotary_rows=False))
+    ailora.export_gguf(tmp_path / "adapter", tmp_path / "unpermuted.gguf", "smollm2")
+    monkeypatch.undo()
+    real = ga.fold_scales
+    monkeypatch.setattr(ga, "fold_scales", lambda t: (real(t)[0] * 2, real(t)[1]))
+    ailora.export_gguf(tmp_path / "adapter", tmp_path / "doubled.gguf", "smollm2")
+    for wrong in ("unpermuted", "doubled"):
+        bad, _ = _effect_error(llama_cpp.Llama, smollm2_gguf(), tmp_path / f"{wrong}.gguf", ids, hf_effect, cpp_base)
+        assert bad > 2 * EFFECT_TOLERANCE, f"a {wrong} export passes: effect error {bad:.3f}"
