@@ -332,7 +332,8 @@ def _cpp_logits(llm, ids):
     return torch.tensor(np.array(llm.scores[:len(ids)]), dtype=torch.float64)
 
 
-def _effect_error(llama_cls, gguf_file, lora, ids, hf_effect, cpp_base) -> float:
+def _effect_error(llama_cls, gguf_file, lora, ids, hf_effect, cpp_base):
+    """(relative error of llama.cpp's effect against ``hf_effect``, the llama.cpp model with ``lora``)."""
     llm = llama_cls(model_path=str(gguf_file), lora_path=str(lora), n_ctx=256, logits_all=True, verbose=False)
     effect = torch.cat([_cpp_logits(llm, i) - b for i, b in zip(ids, cpp_base)])
     return ((effect - hf_effect).norm() / hf_effect.norm()).item(), llm
