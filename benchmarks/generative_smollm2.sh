@@ -23,22 +23,23 @@ import json, sys
 from pathlib import Path
 from ailora.experiments.stats import paired_bootstrap
 from ailora.tasks.metrics import get_metric
+from ailora.train.runrecord import read_complete
 print("| task | method | metric | test before | test after | after - before (95% CI, paired bootstrap) |")
 print("| --- | --- | --- | --- | --- | --- |")
 after = {}
 for run in sorted(Path(sys.argv[1]).glob("*/results.json")):
-    r = json.loads(run.read_text())
+    r = read_complete(run.parent)
     task, method = run.parent.name.split("-", 1)
     name = "numeric_match" if task == "asdiv" else "rougeL"
     rows = {step: [json.loads(x) for x in (run.parent / "predictions" / f"test-step{step}.jsonl").read_text().splitlines()]
-            for step in (0, r["steps"])}
+            for step in (0, r.steps)}
     refs = [x["reference"] for x in rows[0]]
-    boot = paired_bootstrap(get_metric(name).fn, [[x["prediction"] for x in rows[r["steps"]]]],
+    boot = paired_bootstrap(get_metric(name).fn, [[x["prediction"] for x in rows[r.steps]]],
                             [[x["prediction"] for x in rows[0]]], refs, resamples=500)
     lo, hi = boot["ci"]
-    print(f"| {task} | {method} | {name} | {r['before']['test'][name]:.4f} | {r['test'][name]:.4f} | "
+    print(f"| {task} | {method} | {name} | {r.before['test'][name]:.4f} | {r.test[name]:.4f} | "
           f"{boot['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}], p = {boot['p']:.3f} |")
-    after[task, method] = ([x["prediction"] for x in rows[r["steps"]]], refs, name)
+    after[task, method] = ([x["prediction"] for x in rows[r.steps]], refs, name)
 print()
 print("| task | ailora - lora after training (95% CI, paired bootstrap; one seed) |")
 print("| --- | --- |")

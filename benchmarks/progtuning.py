@@ -12,21 +12,21 @@ over optimizer steps, time inside optimizer steps, and whole-run wall time
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ailora.train import train
 from ailora.train.config import RunConfig
 from ailora.train.progressive import savings
+from ailora.train.runrecord import RunRecord, from_train, read_complete
 
 LRS = {"ailora": 1e-3, "full": 5e-5}
 
 
-def run(out: Path, method: str, stages: int, args) -> dict:
+def run(out: Path, method: str, stages: int, args) -> RunRecord:
     run_dir = out / f"{method}-T{stages}"
     if (run_dir / "results.json").is_file():
-        return json.loads((run_dir / "results.json").read_text())
+        return read_complete(run_dir)
     cfg = RunConfig.from_dict({
         "model": {"name": "minilm", "max_length": 64},
         "method": {"name": method},
@@ -36,7 +36,7 @@ def run(out: Path, method: str, stages: int, args) -> dict:
         "progressive": {"stages": stages},
         "run_dir": str(run_dir), "overwrite": True,
     })
-    return train(cfg)
+    return from_train(train(cfg))
 
 
 def main() -> int:

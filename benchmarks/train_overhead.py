@@ -37,6 +37,7 @@ from ailora.tasks import get_task, load_task
 from ailora.train.config import RunConfig
 from ailora.train.context import TrainContext
 from ailora.train.data import encode_classification, padding_fraction, train_batches
+from ailora.train.kinds import Classification
 from ailora.train.loop import linear_schedule, optimizer_step, trainable_parameters
 
 
@@ -73,8 +74,9 @@ def ours_context(method, path, tokenizer, items, batch_size, acc) -> TrainContex
     opt = torch.optim.AdamW(ailora.param_groups(model, lr=1e-4))
     sched = linear_schedule(opt, 0, 10**9)
     model, opt = acc.prepare(model, opt)
+    spec = get_task("movie-sentiment")
     ctx = TrainContext(acc, cfg, None, model, opt, sched, trainable_parameters(acc.unwrap_model(model)),
-                       {"train": items}, get_task("movie-sentiment"), tokenizer, None)
+                       {"train": items}, spec, tokenizer, None, task=Classification(spec, 128, ("neg", "pos")))
     model.train()
     return ctx
 

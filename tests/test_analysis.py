@@ -18,7 +18,6 @@ from ailora.analysis import (
     lora_deltas,
     mean_by_method,
     mlm_positions,
-    parse_metrics_lines,
     read_run,
     role_deltas,
     role_weights,
@@ -33,6 +32,8 @@ from ailora.cli import analyze, main
 from ailora.core.adapters import read_adapter
 from ailora.core.roles import weight_of
 from ailora.errors import AiloraError
+from ailora.train.record import write_json
+from ailora.train.runrecord import write_epochs
 from tests.tiny_models import ANALYSIS, build, tiny
 
 
@@ -218,31 +219,42 @@ def test_mlm_positions_seeded_and_never_special():
 # --- curves --------------------------------------------------------------------------------------
 
 
-def test_metrics_reader_is_tolerant(tmp_path):
-    lines = [
-        '{"epoch": 1, "train_loss": 1.0, "validation": {"accuracy": 0.5}}',
-        "",
-        "not json",
-        '{"step": 10, "loss": 3.0}',
-        '{"epoch": 2, "loss": 0.5, "eval_accuracy": 0.7}',
-        '{"epoch": 2, "train_loss": 0.4, "validation": {"accuracy": 0.8}}',
-        '{"epoch": 3, "train_lo',
-    ]
-    by_epoch, skipped = parse_metrics_lines(lines)
-    assert by_epoch == {1: (1.0, {"accuracy": 0.5}), 2: (0.4, {"accuracy": 0.8})} and skipped == 3
+def _curves_run(path, method: str, seed: int, accs: list[float]) -> None:
+    """A run directory as the trainer leaves it after len(accs) epochs (config.json, metrics.jsonl)."""
+    path.mkdir()
+    write_json(path / "config.json", {"method": {"name": method}, "train": {"seed": seed}})
+    write_epochs(path, [{"epoch": e, "step": 5 * e, "train_loss": 1.0 / e, "validation": {"acc": a}, "seconds": 1.0}
+                        for e, a in enumerate(accs, 1)])
+
+
+def test_curves_read_what_the_trainer_writes_and_nothing_else(tmp_path):
     for i, (method, acc) in enumerate([("ailora", 0.6), ("ailora", 0.8), ("lora", 0.5)]):
-        run = tmp_path / f"run{i}"
-        run.mkdir()
-        (run / "config.json").write_text(json.dumps({"method": {"name": method}, "train": {"seed": i}}))
-        (run / "metrics.jsonl").write_text(
-            json.dumps({"epoch": 1, "train_loss": 1.0, "validation": {"acc": acc}}) + "\n"
-        )
+        _curves_run(tmp_path / f"run{i}", method, i, [acc, acc + 0.1])
     runs = [read_run(tmp_path / f"run{i}") for i in range(3)]
     assert [r.method for r in runs] == ["ailora", "ailora", "lora"] and runs[1].seed == 1
+    assert runs[0].epochs == [1, 2] and runs[0].train_loss == [1.0, 0.5]
+    assert runs[0].metrics == {"acc": [0.6, pytest.approx(0.7)]}
     means = mean_by_method(runs, "acc")
-    assert means["ailora"]["metric"] == [pytest.approx(0.7)] and means["ailora"]["runs"] == 2
+    assert means["ailora"]["metric"] == [pytest.approx(0.7), pytest.approx(0.8)] and means["ailora"]["runs"] == 2
     with pytest.raises(AiloraError, match="metrics.jsonl"):
         read_run(tmp_path)
+    # Names no format of the trainer used are refused, not guessed at; so is a half-written line.
+    metrics = tmp_path / "run0" / "metrics.jsonl"
+    good = metrics.read_text()
+    bad = {"unknown key 'loss'": '{"epoch": 1, "step": 5, "loss": 1.0, "validation": {}, "seconds": 1.0}',
+           "unknown key 'eval'": '{"epoch": 1, "step": 5, "train_loss": 1.0, "eval": {}, "seconds": 1.0}',
+           "no 'validation'": '{"epoch": 1, "step": 5, "train_loss": 1.0, "seconds": 1.0}',
+           "line 1 is not valid JSON": '{"epoch": 1, "train_lo',
+           "must run 1, 2": good.splitlines()[1]}
+    for message, line in bad.items():
+        metrics.write_text(line + "\n")
+        with pytest.raises(AiloraError, match=message) as err:
+            read_run(tmp_path / "run0")
+        assert str(metrics) in str(err.value) and "\n" not in str(err.value)
+    metrics.write_text(good)
+    write_json(tmp_path / "run0" / "config.json", {"method": {"kind": "ailora"}, "train": {"seed": 0}})
+    with pytest.raises(AiloraError, match="config.json: config method.name must be a string, got None"):
+        read_run(tmp_path / "run0")
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -358,13 +370,7 @@ def test_cli_similarity_forgetting_curves(models, tmp_path):
     assert res["results"]["ft"]["kl"] > 0
 
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text('{"method": "ailora"}')
-    (run / "metrics.jsonl").write_text(
-        "\n".join(
-            json.dumps({"epoch": e, "train_loss": 1 / e, "validation": {"acc": e / 4}}) for e in range(1, 4)
-        )
-    )
+    _curves_run(run, "ailora", 0, [0.25, 0.5, 0.75])
     assert _cli(["curves", "--runs", run, "--out", tmp_path]) == 0
     assert _outputs(tmp_path, "curves")["mean_by_method"]["ailora"]["metric"] == [0.25, 0.5, 0.75]
 

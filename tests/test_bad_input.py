@@ -7,6 +7,7 @@ Exit statuses (``ailora.cli``): 0 ok, 2 a user's mistake, 1 an internal error, 1
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -64,6 +65,61 @@ def _truncate(f: Path) -> None:
     f.write_bytes(data[: len(data) // 2])
 
 
+def _peft_adapters(d: Path, bert: Path) -> dict[str, Path]:
+    """Adapters saved by plain PEFT: a raw PiSSA one (trained on its residual base) with its initial
+    adapter, and a plain one whose classifier (``modules_to_save``) tensors were dropped; copies whose
+    config names a start PEFT cannot re-run on load (pissa_niter_4, corda) or a quantised one (loftq)."""
+    import peft
+    from transformers import BertForSequenceClassification
+
+    base = BertForSequenceClassification.from_pretrained(bert)
+    out = {}
+    for start in ("pissa", True):
+        cfg = peft.LoraConfig(r=2, lora_alpha=2, target_modules=["query", "value"], init_lora_weights=start,
+                              modules_to_save=["classifier"])
+        model = peft.get_peft_model(copy.deepcopy(base), cfg)
+        model.save_pretrained(d / f"peft-{start}-initial")
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.1)
+        model.save_pretrained(d / f"peft-{start}")
+    out["peft_pissa"], out["peft_pissa_initial"] = d / "peft-pissa", d / "peft-pissa-initial"
+    out["peft_nohead"] = _copy(d / "peft-True", d / "peft-nohead")
+    f = out["peft_nohead"] / "adapter_model.safetensors"
+    save_file({k: v for k, v in load_file(f).items() if "classifier" not in k}, f)
+    for start in ("pissa_niter_4", "corda", "loftq"):
+        out[f"peft_{start}"] = _copy(d / "peft-pissa", d / f"peft-{start}")
+        cfg_file = out[f"peft_{start}"] / "adapter_config.json"
+        loftq = {"loftq_config": {"loftq_bits": 4, "loftq_iter": 1}} if start == "loftq" else {}
+        cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "init_lora_weights": start, **loftq}))
+    return out
+
+
+def _bad_tasks(d: Path) -> dict[str, Path]:
+    """Task specs whose data files are broken in ways a reader must name (file and line)."""
+    d.mkdir()
+    good = "text,label\nthe film was good,pos\nthe film was bad,neg\nfine film,pos\nsad film,neg\n"
+    files = {
+        "extra": good + "good, really,pos\n",  # an unquoted comma: three fields under two columns
+        "quote": good + '"an unclosed quote,pos\nbad,neg\n',  # would swallow every row after it
+        "latin1": good.replace("fine film", "caf\xe9 film"),  # written below as latin-1: one stray byte
+        "nan": "text,label\none,0.5\ntwo,1.5\nthree,nan\nfour,2.0\n",
+    }
+    out = {}
+    for name, text in files.items():
+        (d / f"{name}.csv").write_bytes(text.encode("latin-1" if name == "latin1" else "utf-8"))
+        kind = "regression" if name == "nan" else "classification"
+        spec = {"name": name, "kind": kind, "train": f"{name}.csv", "validation": f"{name}.csv", "test": f"{name}.csv"}
+        (d / f"{name}.json").write_text(json.dumps(spec))
+        out[f"task_{name}"] = d / f"{name}.json"
+    (d / "listed.jsonl").write_text("".join(json.dumps({"text": t, "label": "pos"}) + "\n" for t in ("a", ["b"])))
+    (d / "listed.json").write_text(json.dumps({"name": "listed", "kind": "classification", "path": "listed.jsonl",
+                                               "label_names": ["neg", "pos"]}))
+    out["task_listed"] = d / "listed.json"
+    return out
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, str]:
     """Real files and their corrupted copies; keys are the placeholders of the battery's argv."""
@@ -101,7 +157,13 @@ def world(tmp_path_factory) -> dict[str, str]:
     readonly = d / "readonly"
     readonly.mkdir()
     readonly.chmod(0o555)
-    return {k: str(v) for k, v in dict(
+    alias = _copy(adapter, d / "holder" / "ad")  # an input that outputs alias (a copy: a failure must not hurt others)
+    (d / "ad-link").symlink_to(alias)
+    (d / "loop").symlink_to(d / "loop")
+    (d / "notutf8.json").write_bytes(b'{"model": "caf\xe9"}')
+    extra = {**_peft_adapters(d, bert), **_bad_tasks(d / "bad-tasks"), "alias": alias, "alias_link": d / "ad-link",
+             "loop": d / "loop", "tasks": tasks, "notutf8": d / "notutf8.json"}
+    return {k: str(v) for k, v in extra.items()} | {k: str(v) for k, v in dict(
         bert=bert, trunc=trunc, random=rnd, badjson=badjson, missing=missing, shape=shape, pickle=pickle,
         other=other, adapter=adapter, adapter_trunc=adapter_trunc, adapter_badcfg=adapter_badcfg, adapter_half=adapter_half, tokbert=tokbert,
         task=_task(tasks, "ok", ["neg", "pos"]), unseen=_task(tasks, "unseen", ["neg", "pos", "weird"]),
@@ -176,6 +238,41 @@ BATTERY = [
     ([*SWEEP, "--dir", "{out}", "train.max_grad_norm=inf"], 2, ["train.max_grad_norm", "finite"]),
     (["sweep", "--spec", "{notjson}", "--dir", "{out}"], 2, ["not valid JSON"]),
     (["demo", "--dir", "{file}/x"], 2, ["{file} is a file"]),
+    # foreign PEFT adapters: a start PEFT re-runs on load needs --initial; a dropped head is named
+    (["convert", "--adapter", "{peft_pissa}", "--out", "{out}"], 2,
+     ["init_lora_weights='pissa'", "residual base", "--initial"]),
+    (["convert", "--adapter", "{peft_pissa}", "--rank", "1", "--out", "{out}"], 2, ["'pissa'", "--initial"]),
+    (["convert", "--adapter", "{peft_corda}", "--rank", "1", "--out", "{out}"], 2, ["'corda'", "--initial"]),
+    (["convert", "--adapter", "{peft_loftq}", "--initial", "{peft_pissa_initial}", "--out", "{out}"], 2,
+     ["quantised base", "'loftq'"]),
+    (["convert", "--adapter", "{adapter}", "--out", "{out}"], 2, ["plain LoRA on the original base already", "--rank"]),
+    (["convert", "--adapter", "{peft_nohead}", "--rank", "1", "--out", "{out}"], 2,
+     ["no tensors for classifier", "modules_to_save"]),
+    (["merge", "--base", "{bert}", "--adapter", "{peft_pissa_niter_4}", "--out", "{out}"], 2,
+     ["'pissa_niter_4'", "cannot rebuild exactly"]),
+    (["merge", "--base", "{bert}", "--adapter", "{peft_nohead}", "--out", "{out}"], 2, ["no tensors for classifier"]),
+    # task files: structure, encoding, non-finite values, each named with its file and line
+    ([*TRAIN[:4], "{task_extra}", *TRAIN[5:]], 2, ["extra.csv line 6", "3 fields but 2 columns"]),
+    ([*TRAIN[:4], "{task_quote}", *TRAIN[5:]], 2, ["quote.csv line 6", "malformed CSV"]),
+    ([*TRAIN[:4], "{task_latin1}", *TRAIN[5:]], 2, ["latin1.csv line 4", "not valid UTF-8", "0xe9"]),
+    ([*TRAIN[:4], "{task_nan}", *TRAIN[5:]], 2, ["nan.csv line 4", "label nan is not a finite number"]),
+    ([*TRAIN[:4], "{task_listed}", *TRAIN[5:]], 2, ["listed.jsonl line 2", "field 'text' is a JSON list"]),
+    (["train", "--config", "{notutf8}", "--run-dir", "{out}"], 2, ["{notutf8}", "not valid JSON"]),
+    (["sweep", "--spec", "{notutf8}", "--dir", "{out}"], 2, ["{notutf8}", "not valid JSON"]),
+    # outputs that are, hold or lie inside an input (any spelling, links resolved), or a link loop
+    (["convert", "--adapter", "{alias}", "--rank", "1", "--out", "{alias}", "--overwrite"], 2,
+     ["--out {alias} is the input {alias} (--adapter)"]),
+    (["convert", "--adapter", "{alias}", "--rank", "1", "--out", "{alias}/..", "--overwrite"], 2, ["holds the input"]),
+    (["convert", "--adapter", "{alias}", "--rank", "1", "--out", "{alias}/sub"], 2, ["lies inside the input"]),
+    (["convert", "--adapter", "{alias_link}", "--rank", "1", "--out", "{alias}", "--overwrite"], 2, ["is the input"]),
+    (["merge", "--base", "{bert}", "--adapter", "{alias}", "--out", "{bert}", "--overwrite"], 2,
+     ["is the input {bert} (--base)"]),
+    (["init", "--model", "{bert}", "--out", "{bert}/..", "--overwrite"], 2, ["holds the input {bert} (--model)"]),
+    ([*TRAIN[:5], "--run-dir", "{tasks}", "--overwrite"], 2, ["--run-dir {tasks} holds the input"]),
+    ([*SWEEP, "--dir", "{tasks}", "--overwrite"], 2, ["--dir {tasks} holds the input"]),
+    ([*SWEEP, "--dir", "{loop}"], 2, ["--dir {loop} is a loop of symbolic links"]),
+    ([*TRAIN[:5], "--run-dir", "{loop}/run"], 2, ["is a loop of symbolic links"]),
+    (["init", "--model", "{bert}", "--out", "{loop}"], 2, ["is a loop of symbolic links"]),
     # "merge onto a base whose task head has another size" is not an error: merge and convert take the
     # head from the adapter (tests/test_serving.py::test_merge_onto_a_base_whose_head_size_differs).
 ]

@@ -12,7 +12,7 @@ from peft.optimizers import create_loraplus_optimizer
 import ailora
 from ailora import methods as baselines
 from ailora.errors import AiloraError
-from ailora.methods import get_method
+from ailora.methods import build_options, get_method
 from ailora.methods.houlsby import HoulsbyAdapter, add_houlsby
 from ailora.methods.select import prepare_bitfit
 from ailora.train import RunConfig, check_run, train
@@ -47,7 +47,7 @@ def _perturb(model, scale=0.05):
 
 
 def _prepare(name, **options):
-    cfg = MethodConfig(name=name, **options)
+    cfg = MethodConfig(name, build_options(name, options))
     cfg.validate()
     return get_method(name).prepare(tiny("bert"), cfg, 0)  # a Prepared: the model and what was done
 
@@ -181,11 +181,27 @@ def test_meaningless_combinations_are_refused_with_the_reason(name, option, reas
 
 
 def test_sensible_combinations_validate():
-    check_run(RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r"},
-                                  ["method.name=ailora", "method.use_dora=true", "method.use_rslora=true",
-                                   "method.loraplus_ratio=16"]))
-    check_run(RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r"},
-                                  ["method.name=vera", "method.vera_rank=64", "method.targets=query,value,key"]))
+    """Each combination passes the run checks with its options kept, and builds a model in which every
+    option took effect and the outputs are still the base model's."""
+    def checked(*overrides):
+        cfg = RunConfig.from_dict({"task": {"name": "tiny-sentiment"}, "run_dir": "r"}, list(overrides))
+        assert check_run(cfg) is cfg
+        return cfg.method.options
+
+    method = checked("method.name=ailora", "method.use_dora=true", "method.use_rslora=true", "method.loraplus_ratio=16")
+    assert (method.use_dora, method.use_rslora, method.loraplus_ratio) == (True, True, 16)
+    prepared = _prepare("ailora", use_dora=True, use_rslora=True, loraplus_ratio=16)
+    lora_cfg = prepared.model.peft_config["default"]
+    assert lora_cfg.use_dora and lora_cfg.use_rslora and prepared.loraplus_ratio == 16
+    assert any("lora_magnitude_vector" in n for n in _trainable(prepared.model))
+    torch.testing.assert_close(_out(prepared.model), _out(tiny("bert")), atol=1e-5, rtol=0)
+
+    method = checked("method.name=vera", "method.vera_rank=64", "method.targets=query,value,key")
+    assert (method.vera_rank, method.targets) == (64, ["query", "value", "key"])
+    prepared = _prepare("vera", vera_rank=64, targets=["query", "value", "key"])
+    assert prepared.model.peft_config["default"].r == 64
+    assert {n.split(".")[-3] for n in _trainable(prepared.model) if "vera_lambda" in n} == {"query", "value", "key"}
+    torch.testing.assert_close(_out(prepared.model), _out(tiny("bert")), atol=1e-5, rtol=0)
 
 
 LORA = 4 * 8 * (D + D)  # 2 layers x (query, value) at the default rank 8

@@ -47,7 +47,7 @@ def test_residual_plus_adapter_is_w(arch, solver):
     weights = {n: weight_of(m).detach().clone() for n, m in original.named_modules() if hasattr(m, "weight")}
     model = ailora.apply(copy.deepcopy(original), method="ailora", rank=3, solver=solver)
     state = model.ailora_state
-    s = state.alpha / state.rank
+    s = state.alpha / state.options.rank
     for name in state.targets:
         layer = model.base_model.model.get_submodule(name)
         w_res = weight_of(layer.get_base_layer()).detach()
@@ -319,11 +319,11 @@ def test_loraplus_ratio_comes_only_from_the_argument():
 
 def test_apply_options_are_checked_when_built_and_apply_with_matches_apply():
     with pytest.raises(AiloraError, match="residual_dtype must be auto, model or float32"):
-        ApplyOptions(residual_dtype="half")
+        ApplyOptions.of(residual_dtype="half")
     with pytest.raises(AiloraError, match="unknown method 'qlora'"):
-        ApplyOptions(method="qlora")
+        ApplyOptions.of(method="qlora")
     a = ailora.apply(tiny("gpt2"), method="ailora", rank=2, solver="fast", seed=3)
-    b = apply_with(tiny("gpt2"), ApplyOptions(method="ailora", rank=2, solver="fast", seed=3))
+    b = apply_with(tiny("gpt2"), ApplyOptions.of(method="ailora", rank=2, solver="fast", seed=3))
     for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert na == nb and torch.equal(pa, pb), na
     assert state_of(b).report()["layers"][0]["inits"] == ["principal", "minor"]

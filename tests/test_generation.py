@@ -103,9 +103,22 @@ def test_an_encoder_checkpoint_is_refused_for_generation(tmp_path):
 
 
 def test_classification_heads_on_encoder_decoders_pass_the_output_check():
+    """BART's and T5's classification heads are found and trained in full, the output check runs and
+    passes, and the adapted model's logits are the original model's."""
     for family, cls in (("bart", T.BartForSequenceClassification), ("t5", T.T5ForSequenceClassification)):
         model = build(family, cls, dropout=False).eval()
-        ailora.apply(model, rank=4)  # raises when the output check fails
+        eos = model.config.eos_token_id  # both heads read the hidden state at the end-of-sequence token
+        ids = torch.tensor([[5, 6, 7, 8, eos], [9, 10, 11, 12, eos]])
+        with torch.no_grad():
+            before = model(input_ids=ids).logits
+        adapted = ailora.apply(model, rank=4).eval()
+        state = adapted.ailora_state
+        assert state.check["passed"] and state.check["layers"]["count"] == len(state.targets) > 0, family
+        assert state.check["untouched"]["passed"] and state.check["untouched"]["changed"] == [], family
+        assert state.report()["head"] == ["classification_head"], family
+        assert any(".classification_head.modules_to_save." in n for n in trainable_parameters(adapted)), family
+        with torch.no_grad():
+            torch.testing.assert_close(adapted(input_ids=ids).logits, before, atol=1e-5, rtol=0)
 
 
 def test_prompt_truncation_keeps_instruction_and_cue():

@@ -94,7 +94,7 @@ def test_no_import_cycle_between_modules():
 
 
 # The package reads from the core outwards: a module imports only from its own layer or earlier ones.
-LAYERS = ("ailora.errors", "ailora.version", "ailora.registry", "ailora.core", "ailora.hf", "ailora.methods",
+LAYERS = ("ailora.errors", "ailora.interrupts", "ailora.version", "ailora.registry", "ailora.core", "ailora.hf", "ailora.methods",
           "ailora.tasks", "ailora.train", "ailora.analysis", "ailora.experiments", "ailora.cli")
 
 

@@ -17,7 +17,9 @@ from ailora.methods import METHODS, get_method
 from ailora.train import RunConfig, train
 from ailora.train import progressive as prog
 from ailora.train.config import MethodConfig
+from ailora.train.runrecord import RunRecord, TaskInfo, from_train
 from tests import test_train  # noqa: F401  (registers the tiny-sentiment task)
+from tests.records import make_record
 from tests.tiny_models import build, save_tiny_bert, tiny
 
 LORA_FAMILY = ("lora", "ailora", "pissa", "milora")
@@ -208,17 +210,23 @@ def test_order_from_scores_and_custom_order():
 
 
 def test_savings_of_two_records():
-    base = {"config": {"train": {"lr": 1.0}, "progressive": {"stages": 0}, "run_dir": "a"}, "updated_parameters": 1000,
-            "train_seconds": 10.0, "wall_seconds": 20.0, "task": {"main_metric": "accuracy"},
-            "test": {"accuracy": 0.9}}
-    run = {**base, "config": {"train": {"lr": 1.0}, "progressive": {"stages": 3}, "run_dir": "b"},
-           "updated_parameters": 600, "train_seconds": 7.5, "wall_seconds": 18.0, "test": {"accuracy": 0.85}}
+    task = TaskInfo("t", "classification", ("accuracy",), "accuracy", {}, None)
+    config = {"method": {"name": "ailora"}, "train": {"lr": 1.0, "seed": 0}, "progressive": {"stages": 0}}
+    base = make_record({**config, "run_dir": "a"}, task, {}, {"accuracy": 0.9}, updated_parameters=1000,
+                       train_seconds=10.0, wall_seconds=20.0)
+    run = make_record({**config, "progressive": {"stages": 3}, "run_dir": "b"}, task, {}, {"accuracy": 0.85},
+                      updated_parameters=600, train_seconds=7.5, wall_seconds=18.0)
     out = prog.savings(run, base)
     assert out["updated_parameter_saving"] == pytest.approx(0.4) and out["train_time_saving"] == pytest.approx(0.25)
     assert out["wall_time_saving"] == pytest.approx(0.1) and out["test_delta"] == pytest.approx(-0.05)
     assert out["differs_in"] == []
-    old = {k: v for k, v in base.items() if k not in ("updated_parameters", "train_seconds")}
-    old.update(parameters={"trainable": 100}, steps=20, config={"train": {"lr": 2.0}})
+    # A record from before Progtuning has neither count: every step updated every trainable parameter.
+    data = base.to_json()
+    for key in ("updated_parameters", "train_seconds", "progressive"):
+        del data[key]
+    data["config"] = {**config, "train": {"lr": 2.0, "seed": 0}}
+    old = RunRecord.from_json({**data, "parameters": {"trainable": 100, "total": 1000, "trainable_percent": 10.0},
+                               "steps": 20}, "old")
     out = prog.savings(run, old)
     assert out["baseline_updated_parameters"] == 2000 and out["train_time_saving"] is None
     assert out["differs_in"] == ["train.lr"]
@@ -304,7 +312,7 @@ def test_savings_against_the_same_run_without_progtuning(bert4_dir, tmp_path):
     base = train(_cfg(bert4_dir, tmp_path / "base", *over, "progressive.stages=0"))
     run = train(_cfg(bert4_dir, tmp_path / "prog", *over, "progressive.stages=4"))
     assert base["progressive"] is None and base["updated_parameters"] == base["parameters"]["trainable"] * base["steps"]
-    out = prog.savings(run, base)
+    out = prog.savings(from_train(run), from_train(base))
     blocks = run["progressive"]["trainable_parameters"]["blocks"]
     assert len(set(blocks)) == 1  # 4 equal blocks, each frozen for 0..3 quarters of the steps
     assert out["updated_parameter_saving"] == pytest.approx(blocks[0] * 6 / 4 / base["parameters"]["trainable"])

@@ -20,6 +20,8 @@ from ailora.experiments.report import (
 from ailora.experiments.sweep import SweepSpec, run_sweep, summarize
 from ailora.tasks import TaskSpec, register_task
 from ailora.tasks.metrics import METRICS, Metric, register_metric
+from ailora.train.runrecord import write_record
+from tests.records import make_failed
 from tests.test_sweep import FakeTrain, _sentiment
 
 if "toy_error" not in METRICS:
@@ -164,8 +166,6 @@ def test_without_the_default_reference_or_predictions(tmp_path):
 def test_a_method_whose_runs_all_failed_is_not_called_indistinguishable(tmp_path, capsys):
     """Every run of "broken" stopped on a non-finite loss: the report says it has no finished runs,
     never that it cannot be told apart from the reference."""
-    import json
-
     from ailora.errors import TrainingFailedError
 
     fake = FakeTrain(lambda cfg: (0.5, SCORES.get((cfg.task.name, cfg.method.name), 0.5) + 0.02 * cfg.train.seed),
@@ -174,7 +174,7 @@ def test_a_method_whose_runs_all_failed_is_not_called_indistinguishable(tmp_path
     def train_fn(cfg):
         if "/broken/" in cfg.run_dir:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.run_dir) / "failed.json").write_text(json.dumps({"status": "failed", "step": 3}))
+            write_record(cfg.run_dir, make_failed(cfg.to_dict(), 3))
             raise TrainingFailedError("loss is not finite at step 3", 3)
         return fake(cfg)
 

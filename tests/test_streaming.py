@@ -56,7 +56,7 @@ def assert_same_model(a, b) -> None:
 def test_streaming_init_is_bit_identical_to_apply(tmp_path, name, solver):
     src = save_sharded(name, tmp_path / "src")
     targets = ["query", "key", "value", "up"] if name == "phi3" else None
-    options = ApplyOptions(method="ailora", rank=2, solver=solver, targets=targets, policy="key=lora" if targets else None,
+    options = ApplyOptions.of(method="ailora", rank=2, solver=solver, targets=targets, policy="key=lora" if targets else None,
                            progress=False)
     report = initialise_checkpoint(src, tmp_path / "out", options)
     assert report["output_check"]["passed"] and report["streaming"]["shards"] > 1
@@ -79,7 +79,7 @@ def test_streaming_init_is_bit_identical_to_apply(tmp_path, name, solver):
 def test_half_precision_init_keeps_residuals_as_apply_does(tmp_path, residual_dtype):
     """bfloat16: "auto" keeps these residuals in float32 (run in float32 inside the bf16 model), "model" in bf16."""
     src = save_sharded("llama", tmp_path / "src")
-    options = ApplyOptions(rank=2, solver="fast", residual_dtype=residual_dtype, progress=False)
+    options = ApplyOptions.of(rank=2, solver="fast", residual_dtype=residual_dtype, progress=False)
     report = initialise_checkpoint(src, tmp_path / "out", options, dtype="bfloat16")
     assert {r["residual_dtype"] for r in report["layers"]} == {"float32" if residual_dtype == "auto" else "bfloat16"}
     in_memory = apply_with(load_model(src, dtype="bfloat16"), options)
@@ -93,7 +93,7 @@ def test_half_precision_init_keeps_residuals_as_apply_does(tmp_path, residual_dt
 def test_saved_adapter_loads_on_the_original_base(tmp_path):
     """Trained from the residual directory, ``ailora.save`` writes the plain adapter for the ORIGINAL base."""
     src = save_sharded("llama", tmp_path / "src")
-    initialise_checkpoint(src, tmp_path / "out", ApplyOptions(rank=2, progress=False))
+    initialise_checkpoint(src, tmp_path / "out", ApplyOptions.of(rank=2, progress=False))
     model = load_initialised(tmp_path / "out")
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # stand-in for training
@@ -137,7 +137,7 @@ def test_train_from_the_residual_directory(tmp_path):
     # adapter on the ORIGINAL base
     labels = {"num_labels": 2, "id2label": {0: "0", 1: "1"}, "label2id": {"0": 0, "1": 1}}
     trained = start_from_initialised(load_model(tmp_path / "out", kind="seq-cls", **labels), tmp_path / "out",
-                                     ApplyOptions(method="ailora", rank=4))
+                                     ApplyOptions.of(method="ailora", rank=4))
     weights = load_checkpoint(tmp_path / "run-out" / "checkpoints" / "last.pt")["trainable"]
     with torch.no_grad():
         for n, p in trained.named_parameters():
@@ -156,7 +156,7 @@ def _nothing_written(tmp_path, out) -> bool:
 
 
 def test_bad_input_is_one_line_before_any_work(tmp_path):
-    options = ApplyOptions(rank=2, progress=False)
+    options = ApplyOptions.of(rank=2, progress=False)
     src = save_sharded("llama", tmp_path / "src")
     pickle_only = save_tiny("llama", tmp_path / "pickle", safetensors=False)
     with pytest.raises(AiloraError, match="no .safetensors weights"):
@@ -182,12 +182,12 @@ def test_bad_input_is_one_line_before_any_work(tmp_path):
 def test_initialised_directory_guards_its_start(tmp_path):
     src = save_sharded("llama", tmp_path / "src")
     out = tmp_path / "out"
-    initialise_checkpoint(src, out, ApplyOptions(rank=2, progress=False))
+    initialise_checkpoint(src, out, ApplyOptions.of(rank=2, progress=False))
     with pytest.raises(AiloraError, match="already holds residual weights"):
-        initialise_checkpoint(out, tmp_path / "again", ApplyOptions(rank=2))
+        initialise_checkpoint(out, tmp_path / "again", ApplyOptions.of(rank=2))
     assert main(["init", "--model", str(out), "--out", str(tmp_path / "again"), "--quiet"]) == 2  # in memory too
     with pytest.raises(AiloraError, match=r"was initialised with rank=2, this run asks for rank=4"):
-        start_from_initialised(load_model(out), out, ApplyOptions(rank=4))
+        start_from_initialised(load_model(out), out, ApplyOptions.of(rank=4))
     with pytest.raises(AiloraError, match="was initialised for float32 weights"):
         start_from_initialised(load_model(out, dtype="bfloat16"), out)
     with pytest.raises(AiloraError, match=f"has no {re.escape(MARKER_FILE)}"):
@@ -207,7 +207,7 @@ def test_a_residual_directory_missing_its_marker_or_report_is_refused(tmp_path):
     model's (they are residuals); without its report it is incomplete. Both: one-line errors."""
     src = save_sharded("llama", tmp_path / "src")
     out = tmp_path / "out"
-    initialise_checkpoint(src, out, ApplyOptions(rank=2, progress=False))
+    initialise_checkpoint(src, out, ApplyOptions.of(rank=2, progress=False))
     no_marker, no_report = tmp_path / "no_marker", tmp_path / "no_report"
     shutil.copytree(out, no_marker)
     (no_marker / MARKER_FILE).unlink()

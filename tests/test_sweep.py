@@ -18,6 +18,8 @@ from ailora.experiments.sweep import SweepSpec, compose, plan, run_state, run_sw
 from ailora.tasks import TaskSpec, get_task, register_task
 from ailora.tasks.metrics import get_metric
 from ailora.train import record
+from ailora.train.runrecord import Parameters, TaskInfo, write_epochs, write_record
+from tests.records import make_record
 from tests.tiny_models import save_tiny_bert
 
 POS, NEG = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
@@ -52,26 +54,20 @@ def fake_predictions(cfg, task, test: float, n: int) -> dict:
 
 
 def fake_results(cfg, val: float, test: float, n_test: int = 0) -> dict:
-    """What ``train`` writes, with the given scores (results.json, config.json, metrics.jsonl); with
-    ``n_test``, test predictions too (``fake_predictions``). Validations at steps 5 and 10."""
+    """What ``train`` writes and returns, with the given scores (results.json, config.json,
+    metrics.jsonl); with ``n_test``, test predictions too (``fake_predictions``). Validations at steps 5 and 10."""
     d = Path(cfg.run_dir)
     if cfg.overwrite and d.exists():
         shutil.rmtree(d)
     task = get_task(cfg.task.name)
     tests = fake_predictions(cfg, task, test, n_test) if n_test else {m: test for m in task.metrics}
-    res = {"status": "complete", "config": cfg.to_dict(), "seed": cfg.train.seed, "selected": "last", "best": None,
-           "task": {"name": task.name, "kind": task.kind, "metrics": list(task.metrics), "main_metric": task.main_metric},
-           "validation": {m: val for m in task.metrics}, "test": tests, "steps": 10,
-           "evaluations": [{"step": 5, "epoch": 1, "validation": {m: val / 2 for m in task.metrics}},
-                           {"step": 10, "epoch": 2, "validation": {m: val for m in task.metrics}}],
-           "train_log": [{"step": 5, "train_loss": 1.0}, {"step": 10, "train_loss": 0.5}],
-           "parameters": {"trainable": 1000 * cfg.method.rank, "total": 10**6, "trainable_percent": 0.1 * cfg.method.rank},
-           "wall_seconds": 2.0, "epochs": [{"epoch": e, "train_loss": 1 / e, "validation": {m: val for m in task.metrics}}
-                                           for e in (1, 2)]}
-    record.write_json(d / "config.json", res["config"])
-    record.write_jsonl(d / "metrics.jsonl", res["epochs"])
-    record.write_json(d / "results.json", res)
-    return res
+    info = TaskInfo(task.name, task.kind, tuple(task.metrics), task.main_metric, {"train": 64, "test": n_test},
+                    task.label_names)
+    rec = make_record(cfg.to_dict(), info, {m: val for m in task.metrics}, tests,
+                      parameters=Parameters(1000 * cfg.method.options.rank, 10**6, 0.1 * cfg.method.options.rank))
+    record.write_json(d / "config.json", rec.config)
+    write_epochs(d, [e.to_json() for e in rec.epochs])
+    return write_record(d, rec)
 
 
 class FakeTrain:

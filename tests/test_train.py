@@ -165,7 +165,7 @@ def test_config_errors(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({**ok, "train": {"lr": 1}}))
     cfg = load_config(path, ["method.targets=query,value", "method.alpha=none"])
-    assert cfg.train.lr == 1.0 and cfg.method.targets == ["query", "value"] and cfg.method.alpha is None
+    assert cfg.train.lr == 1.0 and cfg.method.options.targets == ["query", "value"] and cfg.method.options.alpha is None
 
 
 def test_cli_parser_maps_flags_to_overrides(tmp_path):
@@ -176,7 +176,7 @@ def test_cli_parser_maps_flags_to_overrides(tmp_path):
     args = parser.parse_args(["train", "--task", "tiny-sentiment", "--lr", "3e-4", "--rank", "4", "--run-dir",
                               str(tmp_path), "--max-train-samples", "10", "--resume", "train.epochs=5"])
     cfg = build_config(args)
-    assert (cfg.train.lr, cfg.method.rank, cfg.train.epochs, cfg.task.max_train_samples, cfg.resume) == (
+    assert (cfg.train.lr, cfg.method.options.rank, cfg.train.epochs, cfg.task.max_train_samples, cfg.resume) == (
         3e-4, 4, 5, 10, True)
     with pytest.raises(AiloraError, match="train.lr must be a number"):
         build_config(parser.parse_args(["train", "--task", "tiny-sentiment", "--lr", "", "--run-dir", "x"]))

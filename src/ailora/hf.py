@@ -24,6 +24,14 @@ singular vectors, float32 residuals) are nothing PEFT can re-run. So:
   ``PeftModel.from_pretrained`` refuses it with that message instead of loading it wrong, while
   resuming (which reuses the live config) still works.
 
+Trainer's ``learning_rate`` and ``weight_decay`` do not reach an optimizer a factory builds (Trainer
+hands the factory the model only). ``optimizer_cls_and_kwargs(model, args=training_args)`` takes them
+from the arguments: ``learning_rate`` as the base (query) rate, ``weight_decay`` on the weights Trainer
+decays (never biases or norm weights), and its Adam betas and epsilon. Given ``lr=`` alone,
+``AiloraCallback`` refuses at the start of training a Trainer whose arguments set another
+``learning_rate``, betas or epsilon (not the defaults) or a ``weight_decay`` the optimizer does not
+have, instead of training with rates nobody asked for.
+
 Why ``optimizer_cls_and_kwargs``: Trainer refuses ``optimizers=(optimizer, None)`` under FSDP,
 whose wrapping replaces the parameters after the optimizer would have been built. Given a factory,
 Trainer builds the optimizer itself on the model it will train (wrapped or not), and the factory
@@ -33,6 +41,7 @@ their learning rate (2x for AILoRA) under FSDP too.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +121,9 @@ class AiloraCallback(TrainerCallback):
         self.state = _ailora_state(model, self.state)
         accept_plain_checkpoints(unwrap(model), self.state)
 
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        refuse_ignored_trainer_rates(args, optimizer)
+
     def on_save(self, args, state, control, model=None, **kwargs):
         if not args.should_save:
             return
@@ -144,19 +156,73 @@ class RoleGroupedOptimizer:
         if any(g["name"].split(".")[0] == "adapter" for g in groups):  # an adapter whose role was not found
             raise AiloraError("RoleGroupedOptimizer: adapter parameter names do not match the model's targets; "
                               "pass the model returned by ailora.apply")
-        return self.optimizer(groups, **optimizer_kwargs)
+        built = self.optimizer(groups, **optimizer_kwargs)
+        # What AiloraCallback compares with Trainer's arguments (``refuse_ignored_trainer_rates``).
+        betas, eps = built.defaults.get("betas"), built.defaults.get("eps")
+        built.ailora_rates = {"learning_rate": self.lr, "weight_decay": self.group_kwargs.get("weight_decay", 0.0),
+                              **({"adam_beta1": betas[0], "adam_beta2": betas[1]} if betas else {}),
+                              **({"adam_epsilon": eps} if eps is not None else {})}
+        return built
 
 
-def optimizer_cls_and_kwargs(model: nn.Module, lr: float, optimizer: type = torch.optim.AdamW,
-                             optimizer_kwargs: dict | None = None, **group_kwargs) -> tuple[Callable, dict]:
+def _default(args, name: str):
+    """The default of field ``name`` of ``args``' class (TRL's SFTConfig has its own learning rate)."""
+    field = getattr(type(args), "__dataclass_fields__", {}).get(name)
+    return None if field is None else field.default
+
+
+def refuse_ignored_trainer_rates(args, optimizer) -> None:
+    """Refuse a Trainer whose ``weight_decay``, or ``learning_rate`` / Adam betas / epsilon other than their
+    defaults, differ from what ``optimizer_cls_and_kwargs`` built the optimizer with: Trainer would
+    ignore them without a word."""
+    rates = getattr(getattr(optimizer, "optimizer", optimizer), "ailora_rates", None)  # under Accelerate's wrapper
+    if rates is None:
+        return
+    for name in rates:
+        given = getattr(args, name)
+        if given != rates[name] and (name == "weight_decay" or given != _default(args, name)):
+            raise AiloraError(f"TrainingArguments({name}={given}) is not what ailora.hf.optimizer_cls_and_kwargs "
+                              f"built the optimizer with ({rates[name]}); pass args=training_args to it (or the "
+                              "same value) so that Trainer's rates are the ones used")
+
+
+def _rates_from_args(lr: float | None, args, group_kwargs: dict) -> tuple[float, dict]:
+    """(base lr, param_groups options) with Trainer's learning_rate and weight_decay when ``args`` is given;
+    a value given both ways must agree."""
+    if args is None:
+        if lr is None:
+            raise AiloraError("optimizer_cls_and_kwargs: give lr, or args (the TrainingArguments) to take it from")
+        return lr, group_kwargs
+    for mine, theirs, name in ((lr, args.learning_rate, "lr"),
+                               (group_kwargs.get("weight_decay"), args.weight_decay, "weight_decay")):
+        if mine is not None and mine != theirs:
+            raise AiloraError(f"optimizer_cls_and_kwargs: {name}={mine} disagrees with the TrainingArguments' "
+                              f"{theirs}; give it once")
+    return args.learning_rate, {**group_kwargs, "weight_decay": args.weight_decay}
+
+
+def _adam_kwargs(optimizer: type, args, optimizer_kwargs: dict | None) -> dict:
+    """``optimizer_kwargs`` with Trainer's Adam betas and epsilon beneath them, for an optimizer taking them."""
+    params = inspect.signature(optimizer).parameters
+    adam = {"betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon} if args is not None else {}
+    return {**{k: v for k, v in adam.items() if k in params}, **(optimizer_kwargs or {})}
+
+
+def optimizer_cls_and_kwargs(model: nn.Module, lr: float | None = None, optimizer: type = torch.optim.AdamW,
+                             optimizer_kwargs: dict | None = None, args=None,
+                             **group_kwargs) -> tuple[Callable, dict]:
     """``Trainer(optimizer_cls_and_kwargs=...)`` with ailora's per-role learning rates (value x2 for AILoRA).
 
     Args:
         model: the model returned by ailora.apply (its roles and lr ratios are read here).
         lr: the base (query) learning rate; Trainer's scheduler scales every group alike.
         optimizer: the torch optimizer class. optimizer_kwargs: its other arguments (betas, eps...).
+        args: the Trainer's TrainingArguments: its learning_rate is the base rate, its weight_decay is
+            applied as Trainer applies it (not to biases and norm weights), its Adam betas and epsilon
+            go to an optimizer that takes them (under ``optimizer_kwargs``); ``lr`` may then be left out.
         group_kwargs: ``ailora.param_groups`` options (value_lr_ratio, lr_ratios, weight_decay, head_lr,
             loraplus_ratio).
     """
+    lr, group_kwargs = _rates_from_args(lr, args, group_kwargs)
     factory = RoleGroupedOptimizer(_ailora_state(model, None), lr, optimizer, **group_kwargs)
-    return (lambda: factory), dict(optimizer_kwargs or {})
+    return (lambda: factory), _adam_kwargs(optimizer, args, optimizer_kwargs)

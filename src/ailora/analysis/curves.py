@@ -1,30 +1,25 @@
 """Training curves across runs: loss and validation metric per epoch (AILoRA paper, Figure 3),
 and per optimizer step (``read_steps``, ``band``, ``steps_to_fraction``).
 
-Expected run directory (what the trainer writes):
+A run directory is what ``ailora train`` writes, read through ``ailora.train.runrecord`` (strict:
+a file that is not what the trainer writes is a one-line error naming it):
 
-- ``config.json`` with the method: ``"method": "ailora"`` or ``"method": {"name": "ailora", ...}``
-  (``kind`` / ``type`` also accepted); optional ``"seed"`` (top level or under ``train``).
-- ``metrics.jsonl``: one JSON object per line, per epoch, e.g.
-  ``{"epoch": 1, "train_loss": 0.61, "validation": {"accuracy": 0.72, "f1": 0.80}}``.
-
-The reader is tolerant: blank, non-JSON (e.g. a half-written last line) and non-object lines are
-skipped and counted; records without ``epoch`` (e.g. per-step logs) are skipped if any record
-has one, else numbered 1, 2, ...; a repeated epoch keeps the last record (a resumed run);
-``loss`` stands for ``train_loss``, ``eval`` / ``val`` for ``validation``, and flat numeric keys
-``validation_<metric>`` / ``eval_<metric>`` are read as metrics too.
+- ``config.json``: the run config; the method is ``method.name``, the seed ``train.seed``;
+- ``metrics.jsonl``: one ``EpochEntry`` per line, per epoch, e.g.
+  ``{"epoch": 1, "step": 20, "train_loss": 0.61, "validation": {"accuracy": 0.72}, "seconds": 3.1}``;
+  it is there from the first epoch's end, so the curves of a run still under way can be drawn;
+- ``results.json`` of a complete run, for the step-level curves (``read_steps``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
 from ailora.core.files import require_dir
 from ailora.errors import AiloraError
-
-_VALIDATION_KEYS = ("validation", "eval", "val")
+from ailora.train.record import CONFIG, METRICS, RESULTS
+from ailora.train.runrecord import config_seed, method_name, read_complete, read_config, read_epochs
 
 
 @dataclass
@@ -37,84 +32,18 @@ class RunCurves:
     epochs: list[int] = field(default_factory=list)
     train_loss: list[float | None] = field(default_factory=list)
     metrics: dict[str, list[float | None]] = field(default_factory=dict)
-    skipped_lines: int = 0
-
-
-def method_name(config: dict, default: str) -> str:
-    """The method of a run config: a string, or the name/kind/type of a nested method section."""
-    method = config.get("method")
-    if isinstance(method, dict):
-        method = method.get("name") or method.get("kind") or method.get("type")
-    return str(method) if method else default
-
-
-def _epoch_record(obj: dict) -> tuple[float | None, dict[str, float]]:
-    loss = obj.get("train_loss", obj.get("loss"))
-    metrics: dict[str, float] = {}
-    for key in _VALIDATION_KEYS:
-        if isinstance(obj.get(key), dict):
-            metrics.update({k: v for k, v in obj[key].items() if isinstance(v, int | float)})
-    for key, value in obj.items():
-        for prefix in _VALIDATION_KEYS:
-            if (
-                key.startswith(prefix + "_")
-                and isinstance(value, int | float)
-                and not isinstance(value, bool)
-            ):
-                metrics.setdefault(key[len(prefix) + 1 :], value)
-    return (float(loss) if isinstance(loss, int | float) else None), metrics
-
-
-def parse_metrics_lines(lines: list[str]) -> tuple[dict[int, tuple[float | None, dict]], int]:
-    """metrics.jsonl lines -> ({epoch: (train_loss, {metric: value})}, number of skipped lines)."""
-    records, skipped = [], 0
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            skipped += 1
-            continue
-        if not isinstance(obj, dict):
-            skipped += 1
-            continue
-        records.append(obj)
-    with_epoch = [r for r in records if isinstance(r.get("epoch"), int | float)]
-    if with_epoch:
-        skipped += len(records) - len(with_epoch)
-        numbered = [(int(r["epoch"]), r) for r in with_epoch]
-    else:
-        numbered = list(enumerate(records, 1))
-    return {epoch: _epoch_record(r) for epoch, r in numbered}, skipped
 
 
 def read_run(path: str | os.PathLike) -> RunCurves:
-    """Read one run directory (see the module docstring for the format)."""
-    p = require_dir(path, "run directory", ("metrics.jsonl",))
-    config = {}
-    if (p / "config.json").is_file():
-        try:
-            config = json.loads((p / "config.json").read_text())
-        except json.JSONDecodeError:
-            raise AiloraError(f"{p / 'config.json'} is not valid JSON") from None
-    train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    seed = config.get("seed", train.get("seed"))
-    by_epoch, skipped = parse_metrics_lines((p / "metrics.jsonl").read_text().splitlines())
-    if not by_epoch:
-        raise AiloraError(f"{p / 'metrics.jsonl'} has no per-epoch records")
-    run = RunCurves(
-        str(p), method_name(config, p.name), seed if isinstance(seed, int) else None, skipped_lines=skipped
-    )
-    names = sorted({m for _, metrics in by_epoch.values() for m in metrics})
-    run.metrics = {m: [] for m in names}
-    for epoch in sorted(by_epoch):
-        loss, metrics = by_epoch[epoch]
-        run.epochs.append(epoch)
-        run.train_loss.append(loss)
-        for m in names:
-            run.metrics[m].append(metrics.get(m))
-    return run
+    """Read one run directory's per-epoch curves (see the module docstring for the files)."""
+    p = require_dir(path, "run directory", (METRICS, CONFIG))
+    config = read_config(p)
+    entries = read_epochs(p)
+    if not entries:
+        raise AiloraError(f"{p / METRICS} has no per-epoch records")
+    names = sorted({m for e in entries for m in e.validation})
+    return RunCurves(str(p), method_name(config), config_seed(config), [e.epoch for e in entries],
+                     [e.train_loss for e in entries], {m: [e.validation.get(m) for e in entries] for m in names})
 
 
 def mean_by_method(runs: list[RunCurves], metric: str | None) -> dict[str, dict]:
@@ -158,20 +87,16 @@ class StepCurves:
 
 
 def read_steps(path: str | os.PathLike, method: str | None = None) -> StepCurves:
-    """A finished run's ``results.json``: ``evaluations`` (a repeated step keeps its last record)
-    and ``train_log`` ([{"step", "train_loss"}], the mean loss of each logging interval)."""
-    p = require_dir(path, "run directory", ("results.json",))
-    try:
-        res = json.loads((p / "results.json").read_text())
-    except json.JSONDecodeError:
-        raise AiloraError(f"{p / 'results.json'} is not valid JSON") from None
-    by_step = {int(e["step"]): e.get("validation", {}) for e in res.get("evaluations") or []}
+    """A complete run's step-level curves from its record: ``evaluations`` (a repeated step keeps its
+    last validation) and ``train_log`` (the mean loss of each logging interval; none in a record from
+    before step-level losses)."""
+    p = require_dir(path, "run directory", (RESULTS,))
+    rec = read_complete(p)
+    by_step = {e.step: e.validation for e in rec.evaluations}
     names = sorted({m for v in by_step.values() for m in v})
     steps = sorted(by_step)
-    log = sorted((int(r["step"]), float(r["train_loss"])) for r in res.get("train_log") or [])
-    seed = res.get("seed")
-    return StepCurves(str(p), method or method_name(res.get("config", {}), p.name),
-                      seed if isinstance(seed, int) else None, steps,
+    log = sorted((e.step, float(e.train_loss)) for e in rec.train_log or ())
+    return StepCurves(str(p), method or method_name(rec.config), rec.seed, steps,
                       {m: [by_step[s].get(m) for s in steps] for m in names},
                       [s for s, _ in log], [v for _, v in log])
 

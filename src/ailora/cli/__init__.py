@@ -7,19 +7,30 @@ so ``main`` does not configure transformers' logging for it). Its module imports
 ``func``, so that building the parser stays light (start-up speed).
 
 Exit statuses: 0 success; 2 a user's mistake or a failed check (one line, ``error: ...``; argparse
-uses 2 for bad flags as well); 1 an internal error (one line naming it; ``--debug`` or
-``AILORA_DEBUG=1`` shows the traceback); 130 interrupted (Ctrl-C).
+uses 2 for bad flags as well; a full disk is one too: "no space left on ..."); 1 an internal error
+(one line naming it; ``--debug`` or ``AILORA_DEBUG=1`` shows the traceback); 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM, as Slurm and Kubernetes send before preemption): one line
+saying how to continue (``ailora.interrupts``).
+
+Stderr carries ailora's own lines only: warnings a dependency raises or logs (deprecations, a
+missing optional kernel) are dropped while a command runs, and ailora's own warnings are one
+line each (``warning: ...``), so that an error stays the one line it promises to be.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
+from ailora.cli.common import refuse_aliased_outputs
 from ailora.errors import AiloraError
+from ailora.interrupts import Terminated, exit_status, terminate_as_interrupt
 from ailora.version import __version__
 
 # Module names under ailora.cli, in the order `ailora --help` lists them.
@@ -63,29 +74,52 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Deprecation chatter from transformers internals that PEFT calls; nothing a user can act on.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     args = _parse(build_parser(), argv)
-    if getattr(args, "loads_models", True):  # `ailora ls` sets it False: it never imports transformers
-        _quiet_transformers()
     try:
-        return int(args.func(args) or 0)
+        with _quiet_dependencies(), terminate_as_interrupt():
+            if getattr(args, "loads_models", True):  # `ailora ls` sets it False: it never imports transformers
+                _quiet_transformers()
+            refuse_aliased_outputs(args)
+            return int(args.func(args) or 0)
     except AiloraError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `ailora ls | head`: the reader left; nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM raised as ``Terminated``
         hint = getattr(args, "resume_hint", None)
-        print(f"interrupted; {hint}" if hint else "interrupted", file=sys.stderr)
-        return 130
+        said = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{said}; {hint}" if hint else said, file=sys.stderr)
+        return exit_status(exc)
     except Exception as exc:  # the last line of defence: one line, the traceback on request
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         print(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug or {DEBUG_ENV}=1 "
               "for the traceback)", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _quiet_dependencies() -> Iterator[None]:
+    """While a command runs: warnings from outside ailora dropped, ailora's own on one line, and
+    log records of libraries that configured no handler (bitsandbytes' "Failed to load CPU
+    gemm_4bit_forward ..." at import) kept from Python's last-resort stderr handler."""
+    root = logging.getLogger()
+    sink = logging.NullHandler()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.filterwarnings("default", category=UserWarning, module=r"ailora(\.|$)")
+        warnings.showwarning = _one_line_warning
+        root.addHandler(sink)
+        try:
+            yield
+        finally:
+            root.removeHandler(sink)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {_one_line(message)}", file=file or sys.stderr)
 
 
 def _quiet_transformers() -> None:

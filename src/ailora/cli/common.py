@@ -4,9 +4,11 @@ library's arguments."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
+import typing
 from collections.abc import Iterable
 
 from ailora.errors import AiloraError
@@ -96,6 +98,27 @@ def model_kwargs(args: argparse.Namespace) -> dict:
     return {"kind": args.kind, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
 
 
+# Arguments that name what a subcommand writes, and what it reads (``refuse_aliased_outputs``).
+OUTPUT_ARGS = ("out", "residual_out", "run_dir", "dir")
+INPUT_ARGS = ("adapter", "initial", "base", "model", "finetuned", "config", "spec", "task", "tasks", "data_dir")
+
+
+def refuse_aliased_outputs(args: argparse.Namespace) -> None:
+    """For a subcommand that can replace its output (``--overwrite``): refuse an output that is, holds
+    or lies inside one of its inputs, or is the working directory, before anything is read or written."""
+    if not hasattr(args, "overwrite"):
+        return
+    from ailora.core.files import refuse_aliased_output  # imported on use: start-up speed
+
+    inputs = []
+    for name in INPUT_ARGS:
+        value = getattr(args, name, None)
+        inputs += [(f"--{name.replace('_', '-')}", item) for item in (value if isinstance(value, list) else [value])]
+    for name in OUTPUT_ARGS:
+        if getattr(args, name, None):
+            refuse_aliased_output(getattr(args, name), inputs, f"--{name.replace('_', '-')}")
+
+
 def output_args(help: str) -> list[Argument]:
     """--out (``help`` says what goes there), --overwrite and --quiet."""
     return [
@@ -105,18 +128,51 @@ def output_args(help: str) -> list[Argument]:
     ]
 
 
+def _option_type(name: str, tp):
+    """argparse's ``type`` for LoRA option ``name``: the text as ``tp`` (an int, a float, else as given),
+    checked by ``LoraOptions`` itself, so a bad value is argparse's one-line usage error."""
+    from ailora.core.options import LoraOptions, OptionError
+
+    base = next(a for a in (typing.get_args(tp) or (tp,)) if a is not type(None))
+
+    def parse(text: str):
+        try:
+            value = base(text) if base in (int, float) else text
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if base is int else 'a number'}") from None
+        try:
+            LoraOptions(**{name: value})
+        except OptionError as exc:
+            raise argparse.ArgumentTypeError(exc.problem) from None
+        return value
+
+    parse.__name__ = base.__name__  # argparse names it in "invalid <type> value" messages
+    return parse
+
+
+def lora_args() -> list[Argument]:
+    """One flag per field of ``LoraOptions``: its name with dashes (``--rank``, ``--residual-dtype``; the
+    field's ``flag`` metadata where it has another, ``--rslora``), its docstring as the help."""
+    from ailora.core.options import LoraOptions, field_help
+
+    docs, hints = field_help(LoraOptions), typing.get_type_hints(LoraOptions)
+    out = []
+    for f in dataclasses.fields(LoraOptions):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        if hints[f.name] is bool:
+            out.append(arg(flag, dest=f.name, action="store_true", help=docs[f.name]))
+            continue
+        default = "" if f.default is None else f" (default {f.default})"
+        out.append(arg(flag, dest=f.name, default=None, type=_option_type(f.name, hints[f.name]),
+                       choices=f.metadata.get("choices"), help=docs[f.name].rstrip(".") + default + "."))
+    return out
+
+
 METHOD_ARGS = [
     arg("--method", default="ailora", help="lora, pissa, milora, ailora (default), reailora; see `ailora ls`"),
-    arg("--rank", type=positive_int, default=8, help="rank r of each adapted block (default 8)"),
-    arg("--alpha", type=positive_float, default=None, help="LoRA alpha (default r for SVD starts, 2r for lora)"),
-    arg("--targets", default=None, help="roles to adapt, comma-separated (default: query,value)"),
-    arg("--policy", default=None,
-        help="per-role starts overriding the method, e.g. query=principal,value=minor,key=lora"),
+    *lora_args(),
     arg("--modules", action="append", metavar="ROLE=PATTERN",
         help="module-name regex for a role on an architecture ailora does not know (repeatable)"),
-    arg("--solver", default="exact", choices=["exact", "fast"],
-        help="exact: full SVD; fast: randomised SVD (principal) / Gram eigh (minor); outputs stay exact"),
-    arg("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r"),
     arg("--seed", type=int, default=0, help="seed of random starts (lora) and the probe batch"),
     arg("--device", default=None, help="where the SVDs run, e.g. cuda (default: the weights' device)"),
     arg("--no-head", action="store_true", help="do not train/save a task head even if the model has one"),
@@ -126,9 +182,10 @@ METHOD_ARGS = [
 def apply_options(args: argparse.Namespace):
     """The options of ``METHOD_ARGS`` (and --quiet) as ``ailora.core.apply.ApplyOptions``, validated."""
     from ailora.core.apply import ApplyOptions  # imported on use: start-up speed
+    from ailora.core.options import LoraOptions
 
-    return ApplyOptions(
-        method=args.method, rank=args.rank, alpha=args.alpha, targets=args.targets, policy=args.policy,
-        modules=parse_modules(args.modules), solver=args.solver, seed=args.seed, use_rslora=args.rslora,
-        device=args.device, head=None if args.no_head else "auto", progress=not args.quiet,
-    )
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(LoraOptions)
+             if getattr(args, f.name) is not None}
+    return ApplyOptions(method=args.method, lora=LoraOptions(**given), modules=parse_modules(args.modules),
+                        seed=args.seed, device=args.device, head=None if args.no_head else "auto",
+                        progress=not args.quiet)

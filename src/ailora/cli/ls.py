@@ -23,16 +23,16 @@ def registry_rows() -> dict[str, list[tuple[str, str]]]:
     """section -> [(name, description)], read from the live registries (which import torch)."""
     # Imported here, not at the top, so that `ailora --help` and `ailora ls` stay light (start-up speed).
     from ailora.core.inits import INITS
-    from ailora.core.policies import METHODS
+    from ailora.core.policies import STARTS
     from ailora.core.roles import ARCHITECTURES, ROLES
     from ailora.core.svd import SOLVERS
     from ailora.experiments.presets import PRESETS, run_count
-    from ailora.methods.registry import METHODS as TRAIN_METHODS
+    from ailora.methods.registry import METHODS
     from ailora.tasks import TASKS
 
     return {
-        "methods": [(m.name, f"{m.description}; targets {','.join(m.targets)}") for m in METHODS.values()]
-        + [(t.name, t.description) for t in TRAIN_METHODS.values() if t.name not in METHODS],
+        "methods": [(m.name, f"{m.description}; targets {','.join(m.targets)}") for m in STARTS.values()]
+        + [(t.name, t.description) for t in METHODS.values() if t.name not in STARTS],
         "inits": [(i.name, i.description) for i in INITS.values()],
         "solvers": [(s.name, s.description) for s in SOLVERS.values()],
         "roles": [(r, "") for r in ROLES],

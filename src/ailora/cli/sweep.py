@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ailora.cli.common import print_json
 from ailora.errors import AiloraError
@@ -36,10 +37,10 @@ def build_spec(args):
         base = get_preset(args.preset).spec(args.model, args.tasks[0] if args.tasks else None)
     elif args.spec:
         try:
-            base = json.loads(open(args.spec).read())
+            base = json.loads(Path(args.spec).read_text(encoding="utf-8"))
         except OSError as exc:
             raise AiloraError(f"cannot read sweep spec {args.spec}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise AiloraError(f"sweep spec {args.spec} is not valid JSON: {exc}") from None
     else:
         base = {}

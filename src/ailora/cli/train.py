@@ -48,18 +48,19 @@ def build_config(args):
 
 def run(args) -> int:
     from ailora.train import train
+    from ailora.train.runrecord import Interrupted, from_train
 
     cfg = build_config(args)
     if args.print_config:
         return print_json(cfg.to_dict())
-    results = train(cfg)
-    if results.get("status") != "complete":
-        print(f"stopped after {results['step']} steps; continue with --resume (run dir {results['run_dir']})")
+    done = from_train(train(cfg))
+    if isinstance(done, Interrupted):
+        print(f"stopped after {done.step} steps; continue with --resume (run dir {done.run_dir})")
         return 0
-    main = results["task"]["main_metric"]
-    val, test = results["validation"].get(main), results["test"].get(main)
+    main = done.main_metric
+    val, test = done.validation.get(main), done.test.get(main)
     print(f"{cfg.method.name} on {cfg.task.name}: validation {main} {val:.4f}, test {main} {test:.4f}, "
-          f"{results['steps']} steps, {results['wall_seconds']:.1f} s; wrote {cfg.run_dir}/")
+          f"{done.steps} steps, {done.wall_seconds:.1f} s; wrote {cfg.run_dir}/")
     return 0
 
 

@@ -50,6 +50,16 @@ HEAD_CLASSES = ("ForSequenceClassification", "ForTokenClassification", "ForMulti
 RESIDUAL_FORM = ("ailora-residual-form: these factors were trained on the residual base W - s*B0*A0 and are "
                  "wrong on the original model; write a loadable adapter with ailora.save(model, dir), or train "
                  "with callbacks=[ailora.hf.AiloraCallback()]")
+# PEFT starts (``init_lora_weights``) that leave the base weights as they are, so that the saved factors
+# apply to the original model. Every other start changes the base when it runs, and PEFT re-runs it on
+# load: pissa/pissa_niter_N, olora, corda and lora_ga subtract their first factors (a residual base),
+# loftq replaces the weights by quantised ones (``peft_start``).
+PLAIN_STARTS = (True, False, "gaussian", "eva", "orthogonal", "mica")
+RESIDUAL_STARTS = ("pissa", "olora", "corda", "lora_ga")  # prefixes: pissa_niter_16, corda_...
+# Residual starts that PEFT re-runs on load to the same residual base (exact decompositions of the
+# base weight); a randomised SVD (pissa_niter_N), corda's activation cache or lora_ga's gradients
+# are not there on load, and PEFT would rebuild another base (or none) without a word.
+RERUN_ON_LOAD = ("pissa", "olora")
 # The LoRA ranks vLLM accepts (its ``max_lora_rank`` choices); SGLang sizes its buffers the same way.
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -323,6 +333,37 @@ def read_adapter_config(adapter_dir, residual_form_ok: bool = False) -> tuple[Pa
     return d, cfg
 
 
+def peft_start(cfg: peft.LoraConfig) -> str:
+    """What ``cfg.init_lora_weights`` did to the base: 'plain' (nothing), 'residual' (subtracted the first
+    factors: the adapter applies to W - s B0 A0), 'quantised' (loftq) or 'unknown' (a start ailora does not know)."""
+    start = cfg.init_lora_weights
+    if isinstance(start, bool) or str(start).lower() in PLAIN_STARTS:
+        return "plain"
+    if isinstance(start, str) and start.lower().startswith(RESIDUAL_STARTS):
+        return "residual"
+    return "quantised" if start == "loftq" else "unknown"
+
+
+def check_foreign_start(adapter_dir, cfg: peft.LoraConfig) -> None:
+    """Refuse an adapter whose PEFT start PEFT cannot re-run on load to the base it was trained on."""
+    start, kind = cfg.init_lora_weights, peft_start(cfg)
+    if kind == "plain" or (kind == "residual" and str(start).lower() in RERUN_ON_LOAD):
+        return
+    what = {"quantised": "a quantised base", "unknown": "a start ailora does not know"}.get(kind, "a residual base")
+    raise AiloraError(f"adapter {adapter_dir} was trained on {what} (init_lora_weights={start!r}), which PEFT cannot "
+                      "rebuild exactly on load; convert it first (ailora convert --initial INIT_DIR)")
+
+
+def check_saved_modules(sd: dict, cfg: peft.LoraConfig, path) -> None:
+    """Every module of the config's ``modules_to_save`` (a task head) has tensors in the file: PEFT
+    would keep the base's (or a random) head for a missing one without a word."""
+    names = [k.removeprefix(PREFIX) for k in sd if ".lora_" not in k]
+    for module in sorted(cfg.modules_to_save or []):
+        if not any(f".{module}." in f".{n}" for n in names):
+            raise AiloraError(f"{path} has no tensors for {module}, which its config saves in full "
+                              "(modules_to_save); the adapter was saved without its task head")
+
+
 def read_adapter(adapter_dir, residual_form_ok: bool = False) -> tuple[dict[str, torch.Tensor], peft.LoraConfig, dict]:
     """(tensors, LoraConfig, ailora.json or {}) of an adapter directory; a one-line error if any is broken.
 
@@ -331,6 +372,7 @@ def read_adapter(adapter_dir, residual_form_ok: bool = False) -> tuple[dict[str,
     d, cfg = read_adapter_config(adapter_dir, residual_form_ok)
     sd = read_tensors(d / WEIGHTS_FILE, "adapter weights")
     check_lora_pairs(sd, d / WEIGHTS_FILE)
+    check_saved_modules(sd, cfg, d / WEIGHTS_FILE)
     meta = read_json(d / META_FILE) if (d / META_FILE).is_file() else {}
     return sd, cfg, meta
 
@@ -354,8 +396,10 @@ def check_adapter_dir(base: torch.nn.Module, adapter_dir) -> peft.LoraConfig:
         f = safe_open(d / WEIGHTS_FILE, framework="pt")
     except Exception as exc:  # a truncated or foreign file
         raise AiloraError(f"cannot read adapter weights {d / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from None
+    check_foreign_start(d, cfg)
     with f:
         check_lora_pairs(f.keys(), d / WEIGHTS_FILE)
+        check_saved_modules(dict.fromkeys(f.keys()), cfg, d / WEIGHTS_FILE)
         for key in f.keys():
             if ".lora_A." not in key and ".lora_B." not in key:
                 continue

@@ -20,7 +20,8 @@ by block and B block-structured (the Q rows of B only use the Q columns, ...). A
 keeps B's off-block entries at zero during training, so the blocks stay separate, and the trained
 layer is still a plain PEFT LoRA.
 
-``apply`` gathers its keywords in an ``ApplyOptions`` (checked when built) and ``apply_with`` runs
+``apply`` gathers its keywords in an ``ApplyOptions`` (checked when built; the LoRA options in one
+``LoraOptions``, ``ailora.core.options``, where each option and its help are declared) and ``apply_with`` runs
 the steps in order: validate the model, plan every start (all decompositions, before the model is
 touched), wrap it in PEFT, write the factors and residuals, check the outputs. What was done is an
 ``AiloraState`` (``ailora.core.state``), attached to the PeftModel and read back by ``state_of``.
@@ -28,11 +29,12 @@ touched), wrap it in PEFT, write the factors and residuals, check the outputs. W
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import peft
 import torch
@@ -40,7 +42,8 @@ from torch import nn
 
 from ailora.core.adapters import lora_scaling, mark_residual_form
 from ailora.core.decompose import Plan, decompose, module_source
-from ailora.core.policies import get_policy_method, resolve_policy
+from ailora.core.options import LoraOptions, LoraTrainingOptions, options_doc
+from ailora.core.policies import get_start, resolve_policy
 from ailora.core.probe import (
     LAYER_PROBE_ROWS,
     Snapshot,
@@ -59,13 +62,13 @@ from ailora.core.state import AiloraState, LayerRecord, attach_state, state_of
 from ailora.core.svd import SOLVERS
 from ailora.errors import AiloraError, ExactnessError
 
-__all__ = ["HEAD_NAMES", "AiloraState", "ApplyOptions", "LayerRecord", "apply", "apply_with", "state_of"]
+__all__ = ["HEAD_NAMES", "AiloraState", "ApplyOptions", "LayerRecord", "LoraOptions", "apply", "apply_with",
+           "state_of"]
 
 # Task-head modules that PEFT should train and save in full (``modules_to_save``).
 HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classification_head")
 # A residual stays in a half-precision model's dtype only if rounding it moves no weight by more.
 RESIDUAL_TOLERANCE = 1e-4
-RESIDUAL_DTYPES = ("auto", "model", "float32")
 # The end-to-end probe (check="full", or an architecture ailora does not know): one row of this many
 # tokens (the per-layer check carries the rest; see the module docstring).
 PROBE_BATCH, PROBE_LENGTH = 1, 8
@@ -74,51 +77,60 @@ PROBE_BATCH, PROBE_LENGTH = 1, 8
 @dataclass(frozen=True)
 class ApplyOptions:
     """Every option of ``apply`` (documented there), checked when built: a bad method, rank,
-    solver or residual dtype fails before any model is loaded or touched."""
+    solver or residual dtype fails before any model is loaded or touched. ``lora`` holds the LoRA
+    options (``LoraOptions``); the other fields say how to apply them."""
 
     method: str = "ailora"
-    rank: int = 8
-    alpha: float | None = None
-    targets: list[str] | str | None = None
-    policy: str | Mapping[str, str] | None = None
+    lora: LoraOptions = field(default_factory=LoraOptions)
     modules: Mapping[str, list[str]] | None = None
-    solver: str = "exact"
     seed: int = 0
     head: object = "auto"
-    dropout: float = 0.0
-    use_rslora: bool = False
-    use_dora: bool = False
-    residual_dtype: str = "auto"
     device: str | torch.device | None = None
     check: bool | str = True
     progress: bool | None = None
     distribute: bool = True
 
     def __post_init__(self) -> None:
-        get_policy_method(self.method)
-        if not isinstance(self.rank, int) or self.rank <= 0:
-            raise AiloraError(f"rank must be a positive integer, got {self.rank!r}")
-        if self.solver not in SOLVERS:
-            raise AiloraError(f"unknown solver {self.solver!r}; solvers are: {', '.join(SOLVERS)}")
+        get_start(self.method)
+        if type(self.lora) is not LoraOptions:  # LoraTrainingOptions' lr ratios would be dropped silently
+            raise AiloraError(f"ApplyOptions.lora must be a LoraOptions, got {type(self.lora).__name__}")
+        if self.lora.solver not in SOLVERS:
+            raise AiloraError(f"unknown solver {self.lora.solver!r}; solvers are: {', '.join(SOLVERS)}")
         if not (isinstance(self.check, bool) or self.check == "full"):
             raise AiloraError(f"check must be True, False or 'full', got {self.check!r}")
-        if self.residual_dtype not in RESIDUAL_DTYPES:
-            raise AiloraError(f"residual_dtype must be auto, model or float32, got {self.residual_dtype!r}")
-        if self.alpha is not None and not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha)
-                                           and self.alpha > 0):
-            raise AiloraError(f"alpha must be a finite positive number, got {self.alpha!r}")
-        if not (isinstance(self.dropout, int | float) and 0 <= self.dropout < 1):
-            raise AiloraError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def of(cls, method: str = "ailora", options: LoraOptions | None = None, **keywords) -> ApplyOptions:
+        """The options of ``apply(model, method, options=..., **keywords)``: each keyword is a field of
+        ``LoraOptions`` (unless ``options`` gives them all) or of this class; any other is a one-line error."""
+        lora_names = [f.name for f in dataclasses.fields(LoraOptions)]
+        own = [f.name for f in dataclasses.fields(cls) if f.name not in ("method", "lora")]
+        for key in keywords:
+            if key in TRAINING_ONLY:
+                raise AiloraError(f"{key} is a training option, not one of apply: pass it to ailora.param_groups")
+            if key not in lora_names and key not in own:
+                raise AiloraError(f"unknown option {key!r} of apply; options are: {', '.join(lora_names + own)}")
+        given = {k: v for k, v in keywords.items() if k in lora_names}
+        if options is not None and given:
+            raise AiloraError(f"give the LoRA options as options=LoraOptions(...) or as keywords, not both "
+                              f"({next(iter(given))}=)")
+        lora = options if options is not None else LoraOptions(**given)
+        return cls(method=method, lora=lora, **{k: v for k, v in keywords.items() if k in own})
 
     def resolved_policy(self) -> dict[str, str]:
         """role -> init name: the method's starts, restricted to ``targets``, overridden by ``policy``."""
-        return resolve_policy(self.method, self.targets, self.policy)
+        return resolve_policy(self.method, self.lora.targets, self.lora.policy)
 
     def lora_alpha(self) -> float:
         """LoRA alpha: as given, else the method's alpha per rank times r."""
-        if self.alpha is not None:
-            return float(self.alpha)
-        return float(get_policy_method(self.method).alpha_per_rank * self.rank)
+        if self.lora.alpha is not None:
+            return float(self.lora.alpha)
+        return float(get_start(self.method).alpha_per_rank * self.lora.rank)
+
+
+# Fields of LoraTrainingOptions that only the optimizer reads (``ailora.param_groups``), never apply.
+TRAINING_ONLY = tuple(f.name for f in dataclasses.fields(LoraTrainingOptions)
+                      if f.name not in {g.name for g in dataclasses.fields(LoraOptions)})
 
 
 def _validate_weight(name: str, module: nn.Module, target: Target, rank: int) -> None:
@@ -179,9 +191,9 @@ def layout_for(model: nn.Module, options: ApplyOptions) -> ApplyLayout:
     alpha = options.lora_alpha()
     targets = find_targets(model, list(policy), options.modules)
     for t in targets:
-        _validate_weight(t.name, model.get_submodule(t.name), t, options.rank)
+        _validate_weight(t.name, model.get_submodule(t.name), t, options.lora.rank)
     head = _head_modules(model, options.head)
-    return ApplyLayout(policy, alpha, lora_scaling(options.rank, alpha, options.use_rslora), targets, head,
+    return ApplyLayout(policy, alpha, lora_scaling(options.lora.rank, alpha, options.lora.use_rslora), targets, head,
                        model_dtype(model))
 
 
@@ -193,25 +205,26 @@ def _plan_all(model: nn.Module, layout: ApplyLayout, options: ApplyOptions) -> t
     for t in layout.targets:
         module = model.get_submodule(t.name)
         device = options.device if options.device is not None else weight_of(module).device
-        plans.append(Plan.empty(t, module_source(module), layout.policy, options.rank, device))
-    split = decompose(plans, layout.policy, options.solver, options.seed, layout.scaling, options.progress,
+        plans.append(Plan.empty(t, module_source(module), layout.policy, options.lora.rank, device))
+    split = decompose(plans, layout.policy, options.lora.solver, options.seed, layout.scaling, options.progress,
                       options.distribute)
     return plans, split
 
 
 def lora_config(layout: ApplyLayout, options: ApplyOptions) -> peft.LoraConfig:
     """PEFT's config for the targets: a fused target of k blocks gets rank k*r at the same scaling."""
-    rank, alpha = options.rank, layout.alpha
+    lora, alpha = options.lora, layout.alpha
+    rank = lora.rank
     rank_pattern, alpha_pattern = {}, {}
     for t in layout.targets:
         k = len(t.blocks)
         if k > 1:
             rank_pattern[re.escape(t.name)] = k * rank
             # keep s = alpha / r (or alpha / sqrt(r)) for the stacked layer
-            alpha_pattern[re.escape(t.name)] = alpha * (math.sqrt(k) if options.use_rslora else k)
+            alpha_pattern[re.escape(t.name)] = alpha * (math.sqrt(k) if lora.use_rslora else k)
     return peft.LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=options.dropout, use_rslora=options.use_rslora,
-        use_dora=options.use_dora, target_modules=[t.name for t in layout.targets], rank_pattern=rank_pattern,
+        r=rank, lora_alpha=alpha, lora_dropout=lora.dropout, use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora, target_modules=[t.name for t in layout.targets], rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern, fan_in_fan_out=all(t.fan_in_fan_out for t in layout.targets),
         modules_to_save=layout.head or None, init_lora_weights=True,
     )
@@ -324,11 +337,10 @@ def state_for(layout: ApplyLayout, options: ApplyOptions, initial: dict[str, tup
     (module -> (A0, B0) on the CPU) and per-layer records; ``split``: how the decompositions were
     shared across processes ({} in one)."""
     return AiloraState(
-        method=options.method, policy=layout.policy, rank=options.rank, alpha=layout.alpha,
-        use_rslora=options.use_rslora, solver=options.solver, seed=options.seed,
+        method=options.method, options=options.lora, policy=layout.policy, alpha=layout.alpha, seed=options.seed,
         dtype=str(layout.dtype).removeprefix("torch."),
-        lr_ratios=dict(get_policy_method(options.method).lr_ratios),
-        head=layout.head, targets={t.name: t for t in layout.targets}, use_dora=options.use_dora,
+        lr_ratios=dict(get_start(options.method).lr_ratios),
+        head=layout.head, targets={t.name: t for t in layout.targets},
         roles_source=roles_source(layout.targets), initial=initial, layers=layers, split=dict(split or {}),
     )
 
@@ -374,57 +386,50 @@ def _check_outputs(peft_model: peft.PeftModel, state: AiloraState, probe: dict |
 def apply(
     model: nn.Module,
     method: str = "ailora",
-    rank: int = 8,
-    alpha: float | None = None,
-    targets: list[str] | str | None = None,
-    policy: str | Mapping[str, str] | None = None,
+    *,
+    options: LoraOptions | None = None,
     modules: Mapping[str, list[str]] | None = None,
-    solver: str = "exact",
     seed: int = 0,
     head="auto",
-    dropout: float = 0.0,
-    use_rslora: bool = False,
-    use_dora: bool = False,
-    residual_dtype: str = "auto",
     device: str | torch.device | None = None,
-    check: bool = True,
+    check: bool | str = True,
     progress: bool | None = None,
     distribute: bool = True,
+    **lora_options,
 ) -> peft.PeftModel:
     """Wrap ``model`` in a ``peft.PeftModel`` whose LoRA adapters start as ``method`` says.
 
+    ``ailora.apply(model, method="ailora", rank=8, targets=["query", "value"])``: the LoRA options
+    (listed below, the fields of ``ailora.core.options.LoraOptions``) are keywords, or one
+    ``options=LoraOptions(...)``; an unknown keyword is a one-line error naming the valid ones.
+
     Args:
-        method: a name in ``ailora.core.policies.METHODS`` (lora, pissa, milora, ailora, reailora).
-        rank: r of every adapted block. alpha: LoRA alpha (default: r for the SVD starts, 2r for lora).
-        targets: roles to adapt (default: the method's, query and value), e.g. ``["query", "value"]``.
-        policy: per-role starts overriding the method's, e.g. ``"query=principal,value=minor,key=lora"``.
+        method: a name in ``ailora.core.policies.STARTS`` (lora, pissa, milora, ailora, reailora).
         modules: role -> module-name patterns for architectures ailora does not know; ``"PATTERN@ROWS"``
             or ``(PATTERN, ROWS)`` takes some rows of a fused module (``rows:0:64``, ``block:0/3``,
             ``heads:0/3:16``; see ``ailora.core.layouts``).
-        solver: ``exact`` (full SVD) or ``fast`` (randomised / Gram eigendecomposition).
+        seed: seed of random starts (lora) and of the check's random rows.
         head: task-head modules trained in full ("auto": classifier/score/... when present).
-        use_rslora: scale by alpha / sqrt(r). use_dora: PEFT's DoRA, whose magnitude PEFT sets to the
-            row norms of W0 (B = 0); after the SVD start ||W_res + s B0 A0|| = ||W0||, so it stays exact.
-        residual_dtype: "auto" keeps a half-precision model's dtype when rounding the residual moves
-            no weight by more than 1e-4, else keeps that residual in float32; "model" or "float32" force.
         device: where the decompositions run (default: where each weight is; "cuda" to use a GPU).
         check: True: check every adapted layer, as PEFT runs it, on seeded random rows against its
             original weight, and that nothing else in the model changed; for an architecture ailora
             does not know, also the model's outputs on a short probe before and after. "full": that
             probe for every model. Raise ExactnessError past tolerance. False: no check.
+        progress: show a progress bar over the decompositions (default: when there are many).
         distribute: under several processes (``torch.distributed`` initialised, world size > 1), each
             process decomposes a share of the blocks and the owners broadcast the factors, so every
             process holds the factors one process would compute, in a fraction of the time. Every
             process must then call ``apply`` with the same model and options. False: each computes all.
     Returns the PeftModel, with ``model.ailora_state`` (an AiloraState, also ``state_of(model)``)
     describing what was done.
+
+    LoRA options (``LoraOptions``):
     """
-    options = ApplyOptions(
-        method=method, rank=rank, alpha=alpha, targets=targets, policy=policy, modules=modules, solver=solver,
-        seed=seed, head=head, dropout=dropout, use_rslora=use_rslora, use_dora=use_dora,
-        residual_dtype=residual_dtype, device=device, check=check, progress=progress, distribute=distribute,
-    )
-    return apply_with(model, options)
+    return apply_with(model, ApplyOptions.of(method, options, modules=modules, seed=seed, head=head, device=device,
+                                             check=check, progress=progress, distribute=distribute, **lora_options))
+
+
+apply.__doc__ = f"{apply.__doc__.rstrip()}\n{options_doc(LoraOptions, ' ' * 8)}\n"
 
 
 def apply_with(model: nn.Module, options: ApplyOptions) -> peft.PeftModel:
@@ -440,8 +445,8 @@ def apply_with(model: nn.Module, options: ApplyOptions) -> peft.PeftModel:
     plans, split = _plan_all(model, layout, options)
     peft_model = peft.get_peft_model(model, lora_config(layout, options))
     generator = torch.Generator().manual_seed(options.seed) if options.check else None
-    layer_checks = {plan.target.name: _write_layer(peft_model, plan, layout.scaling, options.residual_dtype,
-                                                   options.rank, generator) for plan in plans}
+    layer_checks = {plan.target.name: _write_layer(peft_model, plan, layout.scaling, options.lora.residual_dtype,
+                                                   options.lora.rank, generator) for plan in plans}
     state = _new_state(layout, options, plans, split)
     attach_state(peft_model, state)
     mark_residual_form(peft_model, state)  # a raw save_pretrained must not load silently wrong

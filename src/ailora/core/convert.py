@@ -13,6 +13,7 @@ from ailora.core.adapters import (
     check_adapter_dir,
     lora_scaling,
     module_rank_alpha,
+    peft_start,
     plain_adapter_meta,
     read_adapter,
     to_plain_lora,
@@ -23,10 +24,10 @@ from ailora.core.apply import HEAD_NAMES
 from ailora.core.files import check_empty_or_overwrite
 from ailora.core.models import load_config, load_model, resolve_model_path
 from ailora.core.roles import weight_of
-from ailora.errors import AiloraError
+from ailora.errors import AiloraError, ExactnessError
 
 # Written beside the converted adapter: the same report as its ailora.json.
-REPORT_FILE = "convert_report.json"
+CONVERT_REPORT_FILE = "convert_report.json"
 
 
 def _initial_factors(sd: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -69,18 +70,35 @@ def convert_dir(adapter, out, rank: int | None = None, initial=None, base=None, 
             against the model as trained (and, when compressing, report the difference).
     """
     sd, cfg, meta = read_adapter(adapter)
+    _check_request(adapter, cfg, rank, initial)
     check_empty_or_overwrite(Path(out), overwrite)  # before a base model is loaded and checked
-    if initial is None and rank is None:
-        raise AiloraError(f"adapter {adapter} is already plain LoRA: give --rank to compress it, or --initial "
-                          "for an adapter trained on a residual base")
     init_factors = _initial_factors_of(initial, sd, cfg) if initial is not None else {}
     new_sd, new_cfg, modules = to_plain_lora(sd, cfg, init_factors, rank)
     provenance = {k: v for k, v in meta.items() if k not in ("modules", "compressed_rank", "max_relative_error")}
     if base is not None:
-        provenance["check"] = _check_against_base(base, adapter, sd, cfg, init_factors, new_sd, new_cfg)
+        exact = to_plain_lora(sd, cfg, init_factors)[:2] if rank is not None else (new_sd, new_cfg)
+        provenance["check"] = _check_against_base(base, adapter, sd, cfg, init_factors, (new_sd, new_cfg), exact)
     report = plain_adapter_meta(provenance, modules, rank, new_cfg)
-    write_adapter_dir(out, new_sd, new_cfg, report, overwrite, {REPORT_FILE: report})
+    write_adapter_dir(out, new_sd, new_cfg, report, overwrite, {CONVERT_REPORT_FILE: report})
     return report
+
+
+def _check_request(adapter, cfg: peft.LoraConfig, rank: int | None, initial) -> None:
+    """Refuse a conversion whose result would be wrong or empty, from the adapter's PEFT start: a
+    residual start (pissa, olora, corda, ...) needs the initial adapter, a quantised one (loftq) has
+    no exact plain form, a plain one needs --rank (there is nothing else to convert)."""
+    start, kind = cfg.init_lora_weights, peft_start(cfg)
+    if kind in ("quantised", "unknown"):
+        what = "a quantised base, which no plain LoRA on the original weights reproduces" if kind == "quantised" \
+            else "a start ailora does not know, so it cannot tell which base the factors apply to"
+        raise AiloraError(f"adapter {adapter} was trained on {what} (init_lora_weights={start!r})")
+    if kind == "residual" and initial is None:
+        raise AiloraError(f"adapter {adapter} was trained on the residual base of PEFT's init_lora_weights={start!r} "
+                          "(its factors do not apply to the original model): give the adapter as initialised with "
+                          "--initial (model.save_pretrained right after get_peft_model)")
+    if kind == "plain" and initial is None and rank is None:
+        raise AiloraError(f"adapter {adapter} is plain LoRA on the original base already (init_lora_weights="
+                          f"{start!r}): nothing to convert; give --rank to compress it")
 
 
 def _initial_factors_of(initial, sd: dict, cfg: peft.LoraConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -96,17 +114,31 @@ def _initial_factors_of(initial, sd: dict, cfg: peft.LoraConfig) -> dict[str, tu
     return init_factors
 
 
-def _check_against_base(base_path, adapter, sd, cfg, init_factors, new_sd, new_cfg) -> dict:
+def _check_against_base(base_path, adapter, sd, cfg, init_factors, written, exact) -> dict:
+    """The written adapter's outputs against the model as trained, on ``base_path``. ``exact`` (state
+    dict, config) is the conversion before any compression: it must match within tolerance, or an
+    ExactnessError says so before anything is written; ``written`` (compressed) reports its difference."""
     fresh = load_base_for_adapter(resolve_model_path(base_path), adapter)
-    base = copy.deepcopy(fresh)  # the reference gets its own copy: the converted adapter goes on ``fresh``
+    base = copy.deepcopy(fresh)  # the reference gets its own copy: the converted adapters go on copies of ``fresh``
     if init_factors:
         reference = _residual_reference(base, sd, cfg, init_factors)
     else:
         check_adapter_dir(fresh, adapter)
         reference = peft.PeftModel.from_pretrained(base, str(adapter))
-    converted = peft.get_peft_model(fresh, _plain_copy(new_cfg))
-    peft.set_peft_model_state_dict(converted, new_sd)
-    return verify(reference, converted)
+    pairs = [exact] if written[0] is exact[0] else [exact, written]
+    checks = [verify(reference, _with_adapter(fresh if i == len(pairs) - 1 else copy.deepcopy(fresh), *pair))
+              for i, pair in enumerate(pairs)]
+    if not checks[0]["passed"]:
+        raise ExactnessError(f"the converted adapter's outputs differ from the trained model's by "
+                             f"{checks[0]['max_abs_diff']:.3g} on {base_path} (tolerance {checks[0]['tolerance']:.1g}); "
+                             "is it the base the adapter was trained on?")
+    return checks[-1]
+
+
+def _with_adapter(model: torch.nn.Module, sd: dict, cfg: peft.LoraConfig) -> peft.PeftModel:
+    converted = peft.get_peft_model(model, _plain_copy(cfg))
+    peft.set_peft_model_state_dict(converted, sd)
+    return converted
 
 
 # PEFT task types -> the kinds of ``ailora.core.models.load_model``.

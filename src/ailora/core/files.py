@@ -20,11 +20,13 @@ can tell what they were for.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,6 +53,41 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Free bytes under which a failed write is taken for a full disk: libraries that write through
+# their own code (torch.save: "[enforce fail at inline_container.cc]", safetensors) lose the errno.
+FULL_DISK_BYTES = 1 << 20
+
+
+def _is_full(exc: BaseException, where: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return not isinstance(exc, AiloraError) and shutil.disk_usage(where).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
+@contextmanager
+def _full_disk_named(path: Path, staging: Path) -> Iterator[None]:
+    """A write into ``staging`` (for ``path``) that failed for lack of space as a one-line AiloraError;
+    checked while the staging entry still holds what was written (the caller removes it after)."""
+    try:
+        yield
+    except Exception as exc:  # torch, safetensors and the OS each raise their own type for a full disk
+        if _is_full(exc, staging.parent):
+            path = _final(path)
+            device = next(d for d in path.parents if d.exists())
+            raise AiloraError(f"no space left on the device of {device} while writing {path}; nothing was "
+                              "replaced (free some space and run again)") from None
+        raise
+
+
+def _final(path: Path) -> Path:
+    """Where ``path``, a file inside a staging directory of ``atomic_dir``, will be: the name a user gave."""
+    staged = re.match(r"^\.(.+)\.tmp-", path.parent.name)
+    return path.parent.parent / staged.group(1) / path.name if staged else path
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` when the block succeeds."""
@@ -61,9 +98,10 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with _full_disk_named(path, tmp):
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -93,6 +131,7 @@ def require_writable(out: str | os.PathLike, what: str = "output") -> Path:
     left behind: a probe file is created and removed.
     """
     out = Path(out)
+    real_path(out, what)  # a link loop anywhere on the path: a one-line error, not OSError(ELOOP) later
     parent = out.parent if out.name else out
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -108,6 +147,34 @@ def require_writable(out: str | os.PathLike, what: str = "output") -> Path:
         os.close(fd)
         os.unlink(probe)
     return out
+
+
+def real_path(path: str | os.PathLike, what: str = "path") -> Path:
+    """``path`` absolute with every symbolic link resolved (spellings of one place compare equal);
+    a one-line error for a link loop."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError("Symlink loop ..."), later ones OSError
+        raise AiloraError(f"{what} {path} is a loop of symbolic links") from None
+
+
+def refuse_aliased_output(out: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]],
+                          what: str = "output") -> None:
+    """Refuse, before anything is touched, an output that is, holds or lies inside one of ``inputs``
+    ((name, path) pairs; paths that do not exist, such as ``minilm``, are skipped), or that is or holds the
+    working directory: replacing it (``--overwrite``) would delete the inputs or the user's files.
+    Paths compare after resolving links, so relative, absolute and linked spellings are one place."""
+    target = real_path(out, what)
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise AiloraError(f"{what} {out} is the working directory or holds it; give a directory of its own")
+    for name, given in inputs:
+        if given is None or not os.path.lexists(given):
+            continue
+        source = real_path(given, name)
+        relation = "is" if target == source else "holds" if target in source.parents else \
+            "lies inside" if source in target.parents else None
+        if relation:
+            raise AiloraError(f"{what} {out} {relation} the input {given} ({name}); write it somewhere apart")
 
 
 def check_empty_or_overwrite(out: Path, overwrite: bool, what: str = "output") -> None:
@@ -138,7 +205,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out, "tmp")))
     try:
-        yield tmp
+        with _full_disk_named(out, tmp):
+            yield tmp
         if out.exists() or out.is_symlink():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out, "old")))
             os.replace(out, old / out.name)
@@ -150,6 +218,20 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clear_dir(path: str | os.PathLike) -> None:
+    """Delete the directory ``path`` (``--overwrite``); through a symbolic link (a run directory linked
+    to scratch storage), delete what the target holds and keep the link and the target."""
+    path = Path(path)
+    if not path.is_symlink():
+        shutil.rmtree(path)
+        return
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def remove_stale(out: str | os.PathLike) -> list[Path]:

@@ -46,15 +46,17 @@ from ailora.core.state import LayerRecord, attach_state
 from ailora.errors import AiloraError
 
 __all__ = ["INITIAL_ADAPTER", "MARKER_FILE", "REPORT_FILE", "canonical_modules", "initialised_record",
-           "load_initialised", "recorded_options", "start_from_initialised", "tensor_key", "weight_hash"]
+           "load_initialised", "options_from_record", "recorded_options", "start_from_initialised", "tensor_key", "weight_hash"]
 
 MARKER_FILE = "ailora_initialised.json"
 MARKER_FORMAT = "ailora-initialised-1"
 INITIAL_ADAPTER = "initial_adapter"
 REPORT_FILE = "report.json"
-# The options that decide the starting factors and residuals: a run starting from the directory must
-# ask for the same ones (the seed only matters where a start draws random numbers).
-START_FIELDS = ("policy", "rank", "alpha", "use_rslora", "solver", "residual_dtype", "modules", "seed")
+# The LoRA options that do not decide the starting factors and residuals (DoRA is refused apart: its
+# magnitudes need the original weights); a run starting from the directory must ask for the same
+# values of every other one, resolved (targets and policy as the policy they give, alpha as a number),
+# and for the same ``modules`` and, where a start draws random numbers, ``seed``.
+NOT_START = ("dropout", "use_dora")
 
 
 def canonical_modules(modules) -> dict[str, list[str]] | None:
@@ -71,11 +73,15 @@ def canonical_modules(modules) -> dict[str, list[str]] | None:
 
 
 def recorded_options(options: ApplyOptions) -> dict:
-    """The options an init records in its marker (what decides the start, and how it was applied)."""
-    return {"method": options.method, "rank": options.rank, "alpha": options.alpha, "targets": options.targets,
-            "policy": options.policy, "modules": canonical_modules(options.modules), "solver": options.solver,
-            "seed": options.seed, "head": options.head, "dropout": options.dropout, "use_rslora": options.use_rslora,
-            "residual_dtype": options.residual_dtype}
+    """The options an init records in its marker: the method, every LoRA option, and how it was applied."""
+    return {"method": options.method, **dataclasses.asdict(options.lora),
+            "modules": canonical_modules(options.modules), "seed": options.seed, "head": options.head}
+
+
+def options_from_record(recorded: dict) -> ApplyOptions:
+    """The ``ApplyOptions`` of a marker's recorded options (markers before ``use_dora`` was recorded
+    lack it: its default, False, is what they were written with)."""
+    return ApplyOptions.of(**recorded)
 
 
 def initialised_record(directory) -> dict | None:
@@ -117,25 +123,24 @@ def load_initialised(directory, kind: str | None = None, trust_remote_code: bool
     return start_from_initialised(model, directory)
 
 
-def _start(fields: dict) -> dict:
-    options = ApplyOptions(**fields)
-    policy = options.resolved_policy()
-    start = {"policy": policy, "rank": options.rank, "alpha": options.lora_alpha(), "use_rslora": options.use_rslora,
-             "solver": options.solver, "residual_dtype": options.residual_dtype,
-             "modules": canonical_modules(options.modules), "seed": options.seed}
-    if all(INITS[name].uses_svd for name in policy.values()):
+def _start(options: ApplyOptions) -> dict:
+    """What decides the starting factors and residuals, resolved."""
+    start = {k: v for k, v in dataclasses.asdict(options.lora).items() if k not in NOT_START}
+    del start["targets"]  # they decide the start through the policy
+    start.update(policy=options.resolved_policy(), alpha=options.lora_alpha(),
+                 modules=canonical_modules(options.modules), seed=options.seed)
+    if all(INITS[name].uses_svd for name in start["policy"].values()):
         start.pop("seed")  # SVD starts draw nothing
     return start
 
 
 def _check_same_start(options: ApplyOptions, record: dict, directory) -> None:
     """The run's options give the same start as the init's, or a one-line error naming the first that differs."""
-    if options.use_dora:
+    if options.lora.use_dora:
         raise AiloraError(f"DoRA cannot start from {directory}: its magnitudes need the original weights; "
                           "train DoRA from the original model")
-    ours = _start({f.name: getattr(options, f.name) for f in dataclasses.fields(ApplyOptions)})
-    theirs = _start(record["options"])
-    for name in START_FIELDS:
+    ours, theirs = _start(options), _start(options_from_record(record["options"]))
+    for name in dict.fromkeys([*theirs, *ours]):
         if ours.get(name) != theirs.get(name):
             raise AiloraError(f"{directory} was initialised with {name}={theirs.get(name)!r}, this run asks for "
                               f"{name}={ours.get(name)!r}: train with the init's options, or initialise again")
@@ -193,7 +198,7 @@ def start_from_initialised(model: nn.Module, directory, options: ApplyOptions | 
     the init's); those that decide the start must equal the init's."""
     directory = Path(directory)
     record = _require_record(directory)
-    options = options if options is not None else ApplyOptions(**record["options"])
+    options = options if options is not None else options_from_record(record["options"])
     _check_same_start(options, record, directory)
     layout = layout_for(model, options)
     if str(layout.dtype).removeprefix("torch.") != record["dtype"]:
@@ -211,7 +216,7 @@ def start_from_initialised(model: nn.Module, directory, options: ApplyOptions | 
         layer = peft_model.base_model.model.get_submodule(t.name)
         _install(layer, t, initial[t.name], record["layers"][names[t.name]], ckpt)
         if t.fused:
-            keep_blocks_apart(layer, t, options.rank)
+            keep_blocks_apart(layer, t, options.lora.rank)
     report = read_json(directory / REPORT_FILE)
     layers = {r["name"]: LayerRecord(**r) for r in report["layers"]}
     state = state_for(layout, options, initial, [dataclasses.replace(layers[names[t.name]], name=t.name)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -101,6 +103,28 @@ def load_model(path, kind: str = "auto", dtype: str | None = None, trust_remote_
     p = check_model_dir(path)
     config = load_config(p, trust_remote_code)
     check_kind(config, kind, p)
+    return _load_weights(p, config, kind, dtype, trust_remote_code, **kwargs)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A checkpoint resolved once for a run: its directory, its config (read once), the model kind
+    to build from it (checked against the config once) and its tokenizer."""
+
+    path: Path
+    config: Any  # transformers.PretrainedConfig
+    kind: str  # a load_model kind: seq-cls, qa, causal-lm, seq2seq-lm...
+    tokenizer: Any
+    is_seq2seq: bool  # an encoder-decoder checkpoint (``is_encoder_decoder``)
+
+
+def load_resolved(model: ResolvedModel, dtype: str | None = None, **kwargs) -> nn.Module:
+    """``load_model(model.path, model.kind, dtype, **kwargs)`` without reading the config or checking
+    the kind again: the resolution did both."""
+    return _load_weights(model.path, model.config, model.kind, dtype, False, **kwargs)
+
+
+def _load_weights(p: Path, config, kind: str, dtype: str | None, trust_remote_code: bool, **kwargs):
     cls = model_class(config, kind)
     torch_dtype = parse_dtype(dtype)
     extra = {"dtype": torch_dtype} if torch_dtype is not None else {"dtype": torch.float32}

@@ -16,7 +16,10 @@ from ailora.registry import lookup
 
 
 @dataclass(frozen=True)
-class Method:
+class StartPolicy:
+    """A LoRA-family method as a start: its per-role inits, default targets, alpha and lr ratios.
+    (The training methods, of which these are five, are ``ailora.methods.registry.METHODS``.)"""
+
     name: str
     description: str
     default_init: str  # the start of a target role the policy does not name
@@ -26,15 +29,15 @@ class Method:
     lr_ratios: Mapping[str, float] = field(default_factory=dict)  # role -> learning-rate multiplier
 
 
-METHODS: dict[str, Method] = {
+STARTS: dict[str, StartPolicy] = {
     m.name: m
     for m in [
-        Method("lora", "LoRA: A random, B = 0 (Hu et al. 2021)", "lora", alpha_per_rank=2.0),
-        Method("pissa", "PiSSA: principal components on every target (Meng et al. 2024)", "principal"),
-        Method("milora", "MiLoRA: minor components on every target (Wang et al. 2024)", "minor"),
-        Method("ailora", "AILoRA: principal on query, minor on value, value lr x2 (arXiv 2510.08034)",
+        StartPolicy("lora", "LoRA: A random, B = 0 (Hu et al. 2021)", "lora", alpha_per_rank=2.0),
+        StartPolicy("pissa", "PiSSA: principal components on every target (Meng et al. 2024)", "principal"),
+        StartPolicy("milora", "MiLoRA: minor components on every target (Wang et al. 2024)", "minor"),
+        StartPolicy("ailora", "AILoRA: principal on query, minor on value, value lr x2 (arXiv 2510.08034)",
                "principal", {"query": "principal", "value": "minor"}, lr_ratios={"value": 2.0}),
-        Method("reailora", "reAILoRA: minor on query, principal on value (the AILoRA paper's control)",
+        StartPolicy("reailora", "reAILoRA: minor on query, principal on value (the AILoRA paper's control)",
                "principal", {"query": "minor", "value": "principal"}, lr_ratios={"value": 2.0}),
     ]
 }
@@ -63,9 +66,9 @@ def parse_policy(text: str | Mapping[str, str]) -> dict[str, str]:
     return policy
 
 
-def get_policy_method(name: str) -> Method:
+def get_start(name: str) -> StartPolicy:
     """The LoRA-family method (a per-role policy) called ``name``."""
-    return lookup(METHODS, name, "method")
+    return lookup(STARTS, name, "method")
 
 
 def resolve_policy(
@@ -77,7 +80,7 @@ def resolve_policy(
     ``targets`` replaces the method's target roles (the method's policy or default start applies
     to each); ``policy`` then sets the start of named roles, adding them to the targets.
     """
-    m = get_policy_method(method)
+    m = get_start(method)
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     roles = list(targets) if targets is not None else list(m.targets)

@@ -113,11 +113,6 @@ class Architecture:
     def fused_layouts(self) -> Mapping[str, Fused]:
         return self.fused or {}
 
-    def all_roles(self) -> list[str]:
-        """Every role the architecture places, in ROLES order."""
-        have = set(self.roles) | {r for f in self.fused_layouts().values() for r in f.roles}
-        return [r for r in ROLES if r in have]
-
 
 def _arch(query, key, value, output, up=None, down=None, gate=None, fused=None) -> Architecture:
     """An Architecture from one pattern per role (None: the role is not there or is in ``fused``)."""

@@ -13,6 +13,7 @@ import peft
 import torch
 from torch import nn
 
+from ailora.core.options import LoraOptions
 from ailora.core.roles import Target
 from ailora.version import __version__
 
@@ -42,18 +43,16 @@ class AiloraState:
     """
 
     method: str
-    policy: dict[str, str]
-    rank: int
-    alpha: float
-    use_rslora: bool
-    solver: str
+    options: LoraOptions
+    """The LoRA options as given (``alpha`` None where the method's default applies)."""
+    policy: dict[str, str]  # role -> init, resolved from the method and the options
+    alpha: float  # resolved
     seed: int
     dtype: str
     lr_ratios: dict[str, float]
     head: list[str]
     targets: dict[str, Target]
     initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
-    use_dora: bool = False
     roles_source: str = "architecture"  # architecture, modules or fallback (``ailora.core.roles``)
     layers: list[LayerRecord] = field(default_factory=list)
     check: dict = field(default_factory=dict)
@@ -64,14 +63,19 @@ class AiloraState:
     "blocks": [blocks decomposed by each]} (``ailora.core.decompose``)."""
 
     def metadata(self) -> dict:
-        """The adapter's provenance, as written to ``ailora.json``."""
+        """The adapter's provenance, as written to ``ailora.json``: ``options`` is the LoRA options as
+        given (``asdict``); ``policy`` and ``alpha`` are what resolving them gave; ``rank``,
+        ``use_rslora``, ``solver`` and ``use_dora`` stay at the top level too, where readers of
+        ``ailora.json`` written before ``options`` (model cards, conversions) look for them."""
+        o = self.options
         return {
             "ailora_version": self.version, "peft_version": peft.__version__, "method": self.method,
-            "policy": self.policy, "rank": self.rank, "alpha": self.alpha, "use_rslora": self.use_rslora,
-            "solver": self.solver, "seed": self.seed, "dtype": self.dtype, "lr_ratios": self.lr_ratios,
-            "head": self.head, "use_dora": self.use_dora,
+            "policy": self.policy, "rank": o.rank, "alpha": self.alpha, "use_rslora": o.use_rslora,
+            "solver": o.solver, "seed": self.seed, "dtype": self.dtype, "lr_ratios": self.lr_ratios,
+            "head": self.head, "use_dora": o.use_dora,
             "roles_source": self.roles_source,
             "targets": {n: [b.describe() for b in t.blocks] for n, t in self.targets.items()},
+            "options": asdict(o),
         }
 
     def report(self) -> dict:

@@ -84,7 +84,7 @@ def _prepare(model_dir, out, options: ApplyOptions, kind: str, dtype: str | None
              overwrite: bool) -> _Job:
     """Every check that needs no weights; a one-line error before any work."""
     options.resolved_policy()
-    if options.use_dora:
+    if options.lora.use_dora:
         raise AiloraError("the streaming init does not start DoRA (its magnitudes are set from the whole model); "
                           "use ailora init --out, or train DoRA from the original model")
     path = check_model_dir(model_dir)
@@ -163,7 +163,7 @@ def _write_shards(job: _Job, plans: list[Plan], out: Path, options: ApplyOptions
     def residual_writer(plan: Plan):
         def write(f) -> None:
             t, w, a, b = plan.target, _weight(job, plan.target), plan.A.cpu(), plan.B.cpu()
-            res = residual_weight(w, t, a, b, job.layout.scaling, options.residual_dtype)
+            res = residual_weight(w, t, a, b, job.layout.scaling, options.lora.residual_dtype)
             checks[t.name] = _check_layer(w, res, t, a, b, job.layout.scaling, generator)
             layers[t.name]["sha256"] = weight_hash(res)
             tensor_writer(res)(f)
@@ -180,7 +180,7 @@ def _write_shards(job: _Job, plans: list[Plan], out: Path, options: ApplyOptions
                     layers[plan.target.name] = {"key": name, "residual_dtype": "unchanged"}
                 items.append((name, entry.dtype, entry.shape, lambda f, s=shard, n=name: s.copy(n, f)))
                 continue
-            keep = str(_residual_dtype(job, plan, options.residual_dtype)).removeprefix("torch.")
+            keep = str(_residual_dtype(job, plan, options.lora.residual_dtype)).removeprefix("torch.")
             plan.record.residual_dtype = keep
             layers[plan.target.name] = {"key": name, "residual_dtype": keep}
             items.append((name, FLOAT_DTYPES[getattr(torch, keep)], entry.shape, residual_writer(plan)))
@@ -234,9 +234,9 @@ def initialise_checkpoint(model_dir, out, options: ApplyOptions, kind: str = "au
     t_start = time.perf_counter()
     job = _prepare(model_dir, out, options, kind, dtype, trust_remote_code, overwrite)
     layout = job.layout
-    plans = [Plan.empty(t, _source(job, t), layout.policy, options.rank, options.device or "cpu")
+    plans = [Plan.empty(t, _source(job, t), layout.policy, options.lora.rank, options.device or "cpu")
              for t in layout.targets]
-    decompose(plans, layout.policy, options.solver, options.seed, layout.scaling, options.progress, distribute=False)
+    decompose(plans, layout.policy, options.lora.solver, options.seed, layout.scaling, options.progress, distribute=False)
     with atomic_dir(out, overwrite) as tmp:
         checks, layers, total = _write_shards(job, plans, tmp, options)
         _copy_files(job, tmp, total)

@@ -14,14 +14,11 @@ from ailora.core.adapters import load, merge_to_dir, read_adapter_config, save
 from ailora.core.apply import ApplyOptions, apply_with
 from ailora.core.convert import load_base_for_adapter
 from ailora.core.files import check_empty_or_overwrite
-from ailora.core.initialised import initialised_record
+from ailora.core.initialised import REPORT_FILE, initialised_record
 from ailora.core.models import load_model, resolve_model_path
 from ailora.core.state import state_of
 from ailora.core.streaming import initialise_checkpoint
 from ailora.errors import AiloraError
-
-# Written beside an initialised adapter: ``AiloraState.report()`` plus the model's path.
-REPORT_FILE = "report.json"
 
 
 def init_dir(model: str, out, options: ApplyOptions, kind: str = "auto", dtype: str | None = None,

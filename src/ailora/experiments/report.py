@@ -34,10 +34,10 @@ from ailora.errors import AiloraError
 from ailora.experiments.stats import ALPHA, RESAMPLES, paired_bootstrap, paired_seeds, significant
 from ailora.experiments.sweep import mean_std, summarize, task_dir
 from ailora.tasks.metrics import get_metric, is_better
-from ailora.train import record
 from ailora.train.config import comparable
 from ailora.train.loop import PREDICTIONS
 from ailora.train.progressive import savings
+from ailora.train.runrecord import RunRecord, progressive_stages, read_complete
 
 REPORT_DIR = "report"
 PROG_TITLE = "Progtuning against the same config without it (means over seeds)"
@@ -170,22 +170,22 @@ def curves_figure(sweep_dir, summary: dict, task: str):
 
 
 def _progressive_on(config: dict) -> bool:
-    return (config.get("progressive", {}).get("stages") or 0) > 1
+    return progressive_stages(config) > 1
 
 
 def _comparable(config: dict) -> dict:
     return comparable(config, ignore=("train.lr", "train.seed"))
 
 
-def _results(sweep_dir, path: str) -> dict:
-    return json.loads((Path(sweep_dir) / path / record.RESULTS).read_text())
+def _results(sweep_dir, path: str) -> RunRecord:
+    return read_complete(Path(sweep_dir) / path)
 
 
 def progressive_pairs(sweep_dir, summary: dict) -> list[tuple[str, str, str]]:
     """(task, label with Progtuning, label of the same config without it) for each such pair."""
     pairs = []
     for task, info in summary["tasks"].items():
-        configs = {label: _results(sweep_dir, m["runs"][0])["config"]
+        configs = {label: _results(sweep_dir, m["runs"][0]).config
                    for label, m in info["methods"].items() if m["runs"]}
         for p, pc in configs.items():
             base = next((b for b, bc in configs.items() if _progressive_on(pc) and not _progressive_on(bc)
@@ -209,9 +209,8 @@ def progressive_table(sweep_dir, summary: dict) -> dict | None:
         mp, mb = summary["tasks"][task]["methods"][prog], summary["tasks"][task]["methods"][base]
         grid = {g["lr"]: g["runs"] for g in mb["grid"]}
         b_lr = mp["selected_lr"] if grid.get(mp["selected_lr"]) else mb["selected_lr"]
-        twins = {r["seed"]: r for r in (_results(sweep_dir, p) for p in grid[b_lr])}
-        found = [savings(r, twins[r["seed"]]) for r in (_results(sweep_dir, p) for p in mp["runs"])
-                 if r["seed"] in twins]
+        twins = {r.seed: r for r in (_results(sweep_dir, p) for p in grid[b_lr])}
+        found = [savings(r, twins[r.seed]) for r in (_results(sweep_dir, p) for p in mp["runs"]) if r.seed in twins]
         rows.append([task, prog, base, " / ".join(dict.fromkeys([fmt_lr(mp["selected_lr"]), fmt_lr(b_lr)]))]
                     + [_pct([f[k] for f in found]) for k in ("updated_parameter_saving", "train_time_saving",
                                                              "wall_time_saving")]
@@ -247,8 +246,8 @@ def steps_figure(task: str, main: str, runs: dict[str, list[StepCurves]], model:
     return fig
 
 
-def _test_predictions(sweep_dir, path: str, res: dict) -> list[dict] | None:
-    f = Path(sweep_dir) / path / PREDICTIONS / f"test-step{res.get('steps')}.jsonl"
+def _test_predictions(sweep_dir, path: str, res: RunRecord) -> list[dict] | None:
+    f = Path(sweep_dir) / path / PREDICTIONS / f"test-step{res.steps}.jsonl"
     if not f.is_file():
         return None
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
@@ -266,7 +265,7 @@ def _bootstrap(sweep_dir, main: str, pairs: list[tuple], resamples: int) -> dict
         return {"note": "the runs' test sets differ"}
     metric = get_metric(main).fn
     for preds, res in ((x, r) for a, b, ra, rb in rows for x, r in ((a, ra), (b, rb))):
-        if not math.isclose(metric([r["prediction"] for r in preds], labels), res["test"][main], abs_tol=1e-6):
+        if not math.isclose(metric([r["prediction"] for r in preds], labels), res.test[main], abs_tol=1e-6):
             return {"note": "saved predictions do not reproduce the recorded test score"}
     return paired_bootstrap(metric, [[r["prediction"] for r in a] for a, _, _, _ in rows],
                             [[r["prediction"] for r in b] for _, b, _, _ in rows], labels, resamples)
@@ -286,7 +285,7 @@ def compare_task(sweep_dir, summary: dict, task: str, reference: str, fraction: 
     if not info.get("methods", {}).get(reference, {}).get("runs"):
         return None
     main, higher = info["main_metric"], info["higher_is_better"]
-    runs = {lb: {(res := _results(sweep_dir, p))["seed"]: (p, res) for p in m["runs"]}
+    runs = {lb: {(res := _results(sweep_dir, p)).seed: (p, res) for p in m["runs"]}
             for lb, m in info["methods"].items()}
     curves = _step_runs(sweep_dir, info)
     out = {"task": task, "metric": main, "higher_is_better": higher, "reference": reference, "methods": {},
@@ -297,8 +296,8 @@ def compare_task(sweep_dir, summary: dict, task: str, reference: str, fraction: 
                  "steps_to": mean_std([s for s in steps if s is not None]), "verdict": "none", "basis": []}
         seeds = sorted(set(by_seed) & set(runs[reference]))
         if label != reference and seeds:
-            entry["seeds"] = paired_seeds([by_seed[s][1]["test"][main] for s in seeds],
-                                          [runs[reference][s][1]["test"][main] for s in seeds])
+            entry["seeds"] = paired_seeds([by_seed[s][1].test[main] for s in seeds],
+                                          [runs[reference][s][1].test[main] for s in seeds])
             entry["bootstrap"] = _bootstrap(sweep_dir, main, [(by_seed[s], runs[reference][s]) for s in seeds],
                                             resamples)
             out["n_examples"] = entry["bootstrap"].get("n_examples", out["n_examples"])

@@ -39,14 +39,13 @@ import dataclasses
 import json
 import math
 import re
-import shutil
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ailora.core.files import remove_stale_in, require_writable
+from ailora.core.files import clear_dir, real_path, remove_stale_in, require_writable
 from ailora.core.models import resolve_model_path
 from ailora.errors import AiloraError, TrainingFailedError
 from ailora.tasks.metrics import get_metric, is_better
@@ -54,6 +53,7 @@ from ailora.train import record
 from ailora.train.checks import check_run
 from ailora.train.config import RUN_CONTROL_KEYS, RunConfig, apply_overrides, field_type, flatten, set_dotted
 from ailora.train.loop import train
+from ailora.train.runrecord import FailedRecord, Interrupted, RunRecord, from_train, read_run_record
 
 SPEC = "sweep.json"
 SUMMARY = "summary.json"
@@ -256,7 +256,7 @@ def run_config(spec: SweepSpec, run: PlannedRun, sweep_dir) -> RunConfig:
         for key, value in options.items():
             set_dotted(data, key, value)
     # Absolute, so that a resume from another working directory finds the same config.
-    data.update(run_dir=str(Path(sweep_dir).resolve() / run.path))
+    data.update(run_dir=str(real_path(sweep_dir, "sweep directory") / run.path))
     fixed = {"model": {"name": spec.model}, "task": {"name": run.task}, "method": {"name": entry.method},
              "train": {"lr": run.lr, "seed": run.seed}}
     for section, values in fixed.items():
@@ -307,7 +307,7 @@ def prepare_sweep_dir(spec: SweepSpec, sweep_dir, overwrite: bool = False) -> No
             diff = [k for k in spec.identity() if spec.identity()[k] != held.identity()[k]]
             raise AiloraError(f"sweep directory {d} holds a different sweep (it differs in {', '.join(diff)}); "
                               "pass --overwrite to replace it or choose another directory")
-        shutil.rmtree(d)
+        clear_dir(d)
     elif d.is_dir() and any(d.iterdir()):
         raise AiloraError(f"{d} is not empty and holds no {SPEC}; choose a new or empty sweep directory")
     record.write_json(d / SPEC, spec.to_dict())
@@ -337,16 +337,16 @@ def run_sweep(spec: SweepSpec, sweep_dir, overwrite: bool = False,
         log(f"{where}: {'resuming' if state == 'resume' else 'training'}")
         cfg = dataclasses.replace(cfg, resume=state == "resume", overwrite=state == "restart")
         try:
-            results = train_fn(cfg)
+            done = from_train(train_fn(cfg))
         except TrainingFailedError as exc:  # recorded in the run's failed.json; the sweep goes on
             log(f"{where}: failed: {exc}")
             continue
-        if results.get("status") != "complete":
-            log(f"{where}: stopped at step {results.get('step')}; run the sweep again to continue")
+        if isinstance(done, Interrupted):
+            log(f"{where}: stopped at step {done.step}; run the sweep again to continue")
             continue
-        main = results["task"]["main_metric"]
-        log(f"{where}: validation {main} {validation_score(results, main):.4f}, "
-            f"test {main} {results['test'].get(main, float('nan')):.4f}, {results['wall_seconds']:.0f} s")
+        main = done.main_metric
+        log(f"{where}: validation {main} {done.validation_score(main):.4f}, "
+            f"test {main} {done.test.get(main, float('nan')):.4f}, {done.wall_seconds:.0f} s")
     summary = summarize(sweep_dir)
     summary["last_invocation_seconds"] = round(time.perf_counter() - t0, 3)
     record.write_json(Path(sweep_dir) / SUMMARY, summary)
@@ -364,14 +364,6 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
 
 
-def validation_score(results: dict, metric: str) -> float:
-    """The validation value of the weights that were tested: the best checkpoint's under select=best."""
-    if results.get("selected") == "best" and results.get("best"):
-        return float(results["best"]["value"])
-    value = results.get("validation", {}).get(metric)
-    return float("nan") if value is None else float(value)
-
-
 def select_lr(grid: list[dict], higher_is_better: bool) -> dict | None:
     """The grid entry with the best validation mean (NaN/None never wins; ties keep the first)."""
     best = None
@@ -379,16 +371,6 @@ def select_lr(grid: list[dict], higher_is_better: bool) -> dict | None:
         if is_better(entry["validation"]["mean"], best and best["validation"]["mean"], higher_is_better):
             best = entry
     return best
-
-
-def _read_results(path: Path) -> dict | None:
-    f = path / record.RESULTS
-    if not f.is_file():
-        return None
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise AiloraError(f"{f} is not valid JSON: {exc}") from None
 
 
 def summarize(sweep_dir) -> dict:
@@ -400,8 +382,9 @@ def summarize(sweep_dir) -> dict:
     d = Path(sweep_dir)
     spec = load_spec(d / SPEC)
     runs = planned_runs(spec)
-    results = {r.path: _read_results(d / r.path) for r in runs}
-    failed = [r.path for r in runs if results[r.path] is None and (d / r.path / record.FAILED).is_file()]
+    read = {r.path: read_run_record(d / r.path) for r in runs}
+    results = {path: rec if isinstance(rec, RunRecord) else None for path, rec in read.items()}
+    failed = [r.path for r in runs if isinstance(read[r.path], FailedRecord)]
     summary = {"spec": spec.to_dict(), "runs": {"planned": len(runs), "complete": sum(v is not None for v in
                                                                                           results.values()),
                                                 "failed": failed},
@@ -411,35 +394,35 @@ def summarize(sweep_dir) -> dict:
         if not done:
             summary["tasks"][task] = {"methods": {}}
             continue
-        info = done[0]["task"]
-        main, higher = info["main_metric"], get_metric(info["main_metric"]).higher_is_better
+        info = done[0].task
+        main, higher = info.main_metric, get_metric(info.main_metric).higher_is_better
         methods = {}
         for entry in spec.methods:
             mine = [r for r in runs if r.task == task and r.label == entry.label]
-            methods[entry.label] = _method_summary(entry, mine, results, info["metrics"], main, higher)
-        summary["tasks"][task] = {"main_metric": main, "higher_is_better": higher, "metrics": info["metrics"],
+            methods[entry.label] = _method_summary(entry, mine, results, info.metrics, main, higher)
+        summary["tasks"][task] = {"main_metric": main, "higher_is_better": higher, "metrics": list(info.metrics),
                                   "methods": methods}
     return summary
 
 
-def _method_summary(entry: MethodEntry, runs: list[PlannedRun], results: dict, metrics, main, higher) -> dict:
+def _method_summary(entry: MethodEntry, runs: list[PlannedRun], results: dict[str, RunRecord | None], metrics,
+                    main, higher) -> dict:
     grid = []
     for lr in entry.lrs:
         done = [(r, results[r.path]) for r in runs if r.lr == lr and results[r.path]]
-        grid.append({"lr": lr, "validation": mean_std([validation_score(res, main) for _, res in done]),
+        grid.append({"lr": lr, "validation": mean_std([res.validation_score(main) for _, res in done]),
                      "runs": [r.path for r, _ in done]})
     out = {"method": entry.method, "complete": all(results[r.path] for r in runs), "grid": grid,
            "selected_lr": None, "validation": None, "test": {}, "params": None, "runs": [],
            "wall_seconds": {"per_run_at_selected_lr": None,
-                            "all_runs": round(sum(results[r.path]["wall_seconds"] for r in runs if results[r.path]),
+                            "all_runs": round(sum(results[r.path].wall_seconds for r in runs if results[r.path]),
                                               3)}}
     chosen = select_lr(grid, higher)
     if chosen is None:
         return out
     picked = [results[p] for p in chosen["runs"]]
     out.update(selected_lr=chosen["lr"], validation=chosen["validation"], runs=chosen["runs"],
-               test={m: mean_std([float(res["test"][m]) for res in picked if m in res.get("test", {})])
-                     for m in metrics},
-               params=picked[0].get("parameters"))
-    out["wall_seconds"]["per_run_at_selected_lr"] = round(statistics.fmean(r["wall_seconds"] for r in picked), 3)
+               test={m: mean_std([float(res.test[m]) for res in picked if m in res.test]) for m in metrics},
+               params=picked[0].parameters.to_json())
+    out["wall_seconds"]["per_run_at_selected_lr"] = round(statistics.fmean(r.wall_seconds for r in picked), 3)
     return out

@@ -17,18 +17,19 @@ loraplus   LoRA factors, lr of B = ratio x lr of A              ``ailora.param_g
 
 The task head trains in every method. Every method, the LoRA family's (``lora.py``) and the
 baselines (``baselines.py``), is one entry of ``registry.METHODS``; importing this package registers
-them all. ``options.py`` holds which options each method reads (the combination table);
+them all. Each method names the class of the options it reads (``ailora.core.options``);
+``options.py`` builds a run's options for its method and refuses any it does not read;
 ``saving.py`` the save formats and ``load``.
 """
 
 from ailora.methods import baselines, lora  # noqa: F401  (importing registers the methods)
 from ailora.methods.houlsby import HoulsbyAdapter, add_houlsby, insertion_points
-from ailora.methods.options import refuse_unused
+from ailora.methods.options import build_options
 from ailora.methods.registry import METHODS, Prepared, TrainMethod, get_method, register_method
 from ailora.methods.saving import load
 from ailora.methods.select import BaselineState, bias_parameters, head_modules
 
 __all__ = [
     "METHODS", "BaselineState", "HoulsbyAdapter", "Prepared", "TrainMethod", "add_houlsby", "bias_parameters",
-    "get_method", "head_modules", "insertion_points", "load", "refuse_unused", "register_method",
+    "build_options", "get_method", "head_modules", "insertion_points", "load", "register_method",
 ]

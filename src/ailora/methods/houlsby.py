@@ -28,7 +28,14 @@ from torch import nn
 from ailora.core.roles import find_targets, weight_of
 from ailora.errors import AiloraError
 from ailora.methods.registry import Prepared
-from ailora.methods.select import BaselineState, head_modules, head_parameters, is_norm, train_only
+from ailora.methods.select import (
+    BaselineState,
+    head_modules,
+    head_parameters,
+    is_norm,
+    prepared_baseline,
+    train_only,
+)
 
 ROLES = ("output", "down")  # attention output projection, FFN output projection
 INIT_STD = 1e-3  # the paper's near-identity init scale (truncated at two standard deviations)
@@ -116,12 +123,13 @@ def adapter_parameters(model: nn.Module) -> int:
 
 
 def prepare_houlsby(model: nn.Module, cfg, seed: int) -> Prepared:
-    """Houlsby adapters of size ``cfg.bottleneck``; adapters, LayerNorms and the head train."""
+    """Houlsby adapters of size ``cfg.options.bottleneck`` (a ``HoulsbyOptions``); adapters, LayerNorms and
+    the head train."""
     head = head_modules(model)
     norms = {f"{n}.{p}" if n else p for n, mod in model.named_modules() if is_norm(mod)
              for p, _ in mod.named_parameters(recurse=False)}
-    names = add_houlsby(model, cfg.bottleneck, seed)
+    names = add_houlsby(model, cfg.options.bottleneck, seed)
     trained = [n for n, _ in model.named_parameters() if ".houlsby_" in n or n in norms]
     train_only(model, trained + head_parameters(model, head))
-    return Prepared(model, BaselineState("houlsby", head, {"bottleneck": cfg.bottleneck, "init_std": INIT_STD,
-                                                           "modules": names}))
+    return prepared_baseline(model, BaselineState("houlsby", head, {"bottleneck": cfg.options.bottleneck,
+                                                                    "init_std": INIT_STD, "modules": names}))

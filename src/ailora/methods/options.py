@@ -1,53 +1,38 @@
-"""Which ``MethodConfig`` options each training method reads, and why any other combination is refused.
+"""Which options each training method reads, and why any other combination is refused.
 
-The combination table (a method reads these options; every other option must keep its default):
+A method reads the fields of the options class it names (``TrainMethod.options``, the classes in
+``ailora.core.options``); the run config's method section is built here, as an instance of it:
 
 ============================================  =======================================================
 method                                        options it reads
 ============================================  =======================================================
-lora pissa milora ailora reailora,            rank alpha targets policy solver dropout use_rslora
-dora (= lora + use_dora), rslora (= lora +    use_dora loraplus_ratio value_lr_ratio
-use_rslora), loraplus (= lora + ratio 16)
-vera                                          vera_rank targets dropout
-houlsby                                       bottleneck
-bitfit, full                                  (none)
+lora pissa milora ailora reailora,            ``LoraTrainingOptions``: rank alpha targets policy
+dora (= lora + use_dora), rslora (= lora +    solver dropout use_rslora use_dora residual_dtype
+use_rslora), loraplus (= lora + ratio 16)     loraplus_ratio value_lr_ratio
+vera                                          ``VeraOptions``: vera_rank targets dropout
+houlsby                                       ``HoulsbyOptions``: bottleneck
+bitfit, full                                  ``NoOptions``: none
 ============================================  =======================================================
 
 So AILoRA (or PiSSA, MiLoRA...) combines with rsLoRA scaling, DoRA's magnitude and a LoRA+ ratio,
 in any mix; VeRA with an SVD start, DoRA or LoRA+, BitFit with a rank, full fine-tuning with a
 LoRA+ ratio and the like are refused with a one-line reason. An option that a method does not
 read is refused rather than ignored, so that a sweep never records a setting that had no effect.
-A value equal to the default cannot be told apart from "not given" and passes.
+An option of another family set to its default cannot be told apart from "not given": it is
+dropped, so a sweep's shared base and a run config recorded before each method had its own options
+(every option of every method in one flat section) still read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Mapping
 from typing import Any
 
+from ailora.core.options import OptionError, field_help, option_defaults, option_owner
 from ailora.errors import AiloraError
-
-LORA_OPTIONS = frozenset({"rank", "alpha", "targets", "policy", "solver", "dropout", "use_rslora", "use_dora",
-                          "loraplus_ratio", "value_lr_ratio"})
-VERA_OPTIONS = frozenset({"vera_rank", "targets", "dropout"})
-HOULSBY_OPTIONS = frozenset({"bottleneck"})
-NO_OPTIONS = frozenset()
-
-# What each option is, for the generic refusal.
-MEANING = {
-    "rank": "the rank of LoRA adapters",
-    "alpha": "the numerator of LoRA's scaling alpha / r",
-    "targets": "the roles that get adapters",
-    "policy": "the per-role (SVD) start of LoRA factors",
-    "solver": "the SVD solver of the LoRA family's starts",
-    "dropout": "dropout on an adapter's input",
-    "use_rslora": "rsLoRA's alpha / sqrt(r) scaling of LoRA adapters",
-    "use_dora": "DoRA's magnitude / direction split of LoRA-adapted weights",
-    "loraplus_ratio": "LoRA+'s learning-rate multiplier of lora_B",
-    "value_lr_ratio": "the learning-rate multiplier of value LoRA adapters",
-    "bottleneck": "the size of Houlsby adapters",
-    "vera_rank": "the rank of VeRA's shared random matrices",
-}
+from ailora.methods.registry import get_method
 
 # What each non-LoRA method trains (the LoRA family trains LoRA adapters).
 TRAINS = {
@@ -88,18 +73,39 @@ def changed_fields(cfg) -> list[tuple[str, Any]]:
     return out
 
 
-def refuse_unused(cfg, method: str, reads: frozenset[str] | None) -> None:
-    """Raise AiloraError when ``cfg`` (a MethodConfig) sets an option that ``method`` does not read.
+def _meaning(name: str) -> str:
+    """What option ``name`` is, for the generic refusal: its help up to the first parenthesis or colon."""
+    owner = option_owner(name)
+    doc = field_help(owner).get(name, "") if owner is not None else ""
+    head = re.split(r" \(|:|, e\.g\.", doc, maxsplit=1)[0].rstrip(".")
+    first = head.split(" ", 1)[0]
+    if first.isalpha() and first[1:].islower():  # "The rank..." -> "the rank...", not "LoRA..." -> "loRA..."
+        head = head[0].lower() + head[1:]
+    return head or "not an option of this method"
 
-    ``reads`` is the method's option set (None: a user-registered method that declares none, not checked).
-    """
-    if reads is None:
-        return
-    for name, value in changed_fields(cfg):
-        if name == "name" or name in reads:
-            continue
-        why = REASONS.get((method, name))
-        if why is None:
-            what = TRAINS.get(method, "trains LoRA adapters")
-            why = f"{name} is {MEANING.get(name, 'not an option of this method')}, and {method} {what}"
-        raise AiloraError(f"method.{name}={value!r} does not apply to method {method}: {why}")
+
+def refusal(method: str, name: str, value) -> AiloraError:
+    """The one-line error for option ``name`` set to ``value`` on ``method``, which does not read it."""
+    why = REASONS.get((method, name))
+    if why is None:
+        why = f"{name} is {_meaning(name)}, and {method} {TRAINS.get(method, 'trains LoRA adapters')}"
+    return AiloraError(f"method.{name}={value!r} does not apply to method {method}: {why}")
+
+
+def build_options(method: str, values: Mapping[str, Any]):
+    """The options object of ``method`` (an instance of its ``TrainMethod.options``) from ``values``
+    (option -> value). An option the method does not read is refused (``refusal``) unless it holds
+    that option's default; a bad value is a one-line error naming ``method.<option>``."""
+    cls = get_method(method).options
+    own = {f.name for f in dataclasses.fields(cls)}
+    defaults = option_defaults()
+    kept = {}
+    for name, value in values.items():
+        if name in own:
+            kept[name] = value
+        elif not (name in defaults and value == defaults[name]):
+            raise refusal(method, name, value)
+    try:
+        return cls(**kept)
+    except OptionError as exc:
+        raise AiloraError(f"method.{exc.key} {exc.problem}") from None

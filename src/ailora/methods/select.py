@@ -2,8 +2,8 @@
 
 Neither method adds a module, so neither has a PEFT counterpart (PEFT's tuners all add adapters;
 its ``bias="all"`` option trains biases only next to a LoRA/IA3 adapter). Preparing returns a
-``Prepared`` whose state is a ``BaselineState``: the training loop passes its head and method to
-``ailora.param_groups`` (the task head gets its own group), and saving reads its method.
+``Prepared`` whose state is a ``BaselineState`` and whose ``groups`` pass its head and method to
+``ailora.param_groups`` (the task head gets its own group); saving reads its method.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ class BaselineState:
 
     def metadata(self) -> dict:
         return {"method": self.method, "head": self.head, **self.details}
+
+
+def prepared_baseline(model: nn.Module, state: BaselineState) -> Prepared:
+    """A baseline's ``Prepared``: its head and method name its optimizer groups (``Prepared.groups``)."""
+    return Prepared(model, state, groups={"head": state.head, "own_group": state.method})
 
 
 def head_modules(model: nn.Module) -> list[str]:
@@ -54,7 +59,7 @@ def head_parameters(model: nn.Module, head: list[str]) -> list[str]:
 def prepare_full(model: nn.Module, cfg, seed: int) -> Prepared:
     """Full fine-tuning: every parameter trains."""
     model.requires_grad_(True)
-    return Prepared(model, BaselineState("full", head_modules(model)))
+    return prepared_baseline(model, BaselineState("full", head_modules(model)))
 
 
 def bias_parameters(model: nn.Module) -> list[str]:
@@ -71,4 +76,4 @@ def prepare_bitfit(model: nn.Module, cfg, seed: int) -> Prepared:
                           "(LLaMA-style models use none); choose another method")
     head = head_modules(model)
     train_only(model, dict.fromkeys(biases + head_parameters(model, head)))
-    return Prepared(model, BaselineState("bitfit", head))
+    return prepared_baseline(model, BaselineState("bitfit", head))

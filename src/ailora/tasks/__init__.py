@@ -11,7 +11,8 @@ add their own from CSV/JSONL with :func:`task_from_dict` or :func:`task_from_jso
 
 from ailora.tasks import benchmarks, bundled  # noqa: F401  (importing registers the tasks)
 from ailora.tasks.custom import task_from_dict, task_from_json
-from ailora.tasks.loading import label_index, load_task, subsample
+from ailora.tasks.kinds import label_index
+from ailora.tasks.loading import load_task, subsample
 from ailora.tasks.spec import (
     KINDS,
     SPLITS,

@@ -128,7 +128,7 @@ def load_bbc_news(spec: TaskSpec, data_dir: Path | None) -> RawSplits:
     root = package_file(*_BBC)
     examples = [
         {
-            "text": read_text(path).strip(),
+            "text": read_text(path, legacy_cp1252=True).strip(),
             "text_pair": None,
             "label": path.parent.name,
             "_src": f"{path.parent.name}/{path.name}",

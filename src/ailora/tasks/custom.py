@@ -33,16 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from ailora.errors import AiloraError
+from ailora.tasks.kinds import EXAMPLE_KINDS, example_kind
 from ailora.tasks.prompts import KEEP, decoding_problem, template_problem
-from ailora.tasks.readers import Row, read_json_records, read_jsonl, read_squad, read_table, require_file
+from ailora.tasks.readers import read_text, require_file
 from ailora.tasks.spec import RawSplits, TaskSpec
 
-DEFAULT_METRICS = {
-    "classification": ("accuracy",),
-    "regression": ("pearson", "spearman"),
-    "generation": ("rouge1", "rouge2", "rougeL"),
-    "extractive_qa": ("squad_f1", "squad_em"),
-}
 _KEYS = {
     "name", "description", "kind", "path", "train", "validation", "test", "text_fields", "label_field",
     "label_names", "metrics", "main_metric", "validation_size", "test_size", "seed", "dedupe",
@@ -69,9 +64,10 @@ def task_from_dict(
         if not config.get(key):
             raise AiloraError(f"task spec {name!r}: missing {key!r}")
     kind = config["kind"]
+    known = EXAMPLE_KINDS.get(kind)  # an unknown kind: TaskSpec names it and the known ones
     where = f"task spec {name!r}" + (f" ({spec_file})" if spec_file is not None else "")
     _check_types(config, where)
-    generation = _generation_options(config, kind, where)
+    generation = _generation_options(config, kind, known is not None and known.prompts, where)
     files = _files(name, config, Path(base_dir) if base_dir is not None else Path.cwd())
     text_fields = config.get("text_fields", ["text"])
     if isinstance(text_fields, str):
@@ -81,10 +77,10 @@ def task_from_dict(
         description=config.get("description")
         or f"user task from {', '.join(p.name for p in files.values())}",
         kind=kind,
-        metrics=tuple(config.get("metrics") or DEFAULT_METRICS.get(kind, ("accuracy",))),
+        metrics=tuple(config.get("metrics") or (known.default_metrics if known else ("accuracy",))),
         main_metric=config.get("main_metric", ""),
         loader=load_custom,
-        text_fields=("question", "context") if kind == "extractive_qa" else tuple(text_fields),
+        text_fields=known.text_fields(tuple(text_fields)) if known else tuple(text_fields),
         label_names=config.get("label_names"),
         source=", ".join(str(p) for p in files.values()),
         validation_size=config.get("validation_size", 0.1),
@@ -120,7 +116,7 @@ def task_from_json(path: str | os.PathLike[str]) -> TaskSpec:
     against the file's folder."""
     path = require_file(Path(path), "task spec")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise AiloraError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(config, dict):
@@ -130,24 +126,16 @@ def task_from_json(path: str | os.PathLike[str]) -> TaskSpec:
 
 def load_custom(spec: TaskSpec, data_dir: Path | None) -> RawSplits:
     """Read each split file of a user task into examples of the task's kind (``data_dir`` unused)."""
-    label = spec.options["label_field"]
-    out: RawSplits = {}
-    for split, path in spec.options["files"].items():
-        if spec.kind == "extractive_qa":
-            out[split] = [{**example, "_src": where} for where, example in _read_squad_file(path)]
-        else:
-            out[split] = [
-                _example(spec, where, row, label)
-                for where, row in _read_rows(path, (*spec.text_fields, label))
-            ]
-    return out
+    kind = example_kind(spec.kind)
+    return {split: kind.read_file(path, spec.text_fields, spec.options["label_field"])
+            for split, path in spec.options["files"].items()}
 
 
-def _generation_options(config: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]:
+def _generation_options(config: Mapping[str, Any], kind: str, prompts: bool, where: str) -> dict[str, Any]:
     """The ``prompt`` and ``decoding`` options (``ailora.tasks.prompts``) of a generation task's
-    spec, checked: an error names the key and ``where`` (the task and its spec file)."""
+    spec (``prompts``: the kind takes them), checked: an error names the key and ``where``."""
     given = [key for key in _GENERATION_KEYS if key in config]
-    if given and kind != "generation":
+    if given and not prompts:
         raise AiloraError(f"{where}: {given[0]!r} is for generation tasks only (kind is {kind!r})")
     prompt: dict[str, Any] = {}
     if "prompt_template" in config:
@@ -187,30 +175,3 @@ def _files(name: str, config: Mapping[str, Any], base: Path) -> dict[str, Path]:
         if path.suffix.lower() not in _FORMATS:
             raise AiloraError(f"task spec {name!r}: {split} file {path.name} is not {', '.join(_FORMATS)}")
     return resolved
-
-
-def _read_rows(path: Path, columns: tuple[str, ...]) -> list[Row]:
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return read_jsonl(path, columns)
-    if suffix == ".json":
-        return read_json_records(path, columns)
-    return read_table(path, columns, delimiter="," if suffix == ".csv" else "\t")
-
-
-def _read_squad_file(path: Path) -> list[Row]:
-    if path.suffix.lower() != ".json":
-        raise AiloraError(f"{path}: extractive_qa tasks read SQuAD-format .json files")
-    return read_squad(path)
-
-
-def _example(spec: TaskSpec, where: str, row: Mapping[str, Any], label: str) -> dict[str, Any]:
-    texts = [str(row[f]) for f in spec.text_fields]
-    if spec.kind == "generation":
-        return {"prompt": "\n".join(texts), "target": str(row[label]), "_src": where}
-    return {
-        "text": texts[0],
-        "text_pair": texts[1] if len(texts) > 1 else None,
-        "label": row[label],
-        "_src": where,
-    }

@@ -16,6 +16,7 @@ from typing import Any
 
 from ailora.errors import AiloraError
 from ailora.tasks.custom import task_from_json
+from ailora.tasks.kinds import example_kind
 from ailora.tasks.spec import SPLITS, TASKS, Example, RawSplits, TaskData, TaskSpec, get_task
 
 
@@ -39,12 +40,13 @@ def load_task(
     seed = spec.split_seed if split_seed is None else split_seed
     raw = spec.loader(spec, None if data_dir is None else Path(data_dir))
     splits = _assemble(spec, raw, seed)
-    label_names = _label_set(spec, splits) if spec.kind == "classification" else None
+    kind = example_kind(spec.kind)
+    label_names = kind.label_names(spec, splits)
     if label_names is not None and "f1" in spec.metrics and len(label_names) != 2:
         raise AiloraError(f"task {spec.name!r}: metric 'f1' is binary F1, but the task has {len(label_names)} classes "
                           f"{list(label_names)[:6]}; use macro_f1")
     for split, examples in splits.items():
-        splits[split] = [_finalise(spec, label_names, ex) for ex in examples]
+        splits[split] = [_finalise(spec, kind, label_names, ex) for ex in examples]
     for split, cap in (max_samples or {}).items():
         if split not in splits:
             raise AiloraError(
@@ -63,19 +65,6 @@ def subsample(examples: list[Example], n: int | None, seed: int = 0) -> list[Exa
         raise AiloraError(f"max_samples must be at least 1, got {n}")
     keep = sorted(random.Random(seed).sample(range(len(examples)), n))
     return [examples[i] for i in keep]
-
-
-def label_index(raw: Any, label_names: tuple[str, ...], by_index: bool = True) -> int | None:
-    """Index of ``raw`` in ``label_names``: by name (``True`` reads as ``"True"``), else, with
-    ``by_index``, as an index ("1" or 1 with two classes is class 1) unless some name is itself a
-    number (with classes "1", "2", "3", a label 0 is no class, never class "1"); None otherwise."""
-    key = str(raw).strip()
-    if key in label_names:
-        return label_names.index(key)
-    numeric_names = any(name.strip().lstrip("-").isdigit() for name in label_names)
-    if by_index and not numeric_names and key.isdigit() and int(key) < len(label_names):
-        return int(key)
-    return None
 
 
 def _resolve(task: str | os.PathLike[str] | TaskSpec) -> TaskSpec:
@@ -159,38 +148,9 @@ def _dedupe(examples: list[Example]) -> list[Example]:
     return kept
 
 
-def _label_set(spec: TaskSpec, splits: RawSplits) -> tuple[str, ...]:
-    """The spec's label names, else the sorted labels of the TRAINING split: a class that appears only
-    in validation or test could never be learnt, so ``_finalise`` refuses it there, naming the file."""
-    if spec.label_names is not None:
-        return spec.label_names
-    names = sorted({str(ex["label"]).strip() for ex in splits["train"]} - {""})
-    if len(names) < 2:
-        raise AiloraError(
-            f"task {spec.name!r}: found {len(names)} distinct label(s) {names} in the training split; "
-            "classification needs two or more"
-        )
-    return tuple(names)
-
-
-def _finalise(spec: TaskSpec, label_names: tuple[str, ...] | None, ex: Example) -> Example:
-    """Check one example, turn its label into an int index (or float), drop bookkeeping keys."""
+def _finalise(spec: TaskSpec, kind, label_names: tuple[str, ...] | None, ex: Example) -> Example:
+    """Check one example, convert its label as its kind says (a class index, a number), drop bookkeeping keys."""
     where = ex.get("_src", f"task {spec.name!r}")
     out = {k: v for k, v in ex.items() if not k.startswith("_")}
-    if spec.kind == "classification":
-        assert label_names is not None
-        if out["label"] is None or not str(out["label"]).strip():
-            raise AiloraError(f"{where}: empty label")
-        # Labels given as indices only against named classes (the spec's label_names); classes found
-        # in the training split are its labels as written, so any other value is an error.
-        index = label_index(out["label"], label_names, by_index=spec.label_names is not None)
-        if index is None:
-            raise AiloraError(f"{where}: label {out['label']!r} is not in the label set {list(label_names)} "
-                              "(the training split's labels, or the spec's label_names)")
-        out["label"] = index
-    elif spec.kind == "regression":
-        try:
-            out["label"] = float(out["label"])
-        except (TypeError, ValueError):
-            raise AiloraError(f"{where}: label {out['label']!r} is not a number") from None
+    kind.finalise_label(out, label_names, spec.label_names is not None, where)
     return out

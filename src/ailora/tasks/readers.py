@@ -41,13 +41,21 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
-def read_text(path: Path) -> str:
-    """A text file as UTF-8, falling back to cp1252 for the odd legacy file (one BBC article)."""
+def read_text(path: Path, legacy_cp1252: bool = False) -> str:
+    """A text file as UTF-8; a file that is not is a one-line error naming its first bad line.
+
+    Decoding a whole file as another encoding because of one stray byte would turn every non-ASCII
+    character into mojibake without a word; only a bundled file known to be cp1252 as a whole (one
+    BBC article) is read so, with ``legacy_cp1252``."""
     data = require_file(path, "data file").read_bytes()
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+    except UnicodeDecodeError as exc:
+        if legacy_cp1252:
+            return data.decode("cp1252", errors="replace")
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise AiloraError(f"{path} line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file "
+                          "as UTF-8") from None
 
 
 def numbered_lines(text: str) -> list[tuple[int, str]]:
@@ -68,20 +76,23 @@ def read_table(
     Tab-separated files are split on tabs with no quoting, as GLUE's TSVs must be read (their
     sentences hold stray quote characters); other delimiters go through the ``csv`` module.
     ``names`` gives the columns of a file without a header row (CoLA). Every ``required`` column
-    must be in the header, and present in every row.
+    must be in the header, and present in every row. A row with more (non-empty) fields than the
+    header is refused: an unquoted delimiter inside a text shifts every column after it.
     """
     required = tuple(required)
     text = read_text(require_file(path, "data file"))
     if delimiter == "\t":
         lines = [(n, line.split("\t")) for n, line in numbered_lines(text) if line.strip()]
     else:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-        lines = [(reader.line_num, fields) for fields in reader if any(f.strip() for f in fields)]
+        lines = _csv_lines(path, text, delimiter)
     if names is None:
         if not lines:
             raise AiloraError(f"{path} is empty (expected a header row)")
         header = [h.strip() for h in lines[0][1]]
         lines = lines[1:]
+        twice = next((h for i, h in enumerate(header) if h and h in header[:i]), None)
+        if twice is not None:  # a row's dict would keep the last of them without a word
+            raise AiloraError(f"{path} line 1: column {twice!r} appears twice in the header")
     else:
         header = list(names)
     for column in required:
@@ -93,8 +104,26 @@ def read_table(
         if len(fields) < need:
             missing = header[len(fields)] if len(fields) < len(header) else "?"
             raise AiloraError(f"{path.name} line {n}: {len(fields)} fields, no value for column {missing!r}")
+        if any(f.strip() for f in fields[len(header):]):
+            raise AiloraError(f"{path} line {n}: {len(fields)} fields but {len(header)} columns ("
+                              f"{', '.join(header)}); quote a text that holds {delimiter!r}")
         rows.append((f"{path.name} line {n}", dict(zip(header, fields))))
     return rows
+
+
+def _csv_lines(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """``(line number, fields)`` of the non-blank rows of a CSV text; an unterminated quote (which
+    would swallow every row after it into one field) is a one-line error naming where it starts."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    lines, start = [], 1
+    try:
+        for fields in reader:
+            if any(f.strip() for f in fields):
+                lines.append((reader.line_num, fields))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise AiloraError(f"{path} line {start}: malformed CSV ({exc}; an unclosed quote?)") from None
+    return lines
 
 
 def read_jsonl(path: Path, required: Iterable[str] = ()) -> list[Row]:

@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 from ailora.errors import AiloraError
 from ailora.registry import lookup, register
+from ailora.tasks.kinds import EXAMPLE_KINDS
 from ailora.tasks.metrics import get_metric, metrics_for
 
 Kind = Literal["classification", "regression", "generation", "extractive_qa"]
-KINDS: tuple[str, ...] = ("classification", "regression", "generation", "extractive_qa")
+KINDS: tuple[str, ...] = tuple(EXAMPLE_KINDS)  # the built-in kinds (ailora.tasks.kinds, ailora.train.kinds)
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 Example = dict[str, Any]
@@ -92,8 +93,8 @@ class TaskSpec:
         where = f"task {self.name!r}"
         if not self.name:
             raise AiloraError("a task needs a non-empty name")
-        if self.kind not in KINDS:
-            raise AiloraError(f"{where}: unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
+        if self.kind not in EXAMPLE_KINDS:
+            raise AiloraError(f"{where}: unknown kind {self.kind!r} (known: {', '.join(EXAMPLE_KINDS)})")
         if not self.metrics:
             raise AiloraError(f"{where}: no metrics given")
         for name in self.metrics:

@@ -7,20 +7,17 @@ loaded or written, so a wrong name or option is a one-line error within a second
 from __future__ import annotations
 
 from ailora.errors import AiloraError
-from ailora.methods import get_method, refuse_unused
+from ailora.methods import get_method
 from ailora.methods.options import changed_fields
 from ailora.tasks import get_task, task_from_json
+from ailora.tasks.kinds import EXAMPLE_KINDS
 from ailora.train.config import RunConfig
-
-# Option sections that only one task kind reads: set for another kind, they would do nothing.
-KIND_SECTIONS = {"generation": "generation", "qa": "extractive_qa"}
 
 
 def check_run(cfg: RunConfig) -> RunConfig:
-    """Raise AiloraError when the method or task is unknown, or the method cannot run the options set;
-    returns ``cfg``."""
+    """Raise AiloraError when the method or task is unknown, or the method cannot run the options set
+    (an option it does not read was refused when the config was built); returns ``cfg``."""
     method = get_method(cfg.method.name)
-    refuse_unused(cfg.method, method.name, method.options)  # an option the method does not read
     if method.check is not None:
         method.check(cfg.method)
     if not cfg.task.name.endswith(".json"):
@@ -34,7 +31,8 @@ def refuse_ignored_options(cfg: RunConfig) -> RunConfig:
     ``ailora train``; a sweep's shared options may fit only some of its tasks, so sweeps do not.)"""
     name = cfg.task.name
     kind = (task_from_json(name) if name.endswith(".json") else get_task(name)).kind
-    for section, for_kind in KIND_SECTIONS.items():
+    # Option sections that only one task kind reads: set for another kind, they would do nothing.
+    for section, for_kind in ((k.section, k.name) for k in EXAMPLE_KINDS.values() if k.section):
         changed = changed_fields(getattr(cfg, section)) if kind != for_kind else []
         if changed:
             key, value = changed[0]

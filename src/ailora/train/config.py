@@ -5,24 +5,26 @@ written. Each field's docstring is its help text (``field_help``), so the CLI an
 drift. ``RunConfig.from_dict`` and ``apply_overrides`` are strict: an unknown key or a value of the
 wrong type is an ``AiloraError`` that names the key.
 
-This module is plain data: construction checks types, ranges and choices only. Whether the method
-and the task exist and the method reads the options set is ``ailora.train.checks.check_run``.
+The method section is ``{"name": ..., <the method's options>}``: its options are an instance of the
+class the method names (``ailora.core.options``: one frozen dataclass per method family, validated
+when built), so building it looks the method up (an unknown method, or an option it does not read,
+is an error then; ``ailora.methods.options``). Otherwise this module is plain data: construction
+checks types, ranges and choices only; whether the task exists and the method can run the options
+(roles, inits) is ``ailora.train.checks.check_run``.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import json
 import math
-import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ailora.core.options import FAMILIES, field_help, option_defaults
 from ailora.errors import AiloraError
 
 # Keys that say how to run, not what is run: a resumed run may change them.
@@ -100,43 +102,39 @@ class QAConfig:
 class MethodConfig:
     name: str = "ailora"
     """Fine-tuning method: a name in ailora.methods.METHODS (lora, pissa, milora, ailora, reailora; the baselines full, bitfit, houlsby, dora, rslora, vera, loraplus). An option the method does not read is an error."""
-    rank: int = 8
-    """Adapter rank r of every adapted block."""
-    alpha: float | None = None
-    """LoRA alpha (default: the method's, r for the SVD starts and 2r for lora)."""
-    targets: list[str] | None = None
-    """Roles to adapt, e.g. query,value (default: the method's)."""
-    policy: str | None = None
-    """Per-role starts overriding the method's, e.g. query=principal,value=minor."""
-    solver: str = "exact"
-    """SVD solver: exact or fast."""
-    dropout: float = 0.0
-    """Dropout on the adapter input."""
-    use_rslora: bool = False
-    """Scale by alpha / sqrt(r) instead of alpha / r (rsLoRA; the rslora method sets it)."""
-    value_lr_ratio: float | None = None
-    """Learning rate of value adapters / base learning rate (default: the method's, 2 for AILoRA)."""
-    use_dora: bool = False
-    """DoRA: train a per-row magnitude of each adapted weight as well (LoRA family; the dora method sets it)."""
-    loraplus_ratio: float | None = None
-    """LoRA+: learning rate of lora_B = this x its role's (LoRA family; loraplus method default 16); head and biases unchanged."""
-    bottleneck: int = 64
-    """Houlsby adapter size m (houlsby only): 2md + d + m parameters per adapter."""
-    vera_rank: int = 256
-    """Rank of VeRA's shared frozen random matrices (vera only; the paper uses 256)."""
+    options: Any = None
+    """The method's options: an instance of the class its TrainMethod names (``ailora.core.options``),
+    written as the section's other keys (method.rank=16); None: the class's defaults."""
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = _build_method_options(self.name, {})
 
     def validate(self) -> None:
-        _positive("method.rank", self.rank)
-        _positive("method.bottleneck", self.bottleneck)
-        _positive("method.vera_rank", self.vera_rank)
-        if self.loraplus_ratio is not None:
-            _positive("method.loraplus_ratio", self.loraplus_ratio)
-        if self.alpha is not None:
-            _positive("method.alpha", self.alpha)
-        if self.value_lr_ratio is not None:
-            _positive("method.value_lr_ratio", self.value_lr_ratio)
-        if not 0 <= self.dropout < 1:
-            raise AiloraError(f"method.dropout must be in [0, 1), got {self.dropout}")
+        """The options are the method's class (they validated themselves when built)."""
+        expected = _build_method_options(self.name, {})
+        if type(self.options) is not type(expected):
+            raise AiloraError(f"method {self.name} reads {type(expected).__name__}, not "
+                              f"{type(self.options).__name__}")
+
+    def to_dict(self) -> dict:
+        """``{"name": ..., <each option>: ...}``: one flat section, as config files write it."""
+        return {"name": self.name, **dataclasses.asdict(self.options)}
+
+
+def _build_method_options(name: str, values: dict):
+    """The options object of method ``name`` from ``values`` (``ailora.methods.build_options``: an option
+    the method does not read is refused). Imported here: the method registry imports torch, which
+    ``ailora train --help`` (which reads only this module) must not."""
+    from ailora.methods import build_options
+
+    return build_options(name, values)
+
+
+def method_option_types() -> dict[str, Any]:
+    """Every method family's option -> its type (``ailora.core.options.FAMILIES``): the keys a method
+    section may hold besides ``name``."""
+    return {k: tp for cls in FAMILIES for k, tp in typing.get_type_hints(cls).items()}
 
 
 @dataclass
@@ -292,11 +290,12 @@ class RunConfig:
         return _build(cls, data, "")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "method": self.method.to_dict()}
 
     def identity(self) -> dict:
-        """The config without run-control keys: what must match for a run to be resumed."""
-        return {k: v for k, v in flatten(self.to_dict()).items() if k not in RUN_CONTROL_KEYS}
+        """The config without run-control keys and run_dir (the same run, spelt from another directory
+        or moved with ``mv``, is the same): what must match for a run to be resumed."""
+        return {k: v for k, v in flatten(self.to_dict()).items() if k not in (*RUN_CONTROL_KEYS, "run_dir")}
 
 
 def load_config(path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -305,8 +304,8 @@ def load_config(path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     if not p.is_file():
         raise AiloraError(f"config file {p} does not exist")
     try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AiloraError(f"config file {p} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise AiloraError(f"config file {p} must hold a JSON object")
@@ -317,6 +316,10 @@ def load_config(path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
 
 
 def _hints(cls) -> dict[str, Any]:
+    """The keys of config section ``cls`` and their types: its fields, or for the method section its
+    name and every method family's options (the method's own are picked when it is built)."""
+    if cls is MethodConfig:
+        return {"name": str, **method_option_types()}
     return typing.get_type_hints(cls)
 
 
@@ -336,6 +339,9 @@ def _build(cls, data: Any, prefix: str):
         tp = hints[name]
         key = f"{prefix}{name}"
         kwargs[name] = _build(tp, value, key + ".") if _is_config(tp) else _check_type(key, tp, value)
+    if cls is MethodConfig:
+        name = kwargs.pop("name", MethodConfig.name)
+        return MethodConfig(name, _build_method_options(name, kwargs))
     return cls(**kwargs)
 
 
@@ -345,8 +351,17 @@ def _check_type(key: str, tp, value):
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_type(key, inner, value)
+        inner = [a for a in args if a is not type(None)]
+        for alternative in inner[1:]:  # str | dict[str, str]: the first that fits (else the first's error)
+            try:
+                return _check_type(key, alternative, value)
+            except AiloraError:
+                pass
+        return _check_type(key, inner[0], value)
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise AiloraError(f"{key} must be an object, got {value!r}")
+        return {k: _check_type(f"{key}.{k}", args[1], v) for k, v in value.items()}
     if typing.get_origin(tp) is list:
         if not isinstance(value, list):
             raise AiloraError(f"{key} must be a list, got {value!r}")
@@ -387,8 +402,8 @@ def parse_value(key: str, tp, text: str):
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         if text.strip().lower() in ("none", "null"):
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return parse_value(key, inner, text)
+        inner = [a for a in args if a is not type(None)]
+        return parse_value(key, inner[0], text)  # on the command line, the first type (str of str | dict)
     if typing.get_origin(tp) is list:
         items = json.loads(text) if text.strip().startswith("[") else [t for t in text.split(",") if t.strip()]
         return [parse_value(f"{key}[{i}]", args[0], str(t).strip()) for i, t in enumerate(items)]
@@ -448,21 +463,25 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 def comparable(config: dict, ignore=()) -> dict:
     """A run's config (nested, as in results.json) flattened, without what two runs may differ in and
-    still compute the same (run control, record keys), the Progtuning section and the keys ``ignore``."""
+    still compute the same (run control, record keys), the Progtuning section and the keys ``ignore``.
+    Method options at their defaults are left out too: a record written before each method had its own
+    options holds every family's (vera_rank=256 beside rank=8), a newer one only its method's."""
     skip = {*RUN_CONTROL_KEYS, *RECORD_KEYS, *ignore}
-    return {k: v for k, v in flatten(config).items() if k not in skip and not k.startswith("progressive.")}
+    defaults = {f"method.{k}": v for k, v in option_defaults().items()}
+    return {k: v for k, v in flatten(config).items() if k not in skip and not k.startswith("progressive.")
+            and not (k in defaults and v == defaults[k])}
 
 
-def field_help(cls) -> dict[str, str]:
-    """Field name -> the docstring written under it in the class body."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
+def section_help(cls) -> dict[str, str]:
+    """Key -> help of config section ``cls``: its field docstrings; for the method section, the name's
+    and each method family's options' (an option shared by families has the first family's help)."""
+    if cls is not MethodConfig:
+        return field_help(cls)
+    out = {"name": field_help(MethodConfig)["name"]}
+    for family in FAMILIES:
+        for key, doc in field_help(family).items():
+            out.setdefault(key, doc)
+    return out
 
 
 def all_help() -> dict[str, str]:
@@ -471,7 +490,7 @@ def all_help() -> dict[str, str]:
     for name, doc in field_help(RunConfig).items():
         tp = _hints(RunConfig)[name]
         if _is_config(tp):
-            out.update({f"{name}.{k}": v for k, v in field_help(tp).items()})
+            out.update({f"{name}.{k}": v for k, v in section_help(tp).items()})
         else:
             out[name] = doc
     return out

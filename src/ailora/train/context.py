@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from ailora.methods import Prepared
 from ailora.train import progressive
 from ailora.train.config import RunConfig
-from ailora.train.data import collate, length_of
+from ailora.train.data import length_of
 
 
 @dataclass
@@ -56,9 +56,11 @@ class TrainContext:
     data: object = None  # the TaskData (split sizes for the record)
     hashes: list[str] = field(default_factory=list)  # each process's hash of the prepared model
     total_steps: int = 0
-    null_threshold: float | None = None  # extractive QA: chosen on the last validation, used on test
+    calibration: object = None  # what the last validation chose for scoring test (extractive QA: the null threshold)
     nonfinite: torch.Tensor | None = None  # first optimizer step with a non-finite loss (0: none), on the device
     t_start: float = 0.0  # perf_counter() when this process started the run
+    task: object = None  # the TaskKind (ailora.train.kinds) bound to this run
+    resolved: object = None  # the ResolvedModel: checkpoint path, config, model kind, tokenizer
 
     @property
     def train_lengths(self) -> list[int]:
@@ -67,5 +69,7 @@ class TrainContext:
 
 
 def train_batch(ctx: TrainContext, idx: list[int]) -> dict[str, torch.Tensor]:
+    """The training batch of examples ``idx``, as the task kind builds it, on the device."""
     items = ctx.splits["train"]
-    return {k: v.to(ctx.acc.device) for k, v in collate([items[j] for j in idx], ctx.tokenizer.pad_token_id).items()}
+    batch = ctx.task.batch([items[j] for j in idx], ctx.tokenizer.pad_token_id)
+    return {k: v.to(ctx.acc.device) for k, v in batch.items()}

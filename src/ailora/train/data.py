@@ -74,6 +74,14 @@ def collate(items: list[Encoded], pad_id: int, left: bool = False) -> dict[str, 
     return batch
 
 
+def eval_batch(items: list[Encoded], pad_id: int, device, left: bool = False) -> dict[str, torch.Tensor]:
+    """A prediction batch on ``device``: :func:`collate` without the targets (``left``: left-padded)."""
+    batch = collate(items, pad_id, left)
+    for key in ("labels", "start_positions", "end_positions"):
+        batch.pop(key, None)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def shard(indices: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
     """This process's batches of ``indices``, padded so that every process gets as many."""
     total = math.ceil(len(indices) / world) * world

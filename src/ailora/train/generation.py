@@ -8,16 +8,22 @@ cue always survive.
 
 Causal LMs train on ``prompt + target + eos`` with the loss on the target; encoder-decoders take
 the prompt as encoder input and the target as labels (the model shifts them into decoder inputs),
-so the loss is on the target there too.
+so the loss is on the target there too. :class:`Generation` is the task kind (``ailora.train.kinds``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
+import torch
+
+from ailora.core.models import is_encoder_decoder
 from ailora.errors import AiloraError
 from ailora.tasks.prompts import decoding_defaults, prompt_template
-from ailora.train.data import IGNORE_INDEX, Encoded
+from ailora.train.data import IGNORE_INDEX, Encoded, collate, eval_batch
+from ailora.train.evaluate import Evaluation, score_targets
 
 _SLOT = "\x00ailora-slot\x00"
 
@@ -140,3 +146,61 @@ def encode_generation(cfg, spec, tokenizer, examples: list[dict], seq2seq: bool,
         return encode_seq2seq(tokenizer, examples, fmt, m.max_length, g.max_target_length, not train_split)
     return encode_causal_lm(tokenizer, examples, fmt, m.max_length, g.max_target_length, not train_split,
                             decoding(cfg, spec)["max_new_tokens"])
+
+
+class Generation:
+    """The generation task kind: a causal LM, or a seq2seq LM on an encoder-decoder checkpoint,
+    trained on the answer tokens; its prediction is the decoding of the prompt."""
+
+    calibrates: ClassVar[bool] = False
+
+    def __init__(self, cfg, spec) -> None:
+        self.cfg, self.spec = cfg, spec
+
+    @classmethod
+    def for_run(cls, cfg, data) -> Generation:
+        return cls(cfg, data.spec)
+
+    def model_kind(self, seq2seq: bool) -> str:
+        return "seq2seq-lm" if seq2seq else "causal-lm"
+
+    def check_checkpoint(self, path: Path, config) -> None:
+        """An encoder-only checkpoint (BERT, MiniLM, RoBERTa...: a masked LM that was not trained as a
+        decoder) is an error: transformers would build it as a causal LM with a fresh, untrained
+        head, which generates nothing meaningful."""
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+        archs = " ".join(getattr(config, "architectures", None) or [])
+        if (not is_encoder_decoder(config) and not getattr(config, "is_decoder", False)
+                and config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+                and "CausalLM" not in archs and "LMHeadModel" not in archs):
+            raise AiloraError(f"{path} is an encoder ({config.model_type}, {archs or 'no architecture'}); a generation "
+                              "task needs a decoder (causal LM) or an encoder-decoder checkpoint")
+
+    def head(self) -> dict[str, Any]:
+        return {}
+
+    def encode(self, split: str, examples: list[dict], model) -> list[Encoded]:
+        return encode_generation(self.cfg, self.spec, model.tokenizer, examples, model.is_seq2seq, split == "train")
+
+    def batch(self, items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+        batch = collate(items, pad_id)
+        if not (batch["labels"] != IGNORE_INDEX).any():
+            raise AiloraError("a training batch has no answer tokens; raise model.max_length")
+        return batch
+
+    def predict(self, acc, net, items: list[Encoded], model) -> list[str]:
+        """The decoded answers; a causal LM's prompts are left-padded so that each ends where its answer starts."""
+        tok = model.tokenizer
+        batch = eval_batch(items, tok.pad_token_id, acc.device, left=not model.is_seq2seq)
+        out = acc.unwrap_model(net).generate(**batch, **generate_kwargs(decoding(self.cfg, self.spec), tok))
+        new = out if model.is_seq2seq else out[:, batch["input_ids"].shape[1]:]  # a causal LM returns the prompt too
+        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+    def score(self, predictions: list, items: list[Encoded], examples: list[dict], calibration) -> Evaluation:
+        return score_targets(self.spec, predictions, items)
+
+    def rows(self, examples: list[dict], items: list[Encoded], predictions: list, model) -> list[dict]:
+        """The input as the model saw it (template, chat template, truncation)."""
+        return [{"input": model.tokenizer.decode(e.input_ids), "reference": e.target, "prediction": p}
+                for e, p in zip(items, predictions)]

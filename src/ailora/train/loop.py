@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -42,28 +41,21 @@ from tqdm.auto import tqdm
 
 from ailora.core.decompose import quiet_progress
 from ailora.core.initialised import initialised_record
-from ailora.core.models import load_tokenizer, resolve_model_path
+from ailora.core.models import ResolvedModel
 from ailora.core.optim import param_groups
 from ailora.errors import AiloraError, TrainingFailedError
-from ailora.methods import BaselineState, Prepared, get_method
+from ailora.methods import Prepared, get_method
 from ailora.tasks import load_task
 from ailora.tasks.metrics import get_metric, is_better
 from ailora.train import progressive, record
 from ailora.train.checks import check_run
 from ailora.train.config import RunConfig
 from ailora.train.context import LoopState, TrainContext, train_batch
-from ailora.train.data import IGNORE_INDEX, train_batches
-from ailora.train.evaluate import Evaluation, evaluate, prediction_rows
-from ailora.train.generation import decoding
-from ailora.train.kinds import (
-    checkpoint_is_seq2seq,
-    encode_splits,
-    load_for_task,
-    model_kind,
-    refuse_encoder_for_generation,
-)
-from ailora.train.qa import has_null_answers
+from ailora.train.data import train_batches
+from ailora.train.evaluate import Evaluation, evaluate
+from ailora.train.kinds import encode_splits, load_for_task, resolve_model, task_kind
 from ailora.train.results import record_failure, recorded_config, run_results
+from ailora.train.runrecord import read_complete, write_epochs, write_record
 from ailora.train.stages import count_step, enter_stage, progtuning_schedule
 
 LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates and results["train_log"] means (each syncs)
@@ -81,7 +73,7 @@ def train(cfg: RunConfig) -> dict:
     resuming = _on_main_then_share(acc, lambda: record.prepare_run_dir(
         run_dir, cfg.resume, cfg.overwrite, cfg.identity()))
     if cfg.resume and (run_dir / record.RESULTS).is_file():
-        return json.loads((run_dir / record.RESULTS).read_text())  # already complete: nothing to do
+        return read_complete(run_dir).to_json()  # already complete: nothing to do
     ctx, state = _setup(acc, cfg, run_dir, resuming)
     ctx.t_start = t_start
     if cfg.train.eval_before and state.before is None:
@@ -102,15 +94,12 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     caps = {"train": cfg.task.max_train_samples, "validation": cfg.task.max_eval_samples,
             "test": cfg.task.max_eval_samples}
     data = load_task(cfg.task.name, cfg.task.data_dir, max_samples={k: v for k, v in caps.items() if v})
-    model_path = resolve_model_path(cfg.model.name)
-    tokenizer = _tokenizer(model_path)
-    seq2seq = checkpoint_is_seq2seq(model_path)
-    model_kind(cfg, data.spec.kind, seq2seq)  # a kind that does not fit fails before the weights load
-    refuse_encoder_for_generation(model_path, data.spec.kind)
+    kind = task_kind(cfg, data)
+    resolved = resolve_model(cfg, kind)  # a model kind that does not fit fails before the weights load
     with quiet_progress(not (acc.is_main_process and cfg.train.progress)):
-        prepared = _prepare(cfg, model_path, data, tokenizer)
+        prepared = _prepare(cfg, resolved, kind)
     hashes = _sync_from_main(acc, prepared)
-    splits = encode_splits(cfg, data, tokenizer, seq2seq)
+    splits = encode_splits(kind, data, resolved)
     set_seed(cfg.train.seed, device_specific=True)  # dropout differs per process, not per run
 
     optimizer = torch.optim.AdamW(_param_groups(cfg, prepared))
@@ -127,35 +116,34 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     elif acc.is_main_process:
         record.write_json(run_dir / record.CONFIG, recorded_config(cfg))
         record.write_json(run_dir / "init_hashes.json", hashes)
-    ctx = TrainContext(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, data.spec, tokenizer,
-                   _writer(acc, cfg, run_dir, state.step), prepared=prepared, data=data, hashes=hashes,
-                   total_steps=total_steps)
+    ctx = TrainContext(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, data.spec,
+                       resolved.tokenizer, _writer(acc, cfg, run_dir, state.step), prepared=prepared, data=data,
+                       hashes=hashes, total_steps=total_steps, task=kind, resolved=resolved)
     ctx.schedule = progtuning_schedule(ctx, state)
     return ctx, state
 
 
-def _prepare(cfg: RunConfig, model_path: Path, data, tokenizer) -> Prepared:
+def _prepare(cfg: RunConfig, resolved: ResolvedModel, kind) -> Prepared:
     """The method's preparation of the task's model; from a directory of ``ailora init --residual-out``
     the method starts from the stored factors and residual weights instead (no decomposition)."""
-    method = get_method(cfg.method.name)
+    method, model_path = get_method(cfg.method.name), resolved.path
     initialised = initialised_record(model_path) is not None
     if initialised and method.start_from is None:
         raise AiloraError(f"{model_path} holds residual weights from ailora init --residual-out; method "
                           f"{method.name} cannot start from it (a LoRA-family method can): train from the original model")
-    model = load_for_task(cfg, model_path, data, tokenizer)
+    model = load_for_task(cfg, resolved, kind)
     if initialised:
         return method.start_from(model, cfg.method, cfg.train.seed, model_path)
     return method.prepare(model, cfg.method, cfg.train.seed)
 
 
 def _param_groups(cfg: RunConfig, prepared: Prepared) -> list[dict]:
-    """The LoRA family's groups come from its state; a baseline names its head and its own group."""
+    """The LoRA family's groups come from its state; a baseline names its head and its own group
+    (``Prepared.groups``)."""
     t = cfg.train
-    baseline = prepared.state if isinstance(prepared.state, BaselineState) else None
-    return param_groups(prepared.model, t.lr, value_lr_ratio=cfg.method.value_lr_ratio,
+    return param_groups(prepared.model, t.lr, value_lr_ratio=prepared.value_lr_ratio,
                         weight_decay=t.weight_decay, head_lr=t.head_lr, loraplus_ratio=prepared.loraplus_ratio,
-                        head=baseline.head if baseline else None,
-                        own_group=baseline.method if baseline else None)
+                        **prepared.groups)
 
 
 def _fit(ctx: TrainContext, state: LoopState) -> bool:
@@ -216,15 +204,14 @@ def _finish(ctx: TrainContext, state: LoopState, seconds: float, resumed: bool) 
     if ctx.cfg.train.select == "best" and state.best is not None:
         best = record.load_checkpoint(run_dir / record.CHECKPOINTS / "best.pt")
         _load_trainable(ctx.trainable, best["trainable"])
-    if ctx.spec.kind == "extractive_qa":  # the null threshold of the selected weights, chosen on validation
+    if ctx.task.calibrates:  # what test scoring uses (QA's null threshold), chosen on validation for these weights
         _eval(ctx, "validation", state.step)
     test = {name: _eval(ctx, name, state.step) for name in ctx.splits if name.startswith("test")}
     results = None
     if acc.is_main_process:
         prepared = dataclasses.replace(ctx.prepared, model=acc.unwrap_model(ctx.model))
         adapter = get_method(ctx.cfg.method.name).save(prepared, run_dir / record.ADAPTER)
-        results = run_results(ctx, state, test, adapter, seconds, resumed)
-        record.write_json(run_dir / record.RESULTS, results)
+        results = write_record(run_dir, run_results(ctx, state, test, adapter, seconds, resumed))
         (run_dir / record.FAILED).unlink(missing_ok=True)  # an earlier failed attempt, now superseded
     if ctx.writer is not None:
         ctx.writer.close()
@@ -248,15 +235,6 @@ def _on_main_then_share(acc: Accelerator, fn):
     if out[1] is not None:
         raise AiloraError(out[1])
     return out[0]
-
-
-def _tokenizer(model_path: Path):
-    tok = load_tokenizer(model_path)
-    if tok.pad_token_id is None:
-        if tok.eos_token_id is None:
-            raise AiloraError(f"the tokenizer of {model_path} has neither a pad nor an eos token")
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def _sync_from_main(acc: Accelerator, prepared: Prepared) -> list[str]:
@@ -323,8 +301,6 @@ def optimizer_step(ctx: TrainContext, group: list[list[int]]) -> torch.Tensor:
     total = torch.zeros((), device=acc.device)
     for i, idx in enumerate(group):
         batch = train_batch(ctx, idx)
-        if ctx.spec.kind == "generation" and not (batch["labels"] != IGNORE_INDEX).any():
-            raise AiloraError("a training batch has no answer tokens; raise model.max_length")
         last = i == len(group) - 1
         with acc.no_sync(model) if not last else contextlib.nullcontext():
             loss = model(**batch).loss
@@ -341,20 +317,16 @@ def optimizer_step(ctx: TrainContext, group: list[list[int]]) -> torch.Tensor:
 
 def _eval(ctx: TrainContext, split: str, step: int) -> dict[str, float]:
     """Scores on ``split``; its predictions go to RUN_DIR/predictions/<split>-step<step>.jsonl. Test
-    splits use the null threshold of the last validation (extractive QA with unanswerable questions)."""
-    cfg, examples = ctx.cfg, ctx.data.splits()[split]
-    qa = {"n_best": cfg.qa.n_best, "max_answer_length": cfg.qa.max_answer_length,
-          "null_answers": ctx.spec.kind == "extractive_qa" and has_null_answers(ctx.data.train + ctx.data.validation)}
-    result: Evaluation = evaluate(ctx.acc, ctx.model, ctx.splits[split], ctx.spec, ctx.tokenizer,
-                                  cfg.train.eval_batch_size, decoding(cfg, ctx.spec), examples, qa,
-                                  None if split == "validation" else ctx.null_threshold)
+    splits use what the last validation chose (``ctx.calibration``: QA's null threshold)."""
+    examples, items = ctx.data.splits()[split], ctx.splits[split]
+    result: Evaluation = evaluate(ctx.acc, ctx.model, items, ctx.task, ctx.resolved, ctx.cfg.train.eval_batch_size,
+                                  examples, None if split == "validation" else ctx.calibration)
     if split == "validation":
-        ctx.null_threshold = result.threshold
+        ctx.calibration = result.calibration
     if ctx.acc.is_main_process:
-        rows = prediction_rows(ctx.spec, examples, ctx.splits[split], result.predictions, ctx.tokenizer)
+        rows = ctx.task.rows(examples, items, result.predictions, ctx.resolved)
         record.write_jsonl(ctx.run_dir / PREDICTIONS / f"{split}-step{step}.jsonl", rows)
-    extra = {} if result.threshold is None else {"null_threshold": result.threshold}
-    return {**result.metrics, **extra}
+    return result.metrics
 
 
 def _eval_before(ctx: TrainContext, state: LoopState) -> None:
@@ -397,7 +369,7 @@ def _end_epoch(ctx: TrainContext, state: LoopState, seconds_so_far: float) -> No
         ctx.writer.add_scalar("train/epoch_loss", state.history[-1]["train_loss"], state.step)
     state.epoch, state.group, state.loss_sum, state.loss_count, state.epoch_seconds = state.epoch + 1, 0, 0.0, 0, 0.0
     if acc.is_main_process:
-        record.write_jsonl(ctx.run_dir / record.METRICS, state.history)
+        write_epochs(ctx.run_dir, state.history)
     _save(ctx, state, "last")
 
 

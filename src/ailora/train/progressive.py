@@ -40,6 +40,7 @@ from torch import nn
 
 from ailora.errors import AiloraError
 from ailora.train.config import EMBEDDINGS, REMAINDERS, comparable
+from ailora.train.runrecord import RunRecord
 
 # Where the blocks are.
 
@@ -289,8 +290,8 @@ def order_from_scores(scores: Sequence[float]) -> list[int]:
 # Comparing a Progtuning run with the same run without it.
 
 
-def savings(run: dict, baseline: dict) -> dict:
-    """What Progtuning saved in ``run`` (a results.json dict) against ``baseline`` (the same run without it).
+def savings(run: RunRecord, baseline: RunRecord) -> dict:
+    """What Progtuning saved in ``run`` against ``baseline`` (the same run without it).
 
     Savings are fractions of the baseline (0.25 = 25% fewer): updated parameters summed over
     optimizer steps, time inside optimizer steps (``train_seconds``) and the whole run's wall time
@@ -303,18 +304,17 @@ def savings(run: dict, baseline: dict) -> dict:
         r, b = _amount(run, key), _amount(baseline, key)
         out[f"run_{key}"], out[f"baseline_{key}"] = r, b
         out[saving] = None if r is None or not b else round(1 - r / b, 6)
-    main = run.get("task", {}).get("main_metric")
-    r_test, b_test = run.get("test", {}).get(main), baseline.get("test", {}).get(main)
+    main = run.main_metric
+    r_test, b_test = run.test.get(main), baseline.test.get(main)
     out.update({"main_metric": main, "run_test": r_test, "baseline_test": b_test,
                 "test_delta": None if r_test is None or b_test is None else r_test - b_test})
-    a, b = comparable(run.get("config", {})), comparable(baseline.get("config", {}))
+    a, b = comparable(run.config), comparable(baseline.config)
     out["differs_in"] = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return out
 
 
-def _amount(results: dict, key: str):
-    if key in results:
-        return results[key]
-    if key == "updated_parameters" and "parameters" in results:  # a record from before Progtuning
-        return results["parameters"]["trainable"] * results["steps"]
-    return None
+def _amount(rec: RunRecord, key: str):
+    value = getattr(rec, key)
+    if value is None and key == "updated_parameters":  # a record from before Progtuning: every step updated all
+        return rec.parameters.trainable * rec.steps
+    return value

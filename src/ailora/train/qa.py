@@ -14,16 +14,22 @@ null score of a question is the lowest [CLS] start + end logit over its windows.
 has unanswerable questions, a question gets the empty answer when null score - best span score
 exceeds a threshold; the threshold is the one that maximises F1 on the validation split (the
 official v2.0 script's ``best_f1_thresh``) and is then applied unchanged to test.
+:class:`ExtractiveQA` is the task kind (``ailora.train.kinds``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
 
 from ailora.errors import AiloraError
-from ailora.tasks.metrics import get_metric
-from ailora.train.data import Encoded
+from ailora.tasks.metrics import compute_metrics, get_metric
+from ailora.train.data import Encoded, collate, eval_batch
+from ailora.train.evaluate import Evaluation
 
 
 def doc_stride(given: int | None, max_length: int) -> int:
@@ -140,3 +146,58 @@ def answers(spans: list[tuple[str, float, float]], threshold: float | None) -> l
 def has_null_answers(examples: list[dict]) -> bool:
     """Whether some question has no answer (SQuAD v2.0 style)."""
     return any(not ex["answers"]["text"] for ex in examples)
+
+
+class ExtractiveQA:
+    """The extractive-QA task kind: a span head over windows of the context; a question's prediction
+    is its best span over its windows, or "" where the null threshold chosen on validation says so."""
+
+    calibrates: ClassVar[bool] = True  # test uses the null threshold chosen on validation
+
+    def __init__(self, spec, max_length: int, stride: int, n_best: int, max_answer_length: int,
+                 null_answers: bool) -> None:
+        self.spec, self.max_length, self.stride = spec, max_length, stride
+        self.n_best, self.max_answer_length, self.null_answers = n_best, max_answer_length, null_answers
+
+    @classmethod
+    def for_run(cls, cfg, data) -> ExtractiveQA:
+        m = cfg.model
+        return cls(data.spec, m.max_length, doc_stride(cfg.qa.doc_stride, m.max_length), cfg.qa.n_best,
+                   cfg.qa.max_answer_length, has_null_answers(data.train + data.validation))
+
+    def model_kind(self, seq2seq: bool) -> str:
+        return "qa"
+
+    def check_checkpoint(self, path: Path, config) -> None:
+        return None
+
+    def head(self) -> dict[str, Any]:
+        return {}
+
+    def encode(self, split: str, examples: list[dict], model) -> list[Encoded]:
+        return encode_qa(model.tokenizer, examples, self.max_length, self.stride, split == "train")
+
+    def batch(self, items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate(items, pad_id)
+
+    def predict(self, acc, net, items: list[Encoded], model) -> list[tuple[list[float], list[float]]]:
+        """Each window's (start logits, end logits), one per token of its ``input_ids``."""
+        out = net(**eval_batch(items, model.tokenizer.pad_token_id, acc.device))
+        return [(s[:len(item.input_ids)].tolist(), e[:len(item.input_ids)].tolist())
+                for item, s, e in zip(items, out.start_logits.float(), out.end_logits.float())]
+
+    def score(self, predictions: list, items: list[Encoded], examples: list[dict], calibration) -> Evaluation:
+        """Answers per question; with unanswerable questions and no ``calibration`` (validation) the
+        best null threshold on this split is chosen, reported as the ``null_threshold`` score."""
+        spans = best_spans(examples, items, predictions, self.n_best, self.max_answer_length)
+        refs = [ex["answers"] for ex in examples]
+        threshold = calibration
+        if self.null_answers and threshold is None:
+            threshold = best_threshold(spans, refs)
+        predicted = answers(spans, threshold if self.null_answers else None)
+        extra = {} if threshold is None else {"null_threshold": threshold}
+        return Evaluation({**compute_metrics(self.spec.metrics, predicted, refs), **extra}, predicted, threshold)
+
+    def rows(self, examples: list[dict], items: list[Encoded], predictions: list, model) -> list[dict]:
+        return [{"id": ex.get("id"), "input": ex["question"], "reference": ex["answers"]["text"], "prediction": p}
+                for ex, p in zip(examples, predictions)]

@@ -3,7 +3,7 @@
 Layout of RUN_DIR::
 
     config.json            the full RunConfig
-    metrics.jsonl          one object per epoch: {"epoch", "train_loss", "validation": {...}, "seconds"}
+    metrics.jsonl          one object per epoch: {"epoch", "step", "train_loss", "validation": {...}, "seconds"}
     results.json           everything (config, per-epoch metrics, test, params, time, memory, versions)
     failed.json            instead, when training failed (a non-finite loss): the error and its step
     adapter/               what the method saved (LoRA family: ailora.save, loads on the original base)
@@ -11,6 +11,9 @@ Layout of RUN_DIR::
     checkpoints/best.pt    the same at the best validation score
     tb/                    TensorBoard events
     init_hashes.json       one hash per process of the prepared model (identical when synced)
+
+metrics.jsonl, results.json and failed.json hold the ``EpochEntry``, ``RunRecord`` and
+``FailedRecord`` types of ``ailora.train.runrecord``, which alone writes and reads them.
 
 Every file is written through ``ailora.core.files.atomic_file`` (a temporary sibling, fsync,
 ``os.replace``), so an interruption leaves the previous version, never half a file.
@@ -23,7 +26,6 @@ import json
 import platform
 import random
 import resource
-import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -32,7 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ailora.core.files import atomic_file, remove_stale_in, require_writable, write_text
+from ailora.core.files import (
+    atomic_file,
+    clear_dir,
+    read_json,
+    refuse_aliased_output,
+    remove_stale_in,
+    require_writable,
+    write_text,
+)
 from ailora.errors import AiloraError
 from ailora.train.config import RunConfig
 
@@ -42,6 +52,7 @@ RESULTS = "results.json"
 FAILED = "failed.json"  # a run stopped by a failure (a non-finite loss): {"status": "failed", "error", "step", ...}
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
+RUN_INPUTS = ("model.name", "task.name", "task.data_dir")  # config keys that name what a run reads
 PACKAGES = ("ailora", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "numpy")
 
 
@@ -68,6 +79,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, identity: dict
     Refuses a directory that already holds a run unless resuming (the same config) or overwriting.
     """
     run_dir = require_writable(run_dir, "run directory")
+    # --overwrite deletes run_dir: never the working directory, a model, a task file or its data
+    refuse_aliased_output(run_dir, [(k, identity.get(k)) for k in RUN_INPUTS], "run directory")
     if run_dir.exists() and not run_dir.is_dir():
         raise AiloraError(f"run directory {run_dir} is a file; choose another path")
     if (run_dir / CONFIG).is_file():  # a run's directory (never a stranger's): what a killed save left
@@ -75,7 +88,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, identity: dict
             remove_stale_in(d)
     held = run_dir.exists() and any(run_dir.iterdir())
     if overwrite and held:
-        shutil.rmtree(run_dir)
+        clear_dir(run_dir)
         held = False
     if not held:
         if resume:
@@ -87,9 +100,11 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, identity: dict
     if not (run_dir / CONFIG).is_file():
         raise AiloraError(f"cannot resume: {run_dir} has no {CONFIG}")
     try:
-        saved = RunConfig.from_dict(json.loads((run_dir / CONFIG).read_text()) | {"resume": True,
-                                                                                  "overwrite": False})
-    except (json.JSONDecodeError, AiloraError) as exc:
+        held = read_json(run_dir / CONFIG)
+        if not isinstance(held, dict):
+            raise AiloraError(f"it holds a JSON {type(held).__name__}, not an object")
+        saved = RunConfig.from_dict(held | {"resume": True, "overwrite": False})
+    except AiloraError as exc:
         raise AiloraError(f"cannot resume: {run_dir / CONFIG} is unreadable ({exc})") from None
     diff = sorted(k for k in set(identity) | set(saved.identity()) if identity.get(k) != saved.identity().get(k))
     if diff:
@@ -128,11 +143,25 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+CHECKPOINT_KEYS = ("trainable", "optimizer", "scheduler", "rng", "loop", "num_processes")
+
+
 def load_checkpoint(path: Path) -> dict:
+    """The checkpoint at ``path``, or a one-line error naming it (empty, truncated, foreign, or
+    another structure) that says what is still intact. PyTorch's own message is not repeated: it
+    advises ``weights_only=False``, which would run whatever a foreign file holds."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise AiloraError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0]}") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ok = isinstance(ckpt, dict) and all(k in ckpt for k in CHECKPOINT_KEYS)
+    except Exception:  # a truncated, empty or foreign file; torch raises several types for them
+        ok = False
+    if not ok:
+        what = "it is empty" if path.is_file() and path.stat().st_size == 0 else "it is not a checkpoint ailora wrote"
+        fix = "copy checkpoints/best.pt over it (where there is one) to resume from the best step, or " \
+            if path.name == "last.pt" else ""
+        raise AiloraError(f"checkpoint {path} is broken ({what}); the run's other files (config, the other "
+                          f"checkpoint, {ADAPTER}/ where written) are intact: {fix}start again with --overwrite")
+    return ckpt
 
 
 # The environment.

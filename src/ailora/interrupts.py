@@ -1,0 +1,51 @@
+"""Termination signals as exceptions: SIGTERM ends a command the way Ctrl-C does.
+
+Slurm and Kubernetes send SIGTERM before they preempt a job (then SIGKILL after a grace period).
+Python's default is to die on it at once, with no message and no ``finally`` blocks run; raised as
+``Terminated`` (a ``KeyboardInterrupt``) instead, it unwinds through the same code as Ctrl-C: every
+atomic writer removes its staging file, the last checkpoint stays, and ``ailora.cli.main`` says how
+to continue and exits with ``EXIT_TERMINATED``. Whatever runs commands (a CLI, a sweep executor)
+wraps them in ``terminate_as_interrupt()``.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what schedulers expect of a job that stopped on their signal
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (``signum``, SIGTERM) raised where the program was."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextmanager
+def terminate_as_interrupt(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Within the block, ``signals`` raise ``Terminated`` in the main thread; the previous handlers
+    come back after it. Outside the main thread (where Python cannot install handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def exit_status(exc: KeyboardInterrupt) -> int:
+    """The documented exit status of an interruption: 143 for SIGTERM, 130 for Ctrl-C."""
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
