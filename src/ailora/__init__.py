@@ -6,6 +6,7 @@
     ailora.save(model, "adapter/")   # plain PEFT LoRA that loads on the ORIGINAL base
     ailora.state_of(model).report()  # what was done, per layer (the same as model.ailora_state)
     model = ailora.load_initialised("residual/")  # from `ailora init --residual-out residual/`: no SVDs
+    ailora.export_gguf("adapter/", "adapter.gguf", base="base.gguf")  # a llama.cpp / Ollama LoRA adapter
 
 ``ailora.hf`` (imported on first use) has the Hugging Face Trainer / TRL integration: ``AiloraCallback``
 and ``optimizer_cls_and_kwargs``.
@@ -22,20 +23,22 @@ quiet.install()
 if TYPE_CHECKING:
     from ailora.core.adapters import load, merge, merge_to_dir, save, unmerge, verify
     from ailora.core.apply import apply
+    from ailora.core.gguf_adapter import export_gguf
     from ailora.core.initialised import load_initialised
     from ailora.core.optim import param_groups
     from ailora.core.state import AiloraState, state_of
 
 __all__ = [
-    "__version__", "AiloraError", "AiloraState", "ExactnessError", "apply", "load", "load_initialised", "merge",
-    "merge_to_dir", "param_groups", "save", "state_of", "unmerge", "verify", "TrainingFailedError",
+    "__version__", "AiloraError", "AiloraState", "ExactnessError", "apply", "export_gguf", "load", "load_initialised",
+    "merge", "merge_to_dir", "param_groups", "save", "state_of", "unmerge", "verify", "TrainingFailedError",
 ]
 
 # name -> the module defining it. Imported on first use (lazy imports for start-up speed): `import ailora`,
 # and so the `ailora` command's --help and ls, do not import torch, transformers or PEFT.
 _LAZY = {
     **dict.fromkeys(["load", "merge", "merge_to_dir", "save", "unmerge", "verify"], "ailora.core.adapters"),
-    "apply": "ailora.core.apply", "load_initialised": "ailora.core.initialised", "param_groups": "ailora.core.optim",
+    "apply": "ailora.core.apply", "export_gguf": "ailora.core.gguf_adapter",
+    "load_initialised": "ailora.core.initialised", "param_groups": "ailora.core.optim",
     "AiloraState": "ailora.core.state", "state_of": "ailora.core.state", "hf": None,
 }
 

@@ -35,7 +35,7 @@ from ailora.version import __version__
 
 # Module names under ailora.cli, in the order `ailora --help` lists them.
 DEBUG_ENV = "AILORA_DEBUG"  # set to 1: internal errors raise with their traceback (as --debug)
-SUBCOMMANDS = ["ls", "init", "train", "convert", "merge", "extract", "analyze", "sweep", "report", "demo"]
+SUBCOMMANDS = ["ls", "init", "train", "convert", "merge", "export", "extract", "analyze", "sweep", "report", "demo"]
 
 
 class Parser(argparse.ArgumentParser):

