@@ -118,9 +118,14 @@ def describe(where: str, out: Outcome) -> str:
 
 
 class Executor(Protocol):
-    """Runs a list of (label, config) and logs one line per finished run; returns the outcomes."""
+    """Runs a list of (label, config) and logs one line per finished run; returns the outcomes.
+    ``start`` checks what the executor needs before the sweep writes anything; ``close`` ends it."""
+
+    def start(self, sweep_dir) -> None: ...
 
     def run(self, work: list[tuple[str, RunConfig]], log: Log) -> dict[str, Outcome]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -130,6 +135,12 @@ class LocalExecutor:
 
     train_fn: TrainFn
     threads: int | None = None
+
+    def start(self, sweep_dir) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
     def run(self, work: list[tuple[str, RunConfig]], log: Log) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}

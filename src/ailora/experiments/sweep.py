@@ -355,8 +355,18 @@ def run_sweep(spec: SweepSpec, sweep_dir, overwrite: bool = False,
     grids ask for no more runs (or a round finishes none of its runs: failed or stopped early).
     """
     plan(spec, sweep_dir)  # all configs valid before anything is written or run
-    prepare_sweep_dir(spec, sweep_dir, overwrite)
     executor = executor or LocalExecutor(train_fn or _default_train)
+    executor.start(sweep_dir)
+    try:
+        prepare_sweep_dir(spec, sweep_dir, overwrite)
+        seconds = _rounds(spec, sweep_dir, executor, log)
+    finally:
+        executor.close()
+    return write_summary(sweep_dir, seconds)
+
+
+def _rounds(spec: SweepSpec, sweep_dir, executor: Executor, log: Callable[[str], None]) -> float:
+    """Run the unfinished runs, in rounds while ``bracket`` adds grid points; the seconds it took."""
     t0, seen = time.perf_counter(), set()
     while True:
         runs = plan(spec, sweep_dir, extended=True)
@@ -373,7 +383,7 @@ def run_sweep(spec: SweepSpec, sweep_dir, overwrite: bool = False,
         outcomes = executor.run(todo, log)
         if not any(o.status == "done" for o in outcomes.values()) or not spec.bracket:
             break
-    return write_summary(sweep_dir, round(time.perf_counter() - t0, 3))
+    return round(time.perf_counter() - t0, 3)
 
 
 def write_summary(sweep_dir, seconds: float) -> dict:
