@@ -11,8 +11,8 @@ directory, so that ``--overwrite`` clearing the directory never deletes it) crea
 A holder that died (SIGKILL, a lost node) never removes its lock, so a lock is *stale*, and taken
 over, when its holder is certainly gone:
 
-* on this host (same host name and boot id): no process with that pid, or one started at another
-  time (the pid was reused);
+* on this host (same host name and boot id): no process with that pid, a zombie (killed, not yet
+  reaped), or one started at another time (the pid was reused);
 * on another host: the file's modification time, which a live holder's heartbeat thread renews
   every ``HEARTBEAT`` seconds, is older than ``STALE_AFTER`` seconds (clocks of the nodes are
   assumed within a few seconds of each other).
@@ -46,13 +46,33 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22); None if unknown."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces); None if unknown."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # fields after the command name, which may hold spaces
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, field 22); None if unknown."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _gone(pid: int, start_ticks: int | None) -> bool:
+    """Whether process ``pid`` (started at ``start_ticks``) has ended: no such process, a zombie
+    (killed, not yet reaped by its parent: it holds nothing), or the pid reused by a later process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: it exists
+        pass
+    fields = _stat(pid)
+    if fields is None:
+        return False
+    return fields[0] in ("Z", "X") or (start_ticks is not None and int(fields[19]) != start_ticks)
 
 
 @dataclass(frozen=True)
@@ -75,13 +95,7 @@ class Holder:
     def alive(self, heartbeat_age: float, stale_after: float) -> bool:
         """Whether the holder may still be running (see the module docstring for the rules)."""
         if self.host == socket.gethostname() and self.boot_id == _boot_id():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:  # another user's process: alive
-                pass
-            return self.start_ticks is None or _start_ticks(self.pid) in (None, self.start_ticks)
+            return not _gone(self.pid, self.start_ticks)
         return heartbeat_age < stale_after
 
 
