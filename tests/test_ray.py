@@ -138,7 +138,7 @@ def test_retries_exhausted_record_the_run_as_failed_and_the_sweep_goes_on(cluste
     summary = run_sweep(SweepSpec.from_dict(_spec(tiny, methods=("lora", "pissa"))), where, log=lines.append,
                         executor=RayExecutor(RayOptions(run_cpus=1, retries=0, progress=False)))
     killer.join()
-    assert killed
+    assert killed and any("worker lost 1 times" in x for x in lines), lines
     failed = json.loads((run_dir / "failed.json").read_text())
     assert failed["status"] == "failed" and "worker lost 1 times" in failed["error"] and failed["last_checkpoint"]
     assert summary["runs"]["failed"] == ["ok/lora/lr0.001/seed0"] and summary["runs"]["complete"] == 1

@@ -26,6 +26,7 @@ from ailora.train.runrecord import FailedRecord, Interrupted, from_train
 TrainFn = Callable[[RunConfig], dict]
 Log = Callable[[str], None]
 BUSY_POLL = 2.0  # seconds between looks at runs another process holds
+LOST_WAIT = 30.0  # seconds a lost worker's lock may take to become stale (its process still exiting)
 
 
 def run_state(run_dir) -> str:
@@ -81,10 +82,13 @@ def run_one(cfg: RunConfig, train_fn: TrainFn, threads: int | None = None) -> Ou
     return Outcome("done", result=done.to_json(), resumed=cfg.resume)
 
 
-def record_lost(cfg: RunConfig, reason: str) -> bool:
+def record_lost(cfg: RunConfig, reason: str, wait: float = LOST_WAIT) -> bool:
     """Write RUN_DIR/failed.json for a run whose worker kept dying (``reason``), under its lock.
-    False (nothing written) when another live process holds the run or it finished meanwhile."""
-    got = try_lock(cfg.run_dir)
+    False (nothing written) when another live process holds the run or it finished meanwhile.
+    The dead worker may still be exiting when Ray reports it lost: its lock is waited for ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while isinstance(got := try_lock(cfg.run_dir), Holder) and time.monotonic() < deadline:
+        time.sleep(0.1)
     if isinstance(got, Holder):
         return False
     with got:

@@ -20,9 +20,13 @@ its runs' locks to be found stale. Either way the same command continues the swe
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +93,25 @@ def connect(ray, address: str | None) -> bool:
     quiet: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
     if address not in (None, "auto"):
         _reachable(address)
+    with _own_sigterm():
+        _init(ray, address, quiet)
+    return True
+
+
+@contextmanager
+def _own_sigterm() -> Iterator[None]:
+    """Keep this process's SIGTERM handler: ``ray.init`` installs one that exits at once (status 15),
+    where ailora's (``ailora.interrupts``) stops the sweep resumably with its own status and message."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _init(ray, address: str | None, quiet: dict) -> None:
     try:
         if address is None:
             ray.init(object_store_memory=OBJECT_STORE_BYTES, **quiet)
@@ -97,7 +120,6 @@ def connect(ray, address: str | None) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = "a local Ray cluster" if address is None else f"the Ray cluster at {address}"
         raise AiloraError(f"cannot connect to {where}: {str(exc).splitlines()[0]}") from None
-    return True
 
 
 def check_resources(ray, opts: RayOptions) -> list[str]:
