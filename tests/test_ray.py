@@ -248,11 +248,14 @@ class _OtherDisk:
         return value
 
 
+NODE = "ab" * 28  # a node id
+
+
 def test_a_sweep_directory_the_workers_do_not_see_is_refused(tmp_path):
     (tmp_path / "node-disk").mkdir()
     with pytest.raises(AiloraError, match=r"^sweep directory .*/s is not on storage every Ray worker sees: .*"
                                           r"its file is missing here"):
-        rayexec.check_storage(_OtherDisk(tmp_path / "node-disk"), tmp_path / "s", ["node-1"])
+        rayexec.check_storage(_OtherDisk(tmp_path / "node-disk"), tmp_path / "s", [NODE])
     assert not (tmp_path / "s").exists() and list((tmp_path / "node-disk").iterdir())  # the worker wrote on its disk
-    rayexec.check_storage(_OtherDisk(tmp_path), tmp_path / "s", ["node-1"])  # a shared disk passes, leaves nothing
+    rayexec.check_storage(_OtherDisk(tmp_path), tmp_path / "s", [NODE])  # a shared disk passes, leaves nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node-disk"]

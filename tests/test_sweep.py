@@ -358,3 +358,22 @@ def test_a_run_held_by_a_live_process_is_waited_for_and_a_dead_holder_is_taken_o
     os.utime(lock_path(run), (1, 1))
     assert not isinstance(got := try_lock(run, stale_after=60), Holder)
     got.release()
+
+
+def test_the_report_of_a_running_sweep_says_what_is_not_finished(tmp_path):
+    from ailora.experiments.locks import try_lock
+    from ailora.experiments.report import unfinished
+    from ailora.experiments.sweep import summarize
+
+    where = tmp_path / "s"
+    run_sweep(_spec(), where, train_fn=FakeTrain())
+    assert unfinished(where, summarize(where)) is None
+    for seed in (0, 1):
+        (where / f"sweep-sentiment/lora/lr0.001/seed{seed}/results.json").unlink()
+    held = try_lock(where / "sweep-sentiment/lora/lr0.001/seed1")
+    summary = summarize(where)
+    assert summary["runs"]["complete"] == 6 and not summary["tasks"]["sweep-sentiment"]["methods"]["lora"]["complete"]
+    assert unfinished(where, summary) == (
+        "Not finished: 2 run(s) not complete (1 running now: sweep-sentiment/lora/lr0.001/seed1); the tables hold "
+        "the finished runs only, and a grid's selection may change when they finish.")
+    held.release()

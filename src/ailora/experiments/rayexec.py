@@ -88,11 +88,11 @@ def _reachable(address: str) -> None:
 
 def connect(ray, address: str | None) -> bool:
     """Connect to the cluster (or start a local one); True when this call did, so ``close`` undoes it."""
+    if address not in (None, "auto"):
+        _reachable(address)
     if ray.is_initialized():  # a program that called ray.init itself: use its cluster
         return False
     quiet: dict[str, Any] = {"log_to_driver": False, "configure_logging": False, "include_dashboard": False}
-    if address not in (None, "auto"):
-        _reachable(address)
     with _own_sigterm():
         _init(ray, address, quiet)
     return True
