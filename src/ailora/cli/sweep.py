@@ -82,9 +82,9 @@ def dry_run(spec, where: str) -> int:
 
 
 def executor(args, spec):
-    """The executor the flags ask for; Ray's flags with the local executor are an error."""
-    from ailora.experiments.executors import LocalExecutor, check_threads
-    from ailora.experiments.sweep import _default_train
+    """The Ray executor the flags ask for, or None for the local one (``run_sweep``'s default);
+    Ray's flags with the local executor are an error."""
+    from ailora.experiments.executors import check_threads
 
     if args.executor == "local":
         given = [f for f, v in (("--ray-address", args.ray_address), ("--run-gpus", args.run_gpus),
@@ -92,7 +92,7 @@ def executor(args, spec):
         if given:
             raise AiloraError(f"{given[0]} is an option of --executor ray")
         check_threads(args.run_cpus, "--run-cpus")
-        return LocalExecutor(_default_train, args.run_cpus)
+        return None
     from ailora.experiments.rayexec import RayExecutor, RayOptions
 
     progress = spec.options.get("train.progress", True) is not False
@@ -111,7 +111,8 @@ def run(args) -> int:
     where = sweep_dir(args)
     if args.dry_run:
         return dry_run(spec, where)
-    summary = run_sweep(spec, where, overwrite=args.overwrite, log=print, executor=executor(args, spec))
+    summary = run_sweep(spec, where, overwrite=args.overwrite, log=print, executor=executor(args, spec),
+                        threads=args.run_cpus)
     print_table(summary)
     print(f"wrote {where}/{SUMMARY}; tables and plots: ailora report {where}")
     return 0

@@ -20,6 +20,7 @@ its runs' locks to be found stale. Either way the same command continues the swe
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import threading
@@ -205,8 +206,9 @@ class RayExecutor:
 
     def close(self) -> None:
         if self._started:
-            self._ray.shutdown()
             self._started = False
+            with contextlib.suppress(KeyboardInterrupt):  # as in ``run``: the first interruption is the one reported
+                self._ray.shutdown()
 
     def _submit(self, cfg: RunConfig):
         return self._task.options(num_cpus=self.opts.run_cpus, num_gpus=self.opts.run_gpus).remote(
@@ -245,8 +247,9 @@ class RayExecutor:
                 if not ready and later and not inflight:
                     time.sleep(min(BUSY_POLL, max(0.0, min(x[0] for x in later) - time.monotonic())))
         except BaseException:  # Ctrl-C or SIGTERM: the tasks stop, their runs keep the last checkpoint
-            for ref in inflight:
-                ray.cancel(ref)
+            with contextlib.suppress(KeyboardInterrupt):  # a second signal must not replace the first's exception
+                for ref in inflight:
+                    ray.cancel(ref)
             raise
         finally:
             bar.close()

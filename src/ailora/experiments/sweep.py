@@ -347,15 +347,16 @@ def _default_train(cfg: RunConfig) -> dict:
 
 def run_sweep(spec: SweepSpec, sweep_dir, overwrite: bool = False,
               train_fn: Callable[[RunConfig], dict] | None = None,
-              log: Callable[[str], None] = lambda _: None, executor: Executor | None = None) -> dict:
+              log: Callable[[str], None] = lambda _: None, executor: Executor | None = None,
+              threads: int | None = None) -> dict:
     """Run what is left of the sweep, then write and return its summary (see ``summarize``).
 
-    ``executor`` defaults to ``LocalExecutor(train_fn)``, ``train_fn(cfg) -> results`` to
+    ``executor`` defaults to ``LocalExecutor(train_fn, threads)``, ``train_fn(cfg) -> results`` to
     ``ailora.train.train``; ``log`` gets one line per run. With ``bracket``, rounds follow until the
     grids ask for no more runs (or a round finishes none of its runs: failed or stopped early).
     """
     plan(spec, sweep_dir)  # all configs valid before anything is written or run
-    executor = executor or LocalExecutor(train_fn or _default_train)
+    executor = executor or LocalExecutor(train_fn or _default_train, threads)
     executor.start(sweep_dir)
     try:
         prepare_sweep_dir(spec, sweep_dir, overwrite)
