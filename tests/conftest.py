@@ -13,6 +13,8 @@ import pytest
 TIERS: dict[str, dict[str, list[str] | None]] = {
     # several processes (torchrun / Accelerate on gloo) started as subprocesses
     "multiprocess": {"test_multiprocess.py": None},
+    # a real local Ray cluster (2 CPUs) running sweeps as Ray tasks
+    "ray": {"test_ray.py": None},
     # tier 2: numerical agreement with a reference implementation (PEFT) on identical weights
     "reference": {
         "test_reference.py": None,

@@ -12,9 +12,18 @@ import pytest
 
 from ailora.cli import main
 from ailora.errors import AiloraError
+from ailora.experiments.grids import bracketed, next_lr
 from ailora.experiments.presets import PRESETS, run_count
-from ailora.experiments.report import write_report
-from ailora.experiments.sweep import SweepSpec, compose, plan, run_state, run_sweep, select_lr
+from ailora.experiments.report import lr_search, write_report
+from ailora.experiments.sweep import (
+    SweepSpec,
+    compose,
+    plan,
+    prepare_sweep_dir,
+    run_state,
+    run_sweep,
+    select_lr,
+)
 from ailora.tasks import TaskSpec, get_task, register_task
 from ailora.tasks.metrics import get_metric
 from ailora.train import record
@@ -255,3 +264,116 @@ def test_demo_selects_among_two_lrs_and_prints_the_paired_verdict(tmp_path, monk
     assert len(fake.calls) == 8 and "| lora | 8.0K | **90.00** | 2e-3 |" in out
     assert ("paired verdict, movie-sentiment (1 seed, 100 test examples): lora is better than ailora by 10.00 "
             "points (significant over test examples); pissa, milora cannot be told apart from ailora") in out
+
+
+# Learning-rate grids that bracket the optimum (spec "bracket"); locks per run directory.
+
+
+def _peaked(cfg):
+    """Validation accuracy peaking at lr 8e-3 (a grid of 1e-3, 2e-3 selects its top edge); test = val."""
+    import math
+
+    score = 0.9 - 0.05 * math.log2(cfg.train.lr / 8e-3) ** 2
+    return score, score
+
+
+def test_bracketing_extends_a_grid_selected_at_its_top_edge_until_interior(tmp_path):
+    fake = FakeTrain(_peaked)
+    spec = _spec(methods=[{"method": "lora", "lrs": [1e-3, 2e-3]}], seeds=[0], bracket=5)
+    summary = run_sweep(spec, tmp_path / "s", train_fn=fake)
+    lora = summary["tasks"]["sweep-sentiment"]["methods"]["lora"]
+    assert [(g["lr"], g.get("extended", False)) for g in lora["grid"]] == [
+        (1e-3, False), (2e-3, False), (4e-3, True), (8e-3, True), (1.6e-2, True)]
+    assert lora["selected_lr"] == 8e-3 and lora["complete"] and len(fake.calls) == 5
+    again = FakeTrain(_peaked)
+    run_sweep(spec, tmp_path / "s", train_fn=again)  # resumed: the extensions are found, nothing redone
+    assert again.calls == []
+    search = dict(lr_search(summary))
+    assert "edge" not in next(iter(search)) and "1.6e-2 (added)" in next(iter(search.values()))[-1][0]
+
+
+def test_bracketing_stops_at_its_bound_and_the_report_says_the_selection_is_at_the_edge(tmp_path):
+    spec = _spec(methods=[{"method": "lora", "lrs": [1e-3, 2e-3]}], seeds=[0], bracket=1)
+    summary = run_sweep(spec, tmp_path / "s", train_fn=FakeTrain(_peaked))
+    lora = summary["tasks"]["sweep-sentiment"]["methods"]["lora"]
+    assert [g["lr"] for g in lora["grid"]] == [1e-3, 2e-3, 4e-3] and lora["selected_lr"] == 4e-3
+    (title, entries), = lr_search(summary)
+    assert title.endswith("(selected at the edge of its grid: its best lr may lie beyond)")
+    assert [sel for _, sel in entries] == [False, False, True] and entries[2][0].startswith("4e-3 (added)")
+
+
+@pytest.mark.parametrize("lrs, scores, expected", [
+    ([1e-3, 2e-3, 4e-3], [0.1, 0.2, 0.3], 8e-3),          # top edge: the grid's own ratio
+    ([2e-4, 5e-4], [0.3, 0.1], 8e-5),                      # bottom edge: / 2.5
+    ([1e-3, 2e-3, 4e-3], [0.1, 0.3, 0.2], None),          # interior
+    ([1e-3], [0.5], 2e-3),                                 # one point: x 2
+    ([1e-3, 2e-3], [float("nan"), None], None),            # nothing selected
+])
+def test_next_lr(lrs, scores, expected):
+    assert next_lr(lrs, scores, higher=True) == expected
+
+
+def test_a_lower_is_better_metric_extends_the_other_way():
+    assert bracketed((1e-3, 2e-3), 1, lambda lr: -{1e-3: 0.1, 2e-3: 0.5}[lr]) == (1e-3, 2e-3, 5e-4)
+    assert bracketed((1e-3, 2e-3), 3, lambda lr: False) == (1e-3, 2e-3)  # runs unfinished: nothing decided
+
+
+def test_a_bad_bracket_is_one_line_before_anything_runs(tmp_path):
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(AiloraError, match="^bracket must be how many lrs"):
+            run_sweep(_spec(bracket=bad), tmp_path / "s", train_fn=FakeTrain())
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_run_held_by_a_live_process_is_waited_for_and_a_dead_holder_is_taken_over(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from ailora.experiments import executors
+    from ailora.experiments.locks import Holder, RunLock, lock_path, try_lock
+
+    monkeypatch.setattr(executors, "BUSY_POLL", 0.05)
+    spec = _spec(methods=[{"method": "lora", "lrs": [1e-3]}], seeds=[0])
+    run = tmp_path / "s" / "sweep-sentiment" / "lora" / "lr0.001" / "seed0"
+    prepare_sweep_dir(spec, tmp_path / "s")  # as another driver of the same sweep would have
+    held = try_lock(run)
+    assert isinstance(held, RunLock)
+    assert isinstance(try_lock(run), Holder)  # a second taker sees the live holder
+    lines, fake = [], FakeTrain()
+    timer = __import__("threading").Timer(0.3, held.release)
+    timer.start()
+    run_sweep(spec, tmp_path / "s", train_fn=fake, log=lines.append)
+    assert len(fake.calls) == 1 and any(f"held by process {os.getpid()}" in x for x in lines)
+    assert not lock_path(run).exists()
+    # A holder that died without removing its lock (SIGKILL): its lock is stale, taken over at once.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_path(run).write_text(json.dumps({**Holder.me().__dict__, "pid": int(dead.stdout)}))
+    taken = try_lock(run)
+    assert not isinstance(taken, Holder) and json.loads(lock_path(run).read_text())["pid"] == os.getpid()
+    taken.release()
+    # Another host's lock counts as held until its heartbeat is older than the stale limit.
+    lock_path(run).write_text(json.dumps({**Holder.me().__dict__, "host": "elsewhere"}))
+    assert isinstance(try_lock(run, stale_after=60), Holder)
+    os.utime(lock_path(run), (1, 1))
+    assert not isinstance(got := try_lock(run, stale_after=60), Holder)
+    got.release()
+
+
+def test_the_report_of_a_running_sweep_says_what_is_not_finished(tmp_path):
+    from ailora.experiments.locks import try_lock
+    from ailora.experiments.report import unfinished
+    from ailora.experiments.sweep import summarize
+
+    where = tmp_path / "s"
+    run_sweep(_spec(), where, train_fn=FakeTrain())
+    assert unfinished(where, summarize(where)) is None
+    for seed in (0, 1):
+        (where / f"sweep-sentiment/lora/lr0.001/seed{seed}/results.json").unlink()
+    held = try_lock(where / "sweep-sentiment/lora/lr0.001/seed1")
+    summary = summarize(where)
+    assert summary["runs"]["complete"] == 6 and not summary["tasks"]["sweep-sentiment"]["methods"]["lora"]["complete"]
+    assert unfinished(where, summary) == (
+        "Not finished: 2 run(s) not complete (1 running now: sweep-sentiment/lora/lr0.001/seed1); the tables hold "
+        "the finished runs only, and a grid's selection may change when they finish.")
+    held.release()

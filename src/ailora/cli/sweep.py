@@ -3,6 +3,8 @@ validation per method and task, test scores are reported as mean ± std over see
 
 A sweep comes from a preset (``--preset``, see ``ailora ls presets``), a JSON spec (``--spec``;
 format in ``ailora.experiments.sweep``) or flags alone; flags and ``KEY=VALUE`` overrides apply on top.
+Runs execute one after another here (``--executor local``) or as Ray tasks on a cluster
+(``--executor ray``; docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def build_spec(args):
     else:
         base = {}
     return compose(base, model=args.model, tasks=args.tasks, methods=args.methods, seeds=args.seeds, lrs=args.lrs,
-                   overrides=common_overrides(args))
+                   overrides=common_overrides(args), bracket=args.bracket)
 
 
 def common_overrides(args) -> list[str]:
@@ -72,11 +74,32 @@ def dry_run(spec, where: str) -> int:
 
     from ailora.experiments.sweep import plan, run_state
 
-    runs = plan(spec, where)
+    runs = plan(spec, where, extended=True)  # with the grid points bracketing has added so far
     states = Counter(run_state(cfg.run_dir) for _, cfg in runs)
     print_json(spec.to_dict())
     print(f"{len(runs)} runs in {where}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     return 0
+
+
+def executor(args, spec):
+    """The Ray executor the flags ask for, or None for the local one (``run_sweep``'s default);
+    Ray's flags with the local executor are an error."""
+    from ailora.experiments.executors import check_threads
+
+    if args.executor == "local":
+        given = [f for f, v in (("--ray-address", args.ray_address), ("--run-gpus", args.run_gpus),
+                                ("--retries", args.retries)) if v is not None]
+        if given:
+            raise AiloraError(f"{given[0]} is an option of --executor ray")
+        check_threads(args.run_cpus, "--run-cpus")
+        return None
+    from ailora.experiments.rayexec import RayExecutor, RayOptions
+
+    progress = spec.options.get("train.progress", True) is not False
+    opts = RayOptions(address=args.ray_address, run_cpus=1 if args.run_cpus is None else args.run_cpus,
+                      run_gpus=args.run_gpus or 0.0, retries=2 if args.retries is None else args.retries,
+                      progress=progress)
+    return RayExecutor(opts)
 
 
 def run(args) -> int:
@@ -88,7 +111,8 @@ def run(args) -> int:
     where = sweep_dir(args)
     if args.dry_run:
         return dry_run(spec, where)
-    summary = run_sweep(spec, where, overwrite=args.overwrite, log=print)
+    summary = run_sweep(spec, where, overwrite=args.overwrite, log=print, executor=executor(args, spec),
+                        threads=args.run_cpus)
     print_table(summary)
     print(f"wrote {where}/{SUMMARY}; tables and plots: ailora report {where}")
     return 0
@@ -118,6 +142,17 @@ def add_parser(sub) -> None:
                    help="comma-separated method labels: a preset's/spec's entries, or method names")
     p.add_argument("--seeds", type=_list(int), default=None, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--lrs", type=_list(float), default=None, help="lr grid for every method, e.g. 2e-4,5e-4")
+    p.add_argument("--bracket", type=int, default=None, metavar="N",
+                   help="extend a method's lr grid by up to N points while its selected lr is at an edge")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: runs one after another in this process (default); ray: Ray tasks (docs/cluster.md)")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="the Ray cluster to use (default: start a local one for the sweep)")
+    p.add_argument("--run-cpus", type=int, default=None,
+                   help="CPUs (and torch threads) per run (Ray default 1; local default: torch's own)")
+    p.add_argument("--run-gpus", type=float, default=None, help="GPUs per Ray run (default 0)")
+    p.add_argument("--retries", type=int, default=None,
+                   help="times a Ray run whose worker died is retried from its last checkpoint (default 2)")
     p.add_argument("--dry-run", action="store_true", help="print the spec and how many runs are done/left")
     p.add_argument("--print-spec", action="store_true", help="print the resolved spec and exit")
     add_common(p)

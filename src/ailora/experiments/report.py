@@ -31,8 +31,10 @@ from ailora.analysis.curves import StepCurves, band, mean_by_method, read_run, r
 from ailora.analysis.plots import plot_curves, plot_step_curves, save_figure
 from ailora.core.files import require_writable, write_text
 from ailora.errors import AiloraError
+from ailora.experiments.grids import at_edge
+from ailora.experiments.locks import STALE_AFTER, lock_path, read_holder
 from ailora.experiments.stats import ALPHA, RESAMPLES, paired_bootstrap, paired_seeds, significant
-from ailora.experiments.sweep import mean_std, summarize, task_dir
+from ailora.experiments.sweep import SweepSpec, mean_std, planned_runs, summarize, task_dir
 from ailora.tasks.metrics import get_metric, is_better
 from ailora.train.config import comparable
 from ailora.train.loop import PREDICTIONS
@@ -132,14 +134,18 @@ def to_html_table(table: dict) -> str:
 
 
 def lr_search(summary: dict) -> list[tuple[str, list[tuple[str, bool]]]]:
-    """Per task and method: (title, [(lr: validation mean ± std, selected?) per lr of the grid])."""
+    """Per task and method: (title, [(lr: validation mean ± std, selected?) per lr of the grid]);
+    a point added by bracketing is marked "(added)", a selection at the grid's edge is said."""
     out = []
     seeds = len(summary["spec"]["seeds"])
     for task, info in summary["tasks"].items():
         for label, m in info["methods"].items():
-            entries = [(f"{fmt_lr(g['lr'])}: {_fmt(g['validation'], seeds)}", g["lr"] == m["selected_lr"])
-                       for g in m["grid"]]
-            out.append((f"{task}, {label} (validation {info['main_metric']})", entries))
+            entries = [(f"{fmt_lr(g['lr'])}{' (added)' if g.get('extended') else ''}: "
+                        f"{_fmt(g['validation'], seeds)}", g["lr"] == m["selected_lr"]) for g in m["grid"]]
+            edge = at_edge([g["lr"] for g in m["grid"]], m["selected_lr"])
+            out.append((f"{task}, {label} (validation {info['main_metric']})"
+                        + (" (selected at the edge of its grid: its best lr may lie beyond)" if edge else ""),
+                        entries))
     return out
 
 
@@ -408,8 +414,8 @@ def write_report(sweep_dir, out=None, reference: str | None = None) -> dict:
     comps = comparisons(sweep_dir, summary, ref) if ref in labels else []
     paired = {"reference": ref, "table": comparison_table(comps) if comps else None,
               "verdicts": [verdict_line(c) for c in comps]}
-    md = _markdown(summary, table, figures, prog, paired)
-    html_text = _html(summary, table, figures, prog, paired)
+    md = _markdown(summary, table, figures, prog, paired, sweep_dir)
+    html_text = _html(summary, table, figures, prog, paired, sweep_dir)
     write_text(out / "report.md", md)
     write_text(out / "report.html", html_text)
     return {"markdown": out / "report.md", "html": out / "report.html", "figures": figures,
@@ -432,14 +438,29 @@ def _task_figures(sweep_dir, summary: dict, task: str, out: Path) -> list[Path]:
     return figures
 
 
-def _about(summary: dict) -> list[str]:
+def unfinished(sweep_dir, summary: dict) -> str | None:
+    """A sentence on a sweep still under way (runs neither complete nor failed), else None."""
+    spec = summary["spec"]
+    left = [r.path for r in planned_runs(SweepSpec.from_dict(spec), sweep_dir)
+            if not (Path(sweep_dir, r.path, "results.json").is_file() or Path(sweep_dir, r.path, "failed.json").is_file())]
+    if not left:
+        return None
+    running = [p for p in left if (h := read_holder(lock_path(Path(sweep_dir, p)))) is not None
+               and h[0].alive(h[1], STALE_AFTER)]
+    return (f"Not finished: {len(left)} run(s) not complete ({len(running)} running now"
+            + (f": {', '.join(running[:5])}{', ...' if len(running) > 5 else ''}" if running else "")
+            + "); the tables hold the finished runs only, and a grid's selection may change when they finish.")
+
+
+def _about(summary: dict, sweep_dir) -> list[str]:
     spec, runs = summary["spec"], summary["runs"]
     options = "".join(f", {k}={v}" for k, v in spec["options"].items())
     own = "; ".join(f"{m['label']}: " + ", ".join(f"{k}={v}" for k, v in m["options"].items())
                     for m in spec["methods"] if m["options"])
     return [f"Model {spec['model']}, seeds {', '.join(map(str, spec['seeds']))}{options}."
             + (f" Per method: {own}." if own else ""),
-            f"Runs complete: {runs['complete']} of {runs['planned']}.",
+            f"Runs complete: {runs['complete']} of {runs['planned']}."
+            + (f" {note}" if (note := unfinished(sweep_dir, summary)) else ""),
             "Test scores x 100, mean ± sample std over seeds at the lr selected on the validation main metric; "
             "best per column in bold. Params: trainable parameters (adapters and task head)."]
 
@@ -455,10 +476,10 @@ def _paired_intro(ref: str) -> str:
             "train.eval_every_steps steps and at each epoch's end).")
 
 
-def _markdown(summary, table, figures, prog, paired) -> str:
+def _markdown(summary, table, figures, prog, paired, sweep_dir) -> str:
     search = [f"- {title}: " + ", ".join(f"**{t}**" if sel else t for t, sel in entries)
               for title, entries in lr_search(summary)]
-    parts = ["# Sweep report", "", *[x for line in _about(summary) for x in (line, "")], to_markdown(table), "## Learning-rate search", "",
+    parts = ["# Sweep report", "", *[x for line in _about(summary, sweep_dir) for x in (line, "")], to_markdown(table), "## Learning-rate search", "",
              *search, ""]
     if paired["table"]:
         parts += [f"## Paired comparisons against {paired['reference']}", "", _paired_intro(paired["reference"]),
@@ -470,7 +491,7 @@ def _markdown(summary, table, figures, prog, paired) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _html(summary, table, figures, prog, paired) -> str:
+def _html(summary, table, figures, prog, paired, sweep_dir) -> str:
     esc = html.escape
     items = "".join(f"<li>{esc(title)}: " + ", ".join(f"<b>{esc(t)}</b>" if sel else esc(t) for t, sel in entries)
                     + "</li>" for title, entries in lr_search(summary))
@@ -484,6 +505,6 @@ def _html(summary, table, figures, prog, paired) -> str:
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
             "img{max-width:100%}</style></head><body>\n<h1>Sweep report</h1>\n"
-            + "".join(f"<p>{esc(x)}</p>" for x in _about(summary)) + "\n" + to_html_table(table)
+            + "".join(f"<p>{esc(x)}</p>" for x in _about(summary, sweep_dir)) + "\n" + to_html_table(table)
             + f"\n<h2>Learning-rate search</h2>\n<ul>{items}</ul>\n" + paired_html
             + (f"<h2>Training curves</h2>\n{imgs}\n" if figures else "") + prog_html + "</body></html>\n")

@@ -13,6 +13,7 @@ A spec (``sweep.json``; ``SweepSpec.from_dict`` is strict)::
      "seeds": [0, 1, 2],
      "lrs": [2e-4, 5e-4],                      # grid of methods that give none (optional)
      "options": {"train.epochs": 3, "task.max_train_samples": 2000},   # any dotted RunConfig key
+     "bracket": 2,                             # optional: extend a grid selected at an edge (see grids)
      "methods": ["pissa",                      # a name: label = name, the default grid
                  {"method": "lora", "lrs": [5e-4, 1e-3]},
                  {"method": "ailora", "label": "ailora-r16", "options": {"method.rank": 16}}]}
@@ -30,12 +31,17 @@ Layout of SWEEP_DIR::
 
 Resuming: a run directory with ``results.json`` is done and is not redone; one with a checkpoint
 is continued by the harness's exact resume; one with anything else (killed before its first
-checkpoint) is started again.
+checkpoint) is started again. Each run is trained under its directory's lock (``RUN_DIR.lock``,
+``ailora.experiments.locks``), so two drivers on one sweep directory share the runs.
+
+Executors (``ailora.experiments.executors``): the runs one after another in this process, or Ray
+tasks on a cluster (``ailora.experiments.rayexec``); the run directories and the summary are the same.
+With ``bracket``, the grids are extended in rounds (``ailora.experiments.grids``): the runs of the
+grid, then the runs of the points the selections call for, until no selection asks for more.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -47,13 +53,16 @@ from pathlib import Path
 
 from ailora.core.files import clear_dir, real_path, remove_stale_in, require_writable
 from ailora.core.models import resolve_model_path
-from ailora.errors import AiloraError, TrainingFailedError
+from ailora.errors import AiloraError
+from ailora.experiments.executors import Executor, LocalExecutor, run_state
+from ailora.experiments.grids import bracketed
+from ailora.experiments.locks import wait_lock
 from ailora.tasks.metrics import get_metric, is_better
 from ailora.train import record
 from ailora.train.checks import check_run
 from ailora.train.config import RUN_CONTROL_KEYS, RunConfig, apply_overrides, field_type, flatten, set_dotted
 from ailora.train.loop import train
-from ailora.train.runrecord import FailedRecord, Interrupted, RunRecord, from_train, read_run_record
+from ailora.train.runrecord import FailedRecord, RunRecord, read_run_record
 
 SPEC = "sweep.json"
 SUMMARY = "summary.json"
@@ -78,11 +87,13 @@ class SweepSpec:
     methods: tuple[MethodEntry, ...]
     seeds: tuple[int, ...]
     options: dict = field(default_factory=dict)
+    bracket: int = 0  # grid points a method may add on a task while its selected lr is at an edge
 
     @classmethod
     def from_dict(cls, data: dict) -> SweepSpec:
         """A spec from plain data (see the module docstring); every key and value is checked."""
-        _keys("sweep spec", data, ("model", "tasks", "methods", "seeds", "lrs", "options"), ("tasks", "methods"))
+        _keys("sweep spec", data, ("model", "tasks", "methods", "seeds", "lrs", "options", "bracket"),
+              ("tasks", "methods"))
         tasks = _str_list("tasks", data["tasks"])
         seeds = data.get("seeds", [0])
         if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
@@ -103,12 +114,16 @@ class SweepSpec:
         model = data.get("model", "minilm")
         if not isinstance(model, str) or not model:
             raise AiloraError(f"model must be a model name or directory, got {model!r}")
-        return cls(model, tuple(tasks), entries, tuple(seeds), _options("options", data.get("options", {})))
+        bracket = data.get("bracket", 0)
+        if not _is_int(bracket) or bracket < 0:
+            raise AiloraError(f"bracket must be how many lrs a grid may add at its edges (0 or more), got {bracket!r}")
+        return cls(model, tuple(tasks), entries, tuple(seeds), _options("options", data.get("options", {})), bracket)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "tasks": list(self.tasks), "seeds": list(self.seeds), "options": self.options,
-                "methods": [{"label": e.label, "method": e.method, "lrs": list(e.lrs), "options": e.options}
-                            for e in self.methods]}
+        out = {"model": self.model, "tasks": list(self.tasks), "seeds": list(self.seeds), "options": self.options,
+               "methods": [{"label": e.label, "method": e.method, "lrs": list(e.lrs), "options": e.options}
+                           for e in self.methods]}
+        return {**out, "bracket": self.bracket} if self.bracket else out  # specs without it read as before
 
     def identity(self) -> dict:
         """The spec without run-control options: what must match for a sweep directory to be continued."""
@@ -215,7 +230,7 @@ def load_spec(path) -> SweepSpec:
 
 def compose(base: dict, *, model: str | None = None, tasks: list[str] | None = None,
             methods: list[str] | None = None, seeds: list[int] | None = None, lrs: list[float] | None = None,
-            overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+            overrides: list[str] | tuple[str, ...] = (), bracket: int | None = None) -> SweepSpec:
     """``base`` (a spec's plain data, e.g. a preset) with command-line choices applied, checked.
 
     ``methods`` are the labels to run: the base's entry of that label, else a new entry for the
@@ -229,6 +244,8 @@ def compose(base: dict, *, model: str | None = None, tasks: list[str] | None = N
         data["tasks"] = tasks
     if seeds is not None:
         data["seeds"] = seeds
+    if bracket is not None:
+        data["bracket"] = bracket
     if methods is not None:
         held = {(m if isinstance(m, str) else m.get("label", m.get("method"))): m for m in data.get("methods", [])}
         data["methods"] = [held.get(name, name) for name in methods]
@@ -243,10 +260,33 @@ def compose(base: dict, *, model: str | None = None, tasks: list[str] | None = N
 # Planning: every run's config built (and so validated) before anything runs.
 
 
-def planned_runs(spec: SweepSpec) -> list[PlannedRun]:
-    """Every run of the sweep, in the order they run: task, method, lr, seed."""
-    return [PlannedRun(t, e.label, lr, s, f"{task_dir(t)}/{e.label}/{lr_dir(lr)}/seed{s}")
-            for t in spec.tasks for e in spec.methods for lr in e.lrs for s in spec.seeds]
+def run_path(task: str, label: str, lr: float, seed: int) -> str:
+    return f"{task_dir(task)}/{label}/{lr_dir(lr)}/seed{seed}"
+
+
+def planned_runs(spec: SweepSpec, sweep_dir=None) -> list[PlannedRun]:
+    """Every run of the sweep, in the order they run: task, method, lr, seed. With ``spec.bracket``
+    and ``sweep_dir``, the grids include the points the runs finished there call for (``method_lrs``)."""
+    return [PlannedRun(t, e.label, lr, s, run_path(t, e.label, lr, s))
+            for t in spec.tasks for e in spec.methods for lr in method_lrs(spec, e, t, sweep_dir) for s in spec.seeds]
+
+
+def method_lrs(spec: SweepSpec, entry: MethodEntry, task: str, sweep_dir=None) -> tuple[float, ...]:
+    """The lr grid of ``entry`` on ``task``: its own, then the extensions of ``bracket`` (see
+    ``ailora.experiments.grids``) decided on the complete runs in ``sweep_dir``."""
+    if not spec.bracket or sweep_dir is None:
+        return entry.lrs
+    d = Path(sweep_dir)
+
+    def score(lr: float) -> float | None | bool:
+        recs = [read_run_record(d / run_path(task, entry.label, lr, s)) for s in spec.seeds]
+        if not all(isinstance(r, RunRecord) for r in recs):
+            return False
+        main = recs[0].main_metric
+        mean = mean_std([r.validation_score(main) for r in recs])["mean"]
+        return mean if get_metric(main).higher_is_better else -mean
+
+    return bracketed(entry.lrs, spec.bracket, score)
 
 
 def run_config(spec: SweepSpec, run: PlannedRun, sweep_dir) -> RunConfig:
@@ -264,29 +304,17 @@ def run_config(spec: SweepSpec, run: PlannedRun, sweep_dir) -> RunConfig:
     return check_run(RunConfig.from_dict(data))
 
 
-def plan(spec: SweepSpec, sweep_dir) -> list[tuple[PlannedRun, RunConfig]]:
-    """Every run with its validated config; the first bad one is an AiloraError naming it."""
+def plan(spec: SweepSpec, sweep_dir, extended: bool = False) -> list[tuple[PlannedRun, RunConfig]]:
+    """Every run with its validated config; the first bad one is an AiloraError naming it.
+    ``extended``: with the grid points that ``bracket`` adds on the results in ``sweep_dir``."""
     resolve_model_path(spec.model)
     out = []
-    for run in planned_runs(spec):
+    for run in planned_runs(spec, sweep_dir if extended else None):
         try:
             out.append((run, run_config(spec, run, sweep_dir)))
         except AiloraError as exc:
             raise AiloraError(f"sweep run {run.path}: {exc}") from None
     return out
-
-
-def run_state(run_dir) -> str:
-    """done (results.json), failed (failed.json: not redone; delete the directory to retry), resume
-    (a checkpoint), restart (partial, no checkpoint) or new."""
-    d = Path(run_dir)
-    if (d / record.RESULTS).is_file():
-        return "done"
-    if (d / record.FAILED).is_file():
-        return "failed"
-    if (d / record.CHECKPOINTS / "last.pt").is_file():
-        return "resume"
-    return "restart" if d.is_dir() and any(d.iterdir()) else "new"
 
 
 def prepare_sweep_dir(spec: SweepSpec, sweep_dir, overwrite: bool = False) -> None:
@@ -319,37 +347,52 @@ def _default_train(cfg: RunConfig) -> dict:
 
 def run_sweep(spec: SweepSpec, sweep_dir, overwrite: bool = False,
               train_fn: Callable[[RunConfig], dict] | None = None,
-              log: Callable[[str], None] = lambda _: None) -> dict:
+              log: Callable[[str], None] = lambda _: None, executor: Executor | None = None,
+              threads: int | None = None) -> dict:
     """Run what is left of the sweep, then write and return its summary (see ``summarize``).
 
-    ``train_fn(cfg) -> results`` defaults to ``ailora.train.train``; ``log`` gets one line per run.
+    ``executor`` defaults to ``LocalExecutor(train_fn, threads)``, ``train_fn(cfg) -> results`` to
+    ``ailora.train.train``; ``log`` gets one line per run. With ``bracket``, rounds follow until the
+    grids ask for no more runs (or a round finishes none of its runs: failed or stopped early).
     """
-    runs = plan(spec, sweep_dir)  # all configs valid before anything is written or run
-    prepare_sweep_dir(spec, sweep_dir, overwrite)
-    train_fn = train_fn or _default_train
-    t0 = time.perf_counter()
-    for i, (run, cfg) in enumerate(runs, 1):
-        state = run_state(cfg.run_dir)
-        where = f"[{i}/{len(runs)}] {run.path}"
-        if state in ("done", "failed"):
-            log(f"{where}: {state} before")
-            continue
-        log(f"{where}: {'resuming' if state == 'resume' else 'training'}")
-        cfg = dataclasses.replace(cfg, resume=state == "resume", overwrite=state == "restart")
-        try:
-            done = from_train(train_fn(cfg))
-        except TrainingFailedError as exc:  # recorded in the run's failed.json; the sweep goes on
-            log(f"{where}: failed: {exc}")
-            continue
-        if isinstance(done, Interrupted):
-            log(f"{where}: stopped at step {done.step}; run the sweep again to continue")
-            continue
-        main = done.main_metric
-        log(f"{where}: validation {main} {done.validation_score(main):.4f}, "
-            f"test {main} {done.test.get(main, float('nan')):.4f}, {done.wall_seconds:.0f} s")
-    summary = summarize(sweep_dir)
-    summary["last_invocation_seconds"] = round(time.perf_counter() - t0, 3)
-    record.write_json(Path(sweep_dir) / SUMMARY, summary)
+    plan(spec, sweep_dir)  # all configs valid before anything is written or run
+    executor = executor or LocalExecutor(train_fn or _default_train, threads)
+    executor.start(sweep_dir)
+    try:
+        prepare_sweep_dir(spec, sweep_dir, overwrite)
+        seconds = _rounds(spec, sweep_dir, executor, log)
+    finally:
+        executor.close()
+    return write_summary(sweep_dir, seconds)
+
+
+def _rounds(spec: SweepSpec, sweep_dir, executor: Executor, log: Callable[[str], None]) -> float:
+    """Run the unfinished runs, in rounds while ``bracket`` adds grid points; the seconds it took."""
+    t0, seen = time.perf_counter(), set()
+    while True:
+        runs = plan(spec, sweep_dir, extended=True)
+        todo = []
+        for i, (run, cfg) in enumerate(runs, 1):
+            where, state = f"[{i}/{len(runs)}] {run.path}", run_state(cfg.run_dir)
+            if state not in ("done", "failed"):
+                todo.append((where, cfg))
+            elif run.path not in seen:
+                log(f"{where}: {state} before")
+            seen.add(run.path)
+        if not todo:
+            break
+        outcomes = executor.run(todo, log)
+        if not any(o.status == "done" for o in outcomes.values()) or not spec.bracket:
+            break
+    return round(time.perf_counter() - t0, 3)
+
+
+def write_summary(sweep_dir, seconds: float) -> dict:
+    """SUMMARY, written whole and by one process at a time (two drivers may finish together)."""
+    with wait_lock(Path(sweep_dir) / SUMMARY):
+        summary = summarize(sweep_dir)
+        summary["last_invocation_seconds"] = seconds
+        record.write_json(Path(sweep_dir) / SUMMARY, summary)
     return summary
 
 
@@ -381,7 +424,7 @@ def summarize(sweep_dir) -> dict:
     """
     d = Path(sweep_dir)
     spec = load_spec(d / SPEC)
-    runs = planned_runs(spec)
+    runs = planned_runs(spec, d)
     read = {r.path: read_run_record(d / r.path) for r in runs}
     results = {path: rec if isinstance(rec, RunRecord) else None for path, rec in read.items()}
     failed = [r.path for r in runs if isinstance(read[r.path], FailedRecord)]
@@ -399,19 +442,20 @@ def summarize(sweep_dir) -> dict:
         methods = {}
         for entry in spec.methods:
             mine = [r for r in runs if r.task == task and r.label == entry.label]
-            methods[entry.label] = _method_summary(entry, mine, results, info.metrics, main, higher)
+            lrs = method_lrs(spec, entry, task, d)
+            methods[entry.label] = _method_summary(entry, lrs, mine, results, info.metrics, main, higher)
         summary["tasks"][task] = {"main_metric": main, "higher_is_better": higher, "metrics": list(info.metrics),
                                   "methods": methods}
     return summary
 
 
-def _method_summary(entry: MethodEntry, runs: list[PlannedRun], results: dict[str, RunRecord | None], metrics,
-                    main, higher) -> dict:
+def _method_summary(entry: MethodEntry, lrs: tuple[float, ...], runs: list[PlannedRun],
+                    results: dict[str, RunRecord | None], metrics, main, higher) -> dict:
     grid = []
-    for lr in entry.lrs:
+    for lr in lrs:
         done = [(r, results[r.path]) for r in runs if r.lr == lr and results[r.path]]
         grid.append({"lr": lr, "validation": mean_std([res.validation_score(main) for _, res in done]),
-                     "runs": [r.path for r, _ in done]})
+                     "runs": [r.path for r, _ in done], **({"extended": True} if lr not in entry.lrs else {})})
     out = {"method": entry.method, "complete": all(results[r.path] for r in runs), "grid": grid,
            "selected_lr": None, "validation": None, "test": {}, "params": None, "runs": [],
            "wall_seconds": {"per_run_at_selected_lr": None,
