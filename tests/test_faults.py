@@ -107,6 +107,25 @@ def test_sigterm_ends_train_and_sweep_like_an_interrupt(command, target, monkeyp
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the command's only
 
 
+def _sigterm_swallowed(*args, **kwargs):
+    """A library (Ray's C core, during ray.wait) that catches the raised Terminated and raises a plain
+    KeyboardInterrupt in its place."""
+    try:
+        _sigterm()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt() from None
+
+
+def test_sigterm_a_library_turns_into_a_plain_interrupt_still_exits_143(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("ailora.cli.sweep.build_spec", _sigterm_swallowed)
+    argv = ["sweep", "--model", "minilm", "--tasks", "x", "--methods", "lora", "--dir", str(tmp_path / "s")]
+    assert main(argv) == EXIT_TERMINATED
+    assert capsys.readouterr().err.startswith("terminated (SIGTERM); ")
+    monkeypatch.setattr("ailora.cli.sweep.build_spec", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(argv) == 130  # a Ctrl-C in the next command is not taken for the earlier SIGTERM
+    assert capsys.readouterr().err.startswith("interrupted")
+
+
 def test_terminate_as_interrupt_raises_a_keyboard_interrupt():
     with pytest.raises(KeyboardInterrupt) as caught, terminate_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)

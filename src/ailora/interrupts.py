@@ -27,8 +27,21 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+# The termination signals raised as ``Terminated`` within the current ``terminate_as_interrupt`` block.
+# Kept because a library may catch the exception and raise a plain KeyboardInterrupt in its place: Ray's
+# C core does, for any exception a signal handler raises while ``ray.wait``/``ray.get`` wait.
+_received: list[int] = []
+
+
 def _raise(signum: int, frame) -> None:
+    _received.append(signum)
     raise Terminated(signum)
+
+
+def was_terminated(exc: KeyboardInterrupt) -> bool:
+    """Whether the interruption ``exc`` comes from a termination signal: a ``Terminated``, or the plain
+    KeyboardInterrupt a library raised in its place after one was received."""
+    return isinstance(exc, Terminated) or bool(_received)
 
 
 @contextmanager
@@ -38,6 +51,7 @@ def terminate_as_interrupt(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iter
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _received.clear()
     previous = {s: signal.signal(s, _raise) for s in signals}
     try:
         yield
@@ -48,4 +62,4 @@ def terminate_as_interrupt(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iter
 
 def exit_status(exc: KeyboardInterrupt) -> int:
     """The documented exit status of an interruption: 143 for SIGTERM, 130 for Ctrl-C."""
-    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    return EXIT_TERMINATED if was_terminated(exc) else EXIT_INTERRUPTED

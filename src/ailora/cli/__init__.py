@@ -30,7 +30,7 @@ from collections.abc import Iterator
 
 from ailora.cli.common import refuse_aliased_outputs
 from ailora.errors import AiloraError
-from ailora.interrupts import Terminated, exit_status, terminate_as_interrupt
+from ailora.interrupts import exit_status, terminate_as_interrupt, was_terminated
 from ailora.version import __version__
 
 # Module names under ailora.cli, in the order `ailora --help` lists them.
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM raised as ``Terminated``
         hint = getattr(args, "resume_hint", None)
-        said = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        said = "terminated (SIGTERM)" if was_terminated(exc) else "interrupted"
         print(f"{said}; {hint}" if hint else said, file=sys.stderr)
         return exit_status(exc)
     except Exception as exc:  # the last line of defence: one line, the traceback on request
