@@ -40,9 +40,9 @@ train(load_config(sys.argv[1], sys.argv[2:]))
 """
 
 
-def _launch(tmp_path, script: Path, *args: str, port: int = 29531) -> None:
+def _launch(tmp_path, script: Path, *args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -138,7 +138,7 @@ def test_apply_then_fully_shard_in_a_users_script(tmp_path):
     sharded model reloads on the original model with the trained outputs."""
     (tmp_path / "user.py").write_text(USER_SCRIPT)
     root = Path(__file__).resolve().parents[1]
-    _launch(tmp_path, tmp_path / "user.py", str(tmp_path), str(root), port=29533)
+    _launch(tmp_path, tmp_path / "user.py", str(tmp_path), str(root))
     out = torch.load(tmp_path / "out.pt")
     assert abs(out["held"] - out["whole"] / 2) <= 0.02 * out["whole"]
     from tests.tiny_models import tiny
