@@ -32,7 +32,7 @@ from ailora.errors import AiloraError
 from ailora.interrupts import EXIT_TERMINATED, Terminated, terminate_as_interrupt
 from ailora.tasks import load_task
 from ailora.tasks.readers import read_table, read_text
-from ailora.train import RunConfig, record, train
+from ailora.train import RunConfig, loop, record, train
 from tests.test_bad_input import _task
 from tests.tiny_models import build, save_tiny, save_tiny_bert
 
@@ -163,6 +163,35 @@ def test_sigterm_during_training_keeps_the_checkpoint_and_resumes_to_the_same_ad
         torch.set_num_threads(threads)
     assert resumed["status"] == full["status"] == "complete"
     a = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert a == (tmp_path / "full" / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_a_step_checkpoints_that_step_and_resume_is_exact(signum, status, tiny, tmp_path,
+                                                                          monkeypatch, capsys):
+    """SIGTERM or Ctrl-C in the middle of an optimizer step: the step ends, is checkpointed (no periodic
+    checkpoints here, so that one is the only), the command exits with the signal's status; --resume
+    then ends with the adapter of an uninterrupted run, bit for bit."""
+    real, calls = loop.optimizer_step, []
+
+    def signal_mid_step(ctx, group):
+        calls.append(len(calls))
+        if len(calls) == 3:
+            os.kill(os.getpid(), signum)  # handled before the step's first tensor operation
+        return real(ctx, group)
+
+    monkeypatch.setattr(loop, "optimizer_step", signal_mid_step)
+    args = ["train", "--model", str(tiny["tokbert"]), "--task", str(tiny["task"]), "--method", "lora", "--rank",
+            "2", "--lr", "1e-3", "--epochs", "2", "--batch-size", "8", "--no-progress", "model.max_length=16",
+            "train.tensorboard=false", "--run-dir", str(tmp_path / "run")]
+    assert main(args) == status and len(calls) == 3
+    assert "--resume" in capsys.readouterr().err
+    assert record.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["loop"]["step"] == 3
+    assert main([*args, "--resume"]) == 0
+    resumed = len(calls) - 3
+    assert main([*args[:-1], str(tmp_path / "full")]) == 0
+    assert 3 + resumed == len(calls) - 3 - resumed  # the resumed run went on from step 3
+    a = (tmp_path / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
     assert a == (tmp_path / "full" / "adapter" / "adapter_model.safetensors").read_bytes()
 
 

@@ -60,6 +60,46 @@ def terminate_as_interrupt(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iter
             signal.signal(s, handler)
 
 
+def _raises(handler) -> bool:
+    """Whether a signal handler turns the signal into an exception (Python's Ctrl-C handler, ours)."""
+    return handler is signal.default_int_handler or handler is _raise
+
+
+@contextmanager
+def held_until_done(enabled: bool = True) -> Iterator[list[int]]:
+    """Within the block, SIGINT and SIGTERM are held instead of raised where they would raise (their
+    handler is Python's Ctrl-C one or ``terminate_as_interrupt``'s; a signal whose handler kills the
+    process keeps doing so), so that the block (one optimizer step: never half applied) completes.
+    Yields the list of signals held; a second signal raises at once (a stuck block can still be
+    stopped). The caller checks the list after the block and ends with ``raise_held``."""
+    held: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def hold(signum: int, frame) -> None:
+        if held:
+            raise_held(signum)
+        held.append(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in previous.items():
+        if _raises(handler):
+            signal.signal(s, hold)
+    try:
+        yield held
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def raise_held(signum: int) -> None:
+    """Raise what the signal ``signum`` raises when not held: ``Terminated`` or KeyboardInterrupt."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    _raise(signum, None)
+
+
 def exit_status(exc: KeyboardInterrupt) -> int:
     """The documented exit status of an interruption: 143 for SIGTERM, 130 for Ctrl-C."""
     return EXIT_TERMINATED if was_terminated(exc) else EXIT_INTERRUPTED

@@ -41,6 +41,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
+from ailora import interrupts
 from ailora.core.decompose import quiet_progress
 from ailora.core.initialised import initialised_record
 from ailora.core.models import ResolvedModel
@@ -181,11 +182,13 @@ def _fit(ctx: TrainContext, state: LoopState) -> bool:
         groups = [batches[i:i + cfg.train.grad_accum] for i in range(0, len(batches), cfg.train.grad_accum)]
         ctx.model.train()
         for group in groups[state.group:]:
-            _train_step(ctx, state, group, bar)
-            if cfg.train.stop_after_steps and state.step >= cfg.train.stop_after_steps:
+            signals = _train_step(ctx, state, group, bar)
+            if signals or (cfg.train.stop_after_steps and state.step >= cfg.train.stop_after_steps):
                 state.epoch_seconds = time.perf_counter() - t_epoch
                 _save(ctx, state, "last")
                 bar.close()
+                if signals:  # Ctrl-C or SIGTERM during the step: stopped after it, resumable from here
+                    interrupts.raise_held(signals[0])
                 return False
         _end_epoch(ctx, state, time.perf_counter() - t_epoch)
     bar.close()
@@ -193,21 +196,26 @@ def _fit(ctx: TrainContext, state: LoopState) -> bool:
     return True
 
 
-def _train_step(ctx: TrainContext, state: LoopState, group: list[list[int]], bar) -> None:
-    """One optimizer step (in its Progtuning stage when on), counted, logged, validated and saved as asked."""
+def _train_step(ctx: TrainContext, state: LoopState, group: list[list[int]], bar) -> list[int]:
+    """One optimizer step (in its Progtuning stage when on), counted, logged, validated and saved as asked.
+    Returns the signals (SIGINT, SIGTERM) that arrived during the step and were held until it ended, so
+    that the caller checkpoints a whole step before stopping. In one process only: several processes
+    would each stop at their own step and never meet in the checkpoint's collectives, so there a
+    signal stops at once and the last periodic checkpoint stays."""
     t = ctx.cfg.train
     if ctx.cfg.progressive.enabled:
         enter_stage(ctx, state, progressive.stage_of(state.epoch, state.step, ctx.schedule.stages, t.epochs,
                                                       ctx.total_steps, ctx.cfg.progressive.boundary))
-    t_step = time.perf_counter()
-    loss = optimizer_step(ctx, group)
-    count_step(state, time.perf_counter() - t_step)
-    state.loss_sum = state.loss_sum + loss  # a tensor: no device sync per step
-    state.loss_count += len(group)
-    state.log_sum = state.log_sum + loss
-    state.log_count += len(group)
-    state.step += 1
-    state.group += 1
+    with interrupts.held_until_done(enabled=ctx.acc.num_processes == 1) as signals:
+        t_step = time.perf_counter()
+        loss = optimizer_step(ctx, group)
+        count_step(state, time.perf_counter() - t_step)
+        state.loss_sum = state.loss_sum + loss  # a tensor: no device sync per step
+        state.loss_count += len(group)
+        state.log_sum = state.log_sum + loss
+        state.log_count += len(group)
+        state.step += 1
+        state.group += 1
     _note_finite(ctx, loss, state.step)
     bar.update(1)
     if state.step % LOG_EVERY == 0:
@@ -218,6 +226,7 @@ def _train_step(ctx: TrainContext, state: LoopState, group: list[list[int]], bar
         _save(ctx, state, "last")
     elif t.save_every_steps and state.step % t.save_every_steps == 0:
         _save(ctx, state, "last")
+    return signals
 
 
 def _finish(ctx: TrainContext, state: LoopState, seconds: float, resumed: bool) -> dict:
