@@ -78,7 +78,8 @@ def add_parser(sub) -> None:
         "train", help="fine-tune a model on a task and write a run directory",
         description="Fine-tune with AILoRA or another method through a plain loop on Accelerate; writes "
         "config.json, metrics.jsonl (per epoch), results.json (test metrics, parameters, time, memory, "
-        "versions, git revision), checkpoints/ (for --resume), tb/ and adapter/ (loads on the original base).",
+        "versions, git revision), checkpoints/ (for --resume), tb/ and adapter/ (loads on the original base); "
+        "train.report_to logs to TensorBoard, W&B and/or MLflow.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, help="JSON file with a whole or partial config")

@@ -19,7 +19,9 @@ A spec (``sweep.json``; ``SweepSpec.from_dict`` is strict)::
                  {"method": "ailora", "label": "ailora-r16", "options": {"method.rank": 16}}]}
 
 A method's options override the shared ones. The sweep sets ``model.name``, ``task.name``,
-``method.name``, ``train.lr``, ``train.seed`` and ``run_dir`` itself. Options that only say how to
+``method.name``, ``train.lr``, ``train.seed`` and ``run_dir`` itself, and, unless the options do,
+``train.tracker_group`` (the sweep directory's name: the W&B group, the MLflow tag ailora.group of
+every run) and ``train.tracker_run_name`` (the run's path in the sweep directory). Options that only say how to
 run (``train.progress``, ``train.stop_after_steps``: ``RUN_CONTROL_KEYS``) do not make a spec different.
 
 Layout of SWEEP_DIR::
@@ -296,7 +298,12 @@ def run_config(spec: SweepSpec, run: PlannedRun, sweep_dir) -> RunConfig:
         for key, value in options.items():
             set_dotted(data, key, value)
     # Absolute, so that a resume from another working directory finds the same config.
-    data.update(run_dir=str(real_path(sweep_dir, "sweep directory") / run.path))
+    where = real_path(sweep_dir, "sweep directory")
+    data.update(run_dir=str(where / run.path))
+    # The trackers group the sweep's runs (W&B group, MLflow tag), unless the spec names them itself.
+    train = data.setdefault("train", {})
+    train.setdefault("tracker_group", where.name)
+    train.setdefault("tracker_run_name", run.path)
     fixed = {"model": {"name": spec.model}, "task": {"name": run.task}, "method": {"name": entry.method},
              "train": {"lr": run.lr, "seed": run.seed}}
     for section, values in fixed.items():

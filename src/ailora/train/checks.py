@@ -12,16 +12,19 @@ from ailora.methods.options import changed_fields
 from ailora.tasks import get_task, task_from_json
 from ailora.tasks.kinds import EXAMPLE_KINDS
 from ailora.train.config import RunConfig
+from ailora.train.trackers import check_installed
 
 
 def check_run(cfg: RunConfig) -> RunConfig:
-    """Raise AiloraError when the method or task is unknown, or the method cannot run the options set
-    (an option it does not read was refused when the config was built); returns ``cfg``."""
+    """Raise AiloraError when the method or task is unknown, the method cannot run the options set
+    (an option it does not read was refused when the config was built), or a tracker of
+    ``train.report_to`` is not installed; returns ``cfg``."""
     method = get_method(cfg.method.name)
     if method.check is not None:
         method.check(cfg.method)
     if not cfg.task.name.endswith(".json"):
         get_task(cfg.task.name)
+    check_installed(cfg)
     return cfg
 
 

@@ -30,7 +30,13 @@ from ailora.errors import AiloraError
 # Keys that say how to run, not what is run: a resumed run may change them.
 RUN_CONTROL_KEYS = ("resume", "overwrite", "train.stop_after_steps", "train.progress")
 # Keys that say where and what a run records besides its results: they change nothing it computes.
-RECORD_KEYS = ("run_dir", "train.tensorboard")
+RECORD_KEYS = ("run_dir", "train.tensorboard", "train.report_to", "train.tracker_project", "train.tracker_group",
+               "train.tracker_run_name")
+# What the trackers call the run: a resumed run (or a sweep run of a directory written before the sweep
+# named its runs) may be named anew; it logs to the tracker run stored in RUN_DIR/trackers.json.
+TRACKER_NAMES = ("train.tracker_project", "train.tracker_group", "train.tracker_run_name")
+# ``train.report_to``'s choices (``ailora.train.trackers``); "none": log nowhere.
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 # Progtuning's choices (``ailora.train.progressive``).
 EMBEDDINGS = ("first-stage", "frozen", "always")
@@ -188,8 +194,16 @@ class TrainConfig:
     """Weights to test and save at the end: last, or best (by the task's main validation metric)."""
     stop_after_steps: int | None = None
     """Stop after this many optimizer steps, as an interruption would, after a checkpoint (tests, time boxes)."""
-    tensorboard: bool = True
-    """Write TensorBoard logs under RUN_DIR/tb."""
+    tensorboard: bool | None = None
+    """Write TensorBoard logs under RUN_DIR/tb (default: as train.report_to says). false is train.report_to without tensorboard; naming it beside a train.report_to that says otherwise is an error."""
+    report_to: list[str] = field(default_factory=list)
+    """Where to log the run through Accelerate's trackers: any of tensorboard, wandb, mlflow, or none (nowhere); e.g. train.report_to=wandb,mlflow. Empty (default): tensorboard, unless train.tensorboard=false."""
+    tracker_project: str = "ailora"
+    """The W&B project and the MLflow experiment the run logs to (for MLflow, MLFLOW_EXPERIMENT_NAME wins when set)."""
+    tracker_group: str | None = None
+    """The group of the run: W&B's run group, MLflow's tag ailora.group (ailora sweep: the sweep directory's name)."""
+    tracker_run_name: str | None = None
+    """The run's name in W&B and MLflow (default: the run directory's name; ailora sweep: TASK/LABEL/lrLR/seedSEED)."""
     progress: bool = True
     """Show tqdm progress bars."""
     eval_before: bool = False
@@ -216,6 +230,33 @@ class TrainConfig:
         _choice("train.select", self.select, ("last", "best"))
         if self.stop_after_steps is not None:
             _positive("train.stop_after_steps", self.stop_after_steps)
+        if not self.tracker_project:
+            raise AiloraError("train.tracker_project is empty; name the W&B project / MLflow experiment")
+        _trackers(self.report_to, self.tensorboard)
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The trackers the run logs to, in ``TRACKERS``' spelling (empty: none)."""
+        return _trackers(self.report_to, self.tensorboard)
+
+
+def _trackers(report_to: list[str], tensorboard: bool | None) -> tuple[str, ...]:
+    """The trackers named by ``train.report_to`` and the older ``train.tensorboard`` flag; a one-line
+    AiloraError for an unknown name, a repeated one, or the two keys disagreeing."""
+    names = list(report_to)
+    for i, name in enumerate(names):
+        _choice(f"train.report_to[{i}]", name, (*TRACKERS, "none"))
+    if len(set(names)) != len(names):
+        raise AiloraError(f"train.report_to names a tracker twice: {','.join(names)}")
+    if "none" in names and len(names) > 1:
+        raise AiloraError(f"train.report_to: none means no tracker and stands alone, got {','.join(names)}")
+    if not names:
+        return ("tensorboard",) if tensorboard is not False else ()
+    chosen = tuple(n for n in names if n != "none")
+    if tensorboard is not None and tensorboard != ("tensorboard" in chosen):
+        raise AiloraError(f"train.tensorboard={str(tensorboard).lower()} contradicts train.report_to="
+                          f"{','.join(names)}; drop train.tensorboard (train.report_to says it all)")
+    return chosen
 
 
 @dataclass
@@ -295,9 +336,13 @@ class RunConfig:
         return {**dataclasses.asdict(self), "method": self.method.to_dict()}
 
     def identity(self) -> dict:
-        """The config without run-control keys and run_dir (the same run, spelt from another directory
-        or moved with ``mv``, is the same): what must match for a run to be resumed."""
-        return {k: v for k, v in flatten(self.to_dict()).items() if k not in (*RUN_CONTROL_KEYS, "run_dir")}
+        """The config without run-control keys, run_dir and the trackers' names for the run (the same
+        run, spelt from another directory or moved with ``mv``, is the same), the trackers as one list
+        (``train.report_to``, however it and ``train.tensorboard`` spell them): what must match for a run
+        to be resumed."""
+        skip = (*RUN_CONTROL_KEYS, *TRACKER_NAMES, "run_dir", "train.tensorboard")
+        ids = {k: v for k, v in flatten(self.to_dict()).items() if k not in skip}
+        return {**ids, "train.report_to": list(self.train.trackers)}
 
 
 def load_config(path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

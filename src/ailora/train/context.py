@@ -50,7 +50,7 @@ class TrainContext:
     splits: dict
     spec: object
     tokenizer: object
-    writer: object
+    trackers: object  # ailora.train.trackers.Trackers: where the run logs
     schedule: progressive.Schedule | None = None
     prepared: Prepared | None = None
     data: object = None  # the TaskData (split sizes for the record)

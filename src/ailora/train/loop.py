@@ -60,8 +60,9 @@ from ailora.train.kinds import encode_splits, load_for_task, resolve_model, task
 from ailora.train.results import record_failure, recorded_config, run_results
 from ailora.train.runrecord import read_complete, write_epochs, write_record
 from ailora.train.stages import count_step, enter_stage, progtuning_schedule
+from ailora.train.trackers import Trackers
 
-LOG_EVERY = 10  # optimizer steps between progress-bar / TensorBoard loss updates and results["train_log"] means (each syncs)
+LOG_EVERY = 10  # optimizer steps between progress-bar / tracker loss updates and results["train_log"] means (each syncs)
 PREDICTIONS = "predictions"
 LOSS_SUMS = ("loss_sum", "loss_count", "log_sum", "log_count")  # LoopState fields each process keeps for itself  # RUN_DIR/predictions/<split>-step<N>.jsonl: input, reference, prediction
 
@@ -79,7 +80,21 @@ def train(cfg: RunConfig) -> dict:
         run_dir, cfg.resume, cfg.overwrite, cfg.identity()))
     if cfg.resume and (run_dir / record.RESULTS).is_file():
         return read_complete(run_dir).to_json()  # already complete: nothing to do
-    ctx, state = _setup(acc, cfg, run_dir, resuming)
+    trackers = Trackers()  # the main process's; started there, a failure to start shared with every process
+    _on_main_then_share(acc, lambda: trackers.start(cfg, run_dir, resuming, early=True))
+    try:
+        results = _run(acc, cfg, run_dir, resuming, trackers, t_start)
+    except BaseException as exc:  # an interruption leaves a resumable run: not marked failed
+        trackers.finish(failed=isinstance(exc, Exception))
+        raise
+    trackers.finish()
+    return results
+
+
+def _run(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool, trackers: Trackers,
+         t_start: float) -> dict:
+    """Set up, train, test and save: the run after its directory and trackers are ready."""
+    ctx, state = _setup(acc, cfg, run_dir, resuming, trackers)
     ctx.t_start = t_start
     if cfg.train.eval_before and state.before is None:
         _eval_before(ctx, state)
@@ -93,7 +108,8 @@ def train(cfg: RunConfig) -> dict:
     return _finish(ctx, state, state.wall_seconds + time.perf_counter() - t_start, resuming)
 
 
-def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> tuple[TrainContext, LoopState]:
+def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool,
+           trackers: Trackers) -> tuple[TrainContext, LoopState]:
     """Task, tokenizer, model, method, optimizer and schedule; the loop state (restored when resuming)."""
     set_seed(cfg.train.seed)
     caps = {"train": cfg.task.max_train_samples, "validation": cfg.task.max_eval_samples,
@@ -126,8 +142,9 @@ def _setup(acc: Accelerator, cfg: RunConfig, run_dir: Path, resuming: bool) -> t
     elif acc.is_main_process:
         record.write_json(run_dir / record.CONFIG, recorded_config(cfg))
         record.write_json(run_dir / "init_hashes.json", hashes)
+    _on_main_then_share(acc, lambda: trackers.start(cfg, run_dir, resuming, early=False, step=state.step))
     ctx = TrainContext(acc, cfg, run_dir, model, optimizer, scheduler, trainable, splits, data.spec,
-                       resolved.tokenizer, _writer(acc, cfg, run_dir, state.step), prepared=prepared, data=data,
+                       resolved.tokenizer, trackers, prepared=prepared, data=data,
                        hashes=hashes, total_steps=total_steps, task=kind, resolved=resolved)
     ctx.schedule = progtuning_schedule(ctx, state)
     return ctx, state
@@ -245,8 +262,9 @@ def _finish(ctx: TrainContext, state: LoopState, seconds: float, resumed: bool) 
             adapter = get_method(ctx.cfg.method.name).save(prepared, run_dir / record.ADAPTER)
             results = write_record(run_dir, run_results(ctx, state, test, adapter, seconds, resumed))
             (run_dir / record.FAILED).unlink(missing_ok=True)  # an earlier failed attempt, now superseded
-    if ctx.writer is not None:
-        ctx.writer.close()
+    for split, metrics in test.items():
+        ctx.trackers.log({f"{split}/{k}": v for k, v in metrics.items()}, state.step)
+    ctx.trackers.log_adapter(run_dir / record.ADAPTER)
     acc.wait_for_everyone()
     return broadcast_object_list([results])[0] if acc.num_processes > 1 else results
 
@@ -315,14 +333,6 @@ def linear_schedule(optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _writer(acc: Accelerator, cfg: RunConfig, run_dir: Path, step: int):
-    if not (acc.is_main_process and cfg.train.tensorboard):
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=step or None)
-
-
 # One optimizer step, evaluation, checkpoints.
 
 
@@ -364,18 +374,14 @@ def _eval_before(ctx: TrainContext, state: LoopState) -> None:
     """``train.eval_before``: the untrained model on every evaluation split, recorded as step 0."""
     state.before = {name: _eval(ctx, name, 0) for name in ctx.splits if name != "train"}
     state.evals.append({"step": 0, "epoch": 0, "validation": state.before["validation"]})
-    if ctx.writer is not None:
-        for k, v in state.before["validation"].items():
-            ctx.writer.add_scalar(f"validation/{k}", v, 0)
+    ctx.trackers.log({f"validation/{k}": v for k, v in state.before["validation"].items()}, 0)
 
 
 def _validate(ctx: TrainContext, state: LoopState) -> dict[str, float]:
     metrics = _eval(ctx, "validation", state.step)
     main = ctx.spec.main_metric
     state.evals.append({"step": state.step, "epoch": state.epoch + 1, "validation": metrics})
-    if ctx.writer is not None:
-        for k, v in metrics.items():
-            ctx.writer.add_scalar(f"validation/{k}", v, state.step)
+    ctx.trackers.log({f"validation/{k}": v for k, v in metrics.items()}, state.step)
     best = state.best["value"] if state.best else None
     if is_better(metrics[main], best, get_metric(main).higher_is_better):
         state.best = {"step": state.step, "epoch": state.epoch + 1, "metric": main, "value": metrics[main]}
@@ -396,8 +402,7 @@ def _end_epoch(ctx: TrainContext, state: LoopState, seconds_so_far: float) -> No
     seconds = seconds_so_far + time.perf_counter() - t0
     state.history.append({"epoch": state.epoch + 1, "step": state.step, "train_loss": (sums[0] / sums[1]).item(),
                           "validation": metrics, "seconds": round(seconds, 3)})
-    if ctx.writer is not None:
-        ctx.writer.add_scalar("train/epoch_loss", state.history[-1]["train_loss"], state.step)
+    ctx.trackers.log({"train/epoch_loss": state.history[-1]["train_loss"]}, state.step)
     state.epoch, state.group, state.loss_sum, state.loss_count, state.epoch_seconds = state.epoch + 1, 0, 0.0, 0, 0.0
     if acc.is_main_process:
         write_epochs(ctx.run_dir, state.history)
@@ -417,9 +422,7 @@ def _log_step(ctx: TrainContext, bar, state: LoopState, loss: torch.Tensor) -> N
     value = loss.item()
     lr = ctx.optimizer.param_groups[0]["lr"]
     bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", epoch=state.epoch + 1)
-    if ctx.writer is not None:
-        ctx.writer.add_scalar("train/loss", value, state.step)
-        ctx.writer.add_scalar("train/lr", lr, state.step)
+    ctx.trackers.log({"train/loss": value, "train/lr": lr}, state.step)
 
 
 def _save(ctx: TrainContext, state: LoopState, which: str) -> None:

@@ -9,7 +9,8 @@ Layout of RUN_DIR::
     adapter/               what the method saved (LoRA family: ailora.save, loads on the original base)
     checkpoints/last.pt    trainable weights, optimizer, scheduler, RNG states, step (for --resume)
     checkpoints/best.pt    the same at the best validation score
-    tb/                    TensorBoard events
+    tb/                    TensorBoard events (train.report_to: ailora.train.trackers)
+    trackers.json          each W&B / MLflow run id, so that --resume logs to the same tracker run
     init_hashes.json       one hash per process of the prepared model (identical when synced)
 
 metrics.jsonl, results.json and failed.json hold the ``EpochEntry``, ``RunRecord`` and

@@ -33,16 +33,18 @@ def record_failure(ctx: TrainContext, state: LoopState, exc: TrainingFailedError
             last_checkpoint=str(last.relative_to(ctx.run_dir)) if last.is_file() else None,
             wall_seconds=round(state.wall_seconds + time.perf_counter() - ctx.t_start, 3),
             versions=record.package_versions(), git=record.git_revision()))
-    if ctx.writer is not None:
-        ctx.writer.close()
 
 
 def recorded_config(cfg: RunConfig) -> dict:
     """The config as the run records it: how this process was started (resume, overwrite) and where
     it was told to stop (stop_after_steps, an interruption) left out, so that a resumed or restarted
-    run's record equals an uninterrupted one's."""
+    run's record equals an uninterrupted one's. The trackers as ``train.report_to`` resolved them
+    (``train.tensorboard`` true or false to match; ``["none"]`` for none), so that the record says where
+    the run logged however the config spelt it."""
     data = cfg.to_dict()
     data["train"]["stop_after_steps"] = None
+    trackers = list(cfg.train.trackers)
+    data["train"].update(tensorboard="tensorboard" in trackers, report_to=trackers or ["none"])
     return {**data, "resume": False, "overwrite": False}
 
 
