@@ -211,11 +211,25 @@ def _quantised_trainer(ns: dict, box: Sandbox) -> None:
     assert moved_from_base
 
 
+def _tracked(ns: dict, box: Sandbox) -> None:
+    """MLflow got the run: its id kept for --resume, every validation, the adapter as artifacts; TensorBoard too."""
+    run_dir = box.root / "runs" / "tracked"
+    run = ns["run"]
+    assert json.loads((run_dir / "trackers.json").read_text()) == {"mlflow": run.info.run_id}
+    history = ns["mlflow"].MlflowClient().get_metric_history(run.info.run_id, "validation/accuracy")
+    assert [(m.step, m.value) for m in history] == [
+        (e["step"], e["validation"]["accuracy"]) for e in ns["results"]["evaluations"]]
+    artifacts = ns["mlflow"].MlflowClient().list_artifacts(run.info.run_id, "adapter")
+    assert sorted(Path(a.path).name for a in artifacts) == sorted(p.name for p in (run_dir / "adapter").iterdir())
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
 CHECKS = {  # page -> one check per Python snippet, in order
     "README.md": [_three_lines, _served, _trainer, _sft, _serve],
     "python.md": [_accelerate],
     "quantization.md": [_quantised, _quantised_trainer],
     "serving.md": [_serving_ranks],
+    "training.md": [_tracked],
 }
 
 
@@ -236,6 +250,8 @@ def sandbox(tmp_path, monkeypatch) -> Sandbox:
 
     monkeypatch.setattr(ailora.hf, "AiloraCallback", RecordingCallback)
     monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):  # what a snippet sets is undone after it
+        monkeypatch.delenv(name, raising=False)
     return box
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -41,9 +42,10 @@ def _setup(tmp_path):
     return tmp_path / "config.json"
 
 
-def _two_processes(tmp_path, config, *overrides: str) -> dict:
-    """Results of a 2-process run of ``config`` with ``overrides``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
+def _two_processes(tmp_path, config, *overrides: str, env: dict | None = None) -> dict:
+    """Results of a 2-process run of ``config`` with ``overrides`` (and ``env`` added to the environment)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true",
+           **(env or {})}
     # torchrun sets the environment Accelerate reads (`accelerate launch --cpu` would start one process
     # unless MPI is installed); Accelerate then runs DDP over gloo.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -69,20 +71,29 @@ def test_two_processes_match_one(tmp_path):
     assert one["test"]["accuracy"] == pytest.approx(two["test"]["accuracy"], abs=0.1)
 
 
-def test_two_processes_start_from_a_residual_directory(tmp_path):
+def test_two_processes_start_from_a_residual_directory(tmp_path, monkeypatch):
     """The multi-process path for models too large to initialise in memory: `ailora init --residual-out`,
     then every process starts from its directory (DDP here: Accelerate 1.15 sets FSDP up for GPUs only;
     on CPU it wraps the model in DDP even when asked for FSDP)."""
     config = _setup(tmp_path)
     assert cli_main(["init", "--model", str(tmp_path / "bert"), "--residual-out", str(tmp_path / "residual"),
                      "--rank", "4", "--quiet"]) == 0
+    mlruns = tmp_path / "mlruns"
     two = _two_processes(tmp_path, config, f"run_dir={tmp_path / 'two'}", f"model.name={tmp_path / 'residual'}",
-                         "train.epochs=1")
+                         "train.epochs=1", "train.tensorboard=none", "train.report_to=tensorboard,mlflow",
+                         env={"MLFLOW_TRACKING_URI": f"file:{mlruns}", "MLFLOW_ALLOW_FILE_STORE": "true"})
     one = train(load_config(config, [f"run_dir={tmp_path / 'one'}", "train.batch_size=16", "train.epochs=1"]))
     hashes = two["distributed"]["init_hashes"]
     # both processes hold the model that one process gets by decomposing the original in memory
     assert len(hashes) == 2 and hashes[0] == hashes[1] == one["distributed"]["init_hashes"][0]
     assert two["epochs"][0]["train_loss"] == pytest.approx(one["epochs"][0]["train_loss"], abs=1e-3)
+    # Only the main process logs: one MLflow run, one TensorBoard event file.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient(tracking_uri=f"file:{mlruns}")
+    (run,) = client.search_runs([client.get_experiment_by_name("ailora").experiment_id])
+    assert json.loads((tmp_path / "two" / "trackers.json").read_text()) == {"mlflow": run.info.run_id}
+    assert run.data.metrics["test/accuracy"] == two["test"]["accuracy"]
+    assert len(list((tmp_path / "two" / "tb").glob("events.out.tfevents.*"))) == 1
 
 
 # Each process applies AILoRA (query principal, value minor, key a seeded LoRA start) to the same tiny

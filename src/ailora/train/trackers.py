@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ailora.core.files import read_json
 from ailora.errors import AiloraError
 from ailora.train.config import RUN_CONTROL_KEYS, RunConfig, flatten
 from ailora.train.record import write_json
@@ -128,6 +128,16 @@ def run_params(cfg: RunConfig) -> dict:
     return {k: v for k, v in flatten(recorded_config(cfg)).items() if k not in RUN_CONTROL_KEYS}
 
 
+def _stored_ids(path: Path) -> dict:
+    """RUN_DIR/trackers.json (tracker name -> run id); {} when the run kept none."""
+    if not path.is_file():
+        return {}
+    ids = read_json(path)
+    if not (isinstance(ids, dict) and all(isinstance(v, str) for v in ids.values())):
+        raise AiloraError(f"{path} must map tracker names to run ids; delete it to log to new tracker runs")
+    return ids
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
@@ -143,8 +153,7 @@ class Trackers:
         """Start the trackers of ``cfg`` that start ``early`` (before the model loads) or not (once the
         checkpoint is restored, at ``step``); when resuming, each on its stored run. One that cannot
         start is an AiloraError, and the ones started before it are ended."""
-        ids_file = run_dir / IDS
-        ids = json.loads(ids_file.read_text()) if resuming and ids_file.is_file() else {}
+        ids = _stored_ids(run_dir / IDS) if resuming else {}
         for name in (n for n in cfg.train.trackers if KINDS[n].early == early):
             kind = KINDS[name]
             try:
@@ -159,7 +168,7 @@ class Trackers:
                 self.finish(failed=True)
                 raise AiloraError(f"train.report_to: {name} cannot start ({_first_line(exc)})") from None
         if ids:
-            write_json(ids_file, ids)
+            write_json(run_dir / IDS, ids)
 
     def log(self, values: dict, step: int) -> None:
         """Log ``values`` (name -> number) at optimizer step ``step`` to every tracker still running."""
