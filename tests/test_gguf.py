@@ -369,6 +369,9 @@ def test_smollm2_adapter_in_llama_cpp_agrees_with_transformers(tmp_path, monkeyp
     real = ga.fold_scales
     monkeypatch.setattr(ga, "fold_scales", lambda t: (real(t)[0] * 2, real(t)[1]))
     ailora.export_gguf(tmp_path / "adapter", tmp_path / "doubled.gguf", "smollm2")
+    figures = {"export": round(error, 4), "greedy_agreement": [round(a, 3) for a in agree]}
     for wrong in ("unpermuted", "doubled"):
         bad, _ = _effect_error(llama_cpp.Llama, smollm2_gguf(), tmp_path / f"{wrong}.gguf", ids, hf_effect, cpp_base)
+        figures[wrong] = round(bad, 4)
         assert bad > 2 * EFFECT_TOLERANCE, f"a {wrong} export passes: effect error {bad:.3f}"
+    print(f"llama.cpp effect relative errors: {figures}")  # the figures of docs/serving.md (pytest -s)

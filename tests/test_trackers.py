@@ -342,3 +342,12 @@ def test_a_resumed_run_logs_to_the_same_tracker_runs_and_ends_as_an_uninterrupte
     assert sorted(w["history"]) == [2, 4, 6, 8]
     _same_record({**results, "resumed": False}, plain[0])
     _same_adapter(run_dir / "adapter", plain[1] / "adapter")
+
+
+@pytest.mark.parametrize("text", ['["tensorboard","mlflow"]', "[tensorboard,mlflow]", "tensorboard,mlflow",
+                                  "[tensorboard, mlflow]"])
+def test_a_list_override_in_any_spelling(text):
+    """`train.report_to=[a,b]` unquoted on a shell line was a JSONDecodeError traceback."""
+    from ailora.train.config import TrainConfig, _hints, parse_value
+
+    assert parse_value("train.report_to", _hints(TrainConfig)["report_to"], text) == ["tensorboard", "mlflow"]

@@ -443,6 +443,17 @@ def field_type(path: str):
     return tp
 
 
+def _list_items(text: str) -> list:
+    """A command-line list: JSON (``["a","b"]``), or names separated by commas, bracketed or not."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            text = text.removeprefix("[").removesuffix("]")
+    return [t for t in text.split(",") if t.strip()]
+
+
 def parse_value(key: str, tp, text: str):
     """A command-line string as a value of type ``tp`` (none/null for optional fields)."""
     args = typing.get_args(tp)
@@ -452,7 +463,7 @@ def parse_value(key: str, tp, text: str):
         inner = [a for a in args if a is not type(None)]
         return parse_value(key, inner[0], text)  # on the command line, the first type (str of str | dict)
     if typing.get_origin(tp) is list:
-        items = json.loads(text) if text.strip().startswith("[") else [t for t in text.split(",") if t.strip()]
+        items = _list_items(text)
         return [parse_value(f"{key}[{i}]", args[0], str(t).strip()) for i, t in enumerate(items)]
     if tp is bool:
         low = text.strip().lower()
