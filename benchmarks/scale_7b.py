@@ -58,13 +58,11 @@ def _config(shape: dict):
 def make_checkpoint(directory: Path, shape: dict) -> dict:
     """Child: the seeded bf16 checkpoint, one tensor at a time, in shards of at most SHARD_BYTES."""
     import torch
-    import transformers
 
-    from ailora.core.checkpoint import FLOAT_DTYPES, INDEX_FILE, tensor_writer, write_shard
+    from synthetic import llama_shapes, write_random_checkpoint
 
     config = _config(shape)
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in transformers.LlamaForCausalLM(config).state_dict().items()}
+    shapes = llama_shapes(config)
     groups, size = [[]], 0
     for name, s in shapes.items():
         nbytes = math.prod(s) * 2
@@ -73,22 +71,7 @@ def make_checkpoint(directory: Path, shape: dict) -> dict:
             size = 0
         groups[-1].append(name)
         size += nbytes
-    g = torch.Generator().manual_seed(0)
-
-    def tensor(name):
-        s = shapes[name]
-        return lambda f: tensor_writer((torch.ones(s) if len(s) == 1 else torch.randn(s, generator=g) * 0.02)
-                                       .to(torch.bfloat16))(f)
-
-    weight_map = {}
-    for i, names in enumerate(groups):
-        file = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        write_shard(directory / file, [(n, FLOAT_DTYPES[torch.bfloat16], shapes[n], tensor(n)) for n in names],
-                    {"format": "pt"})
-        weight_map.update(dict.fromkeys(names, file))
-    total = sum(math.prod(s) * 2 for s in shapes.values())
-    (directory / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    config.save_pretrained(directory)
+    total = write_random_checkpoint(directory, config, shapes, groups, torch.bfloat16)
     return {"bytes": total, "shards": len(groups)}
 
 

@@ -43,15 +43,13 @@ def llama_config(gigabytes: float, hidden: int, vocab: int):
 
 
 def make_checkpoint(directory: Path, config, shards: int) -> int:
-    """Write ``config``'s model with random weights as ``shards`` shards plus the index, one tensor at a time.
-    Returns the bytes of tensor data."""
+    """Write ``config``'s model with random float32 weights as ``shards`` shards of about equal size plus
+    the index, one tensor at a time. Returns the bytes of tensor data."""
     import torch
-    import transformers
 
-    from ailora.core.checkpoint import FLOAT_DTYPES, INDEX_FILE, tensor_writer, write_shard
+    from synthetic import llama_shapes, write_random_checkpoint
 
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in transformers.LlamaForCausalLM(config).state_dict().items()}
+    shapes = llama_shapes(config)
     total = sum(math.prod(s) * 4 for s in shapes.values())
     per_shard, groups, size = total / shards, [[]], 0
     for name, shape in shapes.items():
@@ -59,22 +57,7 @@ def make_checkpoint(directory: Path, config, shards: int) -> int:
             groups.append([])
         groups[-1].append(name)
         size += math.prod(shape) * 4
-    g = torch.Generator().manual_seed(0)
-
-    def random_tensor(name):
-        shape = shapes[name]
-        return lambda f: tensor_writer(torch.ones(shape) if len(shape) == 1 else
-                                       torch.randn(shape, generator=g) * 0.02)(f)
-
-    weight_map = {}
-    for i, names in enumerate(groups):
-        file = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        write_shard(directory / file, [(n, FLOAT_DTYPES[torch.float32], shapes[n], random_tensor(n)) for n in names],
-                    {"format": "pt"})
-        weight_map.update(dict.fromkeys(names, file))
-    (directory / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    config.save_pretrained(directory)
-    return total
+    return write_random_checkpoint(directory, config, shapes, groups, torch.float32)
 
 
 def child_peak_mib(cmd: list[str]) -> tuple[float, float]:
