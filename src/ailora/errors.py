@@ -16,3 +16,9 @@ class TrainingFailedError(AiloraError):
     def __init__(self, message: str, step: int):
         super().__init__(message)
         self.step = step
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of a dependency's exception (else its type's name): what a one-line
+    ``AiloraError`` quotes of it."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -38,7 +38,7 @@ from ailora.core.adapters import PREFIX, lora_scaling, module_rank_alpha, read_a
 from ailora.core.files import atomic_file, require_writable
 from ailora.core.models import load_config, resolve_model_path, smollm2_gguf
 from ailora.core.roles import ARCHITECTURES, weight_of
-from ailora.errors import AiloraError
+from ailora.errors import AiloraError, first_line
 from ailora.version import __version__
 
 
@@ -188,11 +188,7 @@ def _base_config(path: Path):
     try:
         return transformers.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:  # transformers' own errors for foreign or unsupported GGUF files
-        raise AiloraError(f"base GGUF {path}: transformers cannot read its config: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise AiloraError(f"base GGUF {path}: transformers cannot read its config: {first_line(exc)}") from None
 
 
 def _gguf_arch(config, where) -> GgufArch:
@@ -345,7 +341,7 @@ def read_gguf(path, what: str = "GGUF"):
     try:
         return gguf.GGUFReader(path)
     except Exception as exc:  # numpy's and gguf's own errors for files that are not GGUF
-        raise AiloraError(f"{what} {path} cannot be read as GGUF: {_first_line(exc)}") from None
+        raise AiloraError(f"{what} {path} cannot be read as GGUF: {first_line(exc)}") from None
 
 
 def check_base_gguf(path, arch: GgufArch, config, tensors: list[LoraTensor]) -> None:

@@ -14,7 +14,7 @@ import transformers
 from torch import nn
 
 from ailora.core.files import atomic_dir, require_dir, write_json
-from ailora.errors import AiloraError
+from ailora.errors import AiloraError, first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -73,7 +73,7 @@ def load_config(path, trust_remote_code: bool = False):
     try:
         return transformers.AutoConfig.from_pretrained(p, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise AiloraError(f"{p / 'config.json'} cannot be read{_architectures(p)}: {_first_line(exc)}") from None
+        raise AiloraError(f"{p / 'config.json'} cannot be read{_architectures(p)}: {first_line(exc)}") from None
 
 
 def _architectures(p: Path) -> str:
@@ -135,7 +135,7 @@ def _load_weights(p: Path, config, kind: str, dtype: str | None, trust_remote_co
         model, info = cls.from_pretrained(p, use_safetensors=True, trust_remote_code=trust_remote_code,
                                           output_loading_info=True, **extra, **kwargs)
     except Exception as exc:  # safetensors' and transformers' own errors for broken or foreign files
-        raise AiloraError(f"model {p}: cannot load its weights as {cls.__name__}: {_first_line(exc)}") from None
+        raise AiloraError(f"model {p}: cannot load its weights as {cls.__name__}: {first_line(exc)}") from None
     _check_loaded(p, model, info, strict_shapes)
     return (model, info) if want_info else model
 
@@ -147,11 +147,7 @@ def load_tokenizer(path, trust_remote_code: bool = False):
     try:
         return transformers.AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers' and tokenizers' own errors for missing or broken files
-        raise AiloraError(f"no usable tokenizer in {p}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise AiloraError(f"no usable tokenizer in {p}: {first_line(exc)}") from None
 
 
 def _check_loaded(path: Path, model: nn.Module, info: dict, strict_shapes: bool) -> None:
