@@ -12,6 +12,10 @@ trained model), then, in the same run, each in its own child process:
 * copy: every shard copied once (``shutil.copyfile``), the copy deleted;
 * ailora: ``ailora init --residual-out`` with AILoRA (fast solver, rank 16, query and value,
   ``--dtype bfloat16``): wall time and peak resident memory (``ru_maxrss`` of the child);
+* decompose: the floor of the init's computation, the same solver calls (``singular_slice``, fast,
+  rank 16) on every q_proj (principal) and v_proj (minor) weight read from the checkpoint, nothing
+  written; and, timed again on their own, the LU factorisations of the v_proj weights (the minor
+  solver's O(n^3) step, its core), with the rate they ran at;
 * verify: the residual directory loaded with ``from_pretrained`` (``ailora.load_initialised``), one
   stand-in training step on the factors, ``ailora.save``; then, on a probe of PROBE_LAYERS layers
   (the first, a middle and the last layer's q_proj and v_proj; the whole model is not held twice),
@@ -134,6 +138,30 @@ def verify(ckpt: Path, out: Path, adapter: Path) -> dict:
     return {"probe_layers": probes, "relative_diff": worst, "moved": moved}
 
 
+def decompose_only(ckpt: Path) -> dict:
+    """Child: the init's decompositions alone, on weights read from the checkpoint (the compute floor)."""
+    import torch
+
+    from ailora.core.checkpoint import Checkpoint
+    from ailora.core.svd import singular_slice
+
+    original = Checkpoint.open(ckpt)
+    layers = sorted({int(k.split(".")[2]) for k in original.where if k.startswith("model.layers.")})
+    solve = lu = flops = 0.0
+    for i in layers:
+        for proj, which in (("q_proj", "principal"), ("v_proj", "minor")):
+            w = original.tensor(f"model.layers.{i}.self_attn.{proj}.weight").float()
+            t0 = time.perf_counter()
+            singular_slice(w, 16, which, "fast")
+            solve += time.perf_counter() - t0
+            if which == "minor":
+                t0 = time.perf_counter()
+                torch.linalg.lu_factor_ex(w)
+                lu += time.perf_counter() - t0
+                flops += 2 / 3 * w.shape[0] ** 3
+    return {"solve_seconds": solve, "lu_seconds": lu, "lu_gflops": flops / lu / 1e9, "layers": len(layers)}
+
+
 def peft_init(ckpt: Path, init: str) -> dict:
     """Child: PEFT's start on the whole model loaded in bf16."""
     import peft
@@ -187,8 +215,13 @@ def _child_main(args) -> int:
         result = copy_once(paths[0], paths[1])
     elif mode == "verify":
         result = verify(*paths)
+    elif mode == "decompose":
+        result = decompose_only(paths[0])
     elif mode == "ailora":
         from ailora.cli import main as cli
+        from ailora.core import streaming  # noqa: F401  (timed: the command's imports)
+
+        imported = time.perf_counter() - t0
 
         code = cli(["init", "--model", str(paths[0]), "--residual-out", str(paths[1]), "--method", "ailora",
                     "--solver", "fast", "--rank", "16", "--dtype", "bfloat16", "--quiet"])
@@ -196,7 +229,7 @@ def _child_main(args) -> int:
             raise SystemExit(code)
         report = json.loads((paths[1] / "report.json").read_text())
         result = {"layers": len(report["layers"]), "check": report["output_check"]["passed"],
-                  "bf16": sum(r["residual_dtype"] == "bfloat16" for r in report["layers"])}
+                  "bf16": sum(r["residual_dtype"] == "bfloat16" for r in report["layers"]), "imports": imported}
     else:
         result = peft_init(paths[0], mode.removeprefix("peft:"))
     result["inner_seconds"] = time.perf_counter() - t0
@@ -213,7 +246,12 @@ def _table(made: dict, runs: dict, shape: dict) -> str:
              "", "| run | wall (s) | vs copy | peak RSS (MiB) | % of checkpoint | result |", "|---|---:|---:|---:|---:|---|"]
     for label, r in runs.items():
         if r["ok"] and label == "ailora":
-            note = f"{r['layers']} layers, per-layer check {'passed' if r['check'] else 'FAILED'}, {r['bf16']} bf16 residuals"
+            note = (f"{r['layers']} layers, per-layer check {'passed' if r['check'] else 'FAILED'}, {r['bf16']} bf16 "
+                    f"residuals; of its time, imports {r['imports']:.1f} s")
+        elif r["ok"] and label == "decompose":
+            note = (f"the {2 * r['layers']} decompositions alone {r['solve_seconds']:.1f} s; their core, the "
+                    f"{r['layers']} v_proj LU factorisations, timed again on their own: {r['lu_seconds']:.1f} s "
+                    f"({r['lu_gflops']:.0f} GFLOP/s)")
         elif r["ok"] and label == "verify":
             note = f"from_pretrained ok; adapter on the original, {r['probe_layers']} probe layers: rel. diff {r['relative_diff']:.2e} (the step moved them {r['moved']:.2e})"
         else:
@@ -245,7 +283,7 @@ def main() -> int:
         if not made["ok"]:
             raise SystemExit(f"writing the checkpoint failed: {made['error']}")
         runs = {"read": child(_me(args, "read", str(ckpt))), "copy": child(_me(args, "copy", str(ckpt), str(tmp / "copy"))),
-                "ailora": child(_me(args, "ailora", str(ckpt), str(out)))}
+                "decompose": child(_me(args, "decompose", str(ckpt))), "ailora": child(_me(args, "ailora", str(ckpt), str(out)))}
         runs["verify"] = child(_me(args, "verify", str(ckpt), str(out), str(tmp / "adapter"))) if runs["ailora"]["ok"] \
             else {**runs["ailora"], "ok": False, "error": "no residual directory"}
         shutil.rmtree(out, ignore_errors=True)  # disk: PEFT's runs need only the checkpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,5 +161,6 @@ def test_scale_7b_script_smoke_run_checks_and_cleans_up(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| ailora |" in out.stdout and "per-layer check passed, 4 bf16 residuals" in out.stdout
     assert "from_pretrained ok" in out.stdout and "| PEFT pissa_niter_4 |" in out.stdout
+    assert re.search(r"\| decompose \|.*the 4 decompositions alone [\d.]+ s; .* the 2 v_proj LU", out.stdout)
     assert "checks: True" in out.stdout
     assert list(tmp_path.iterdir()) == []  # the checkpoint and outputs deleted

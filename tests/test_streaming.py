@@ -223,3 +223,102 @@ def test_a_residual_directory_missing_its_marker_or_report_is_refused(tmp_path):
     with pytest.raises(AiloraError, match="has no report.json"):
         load_initialised(no_report)
     assert initialised_record(src) is None  # an ordinary checkpoint is still just that
+
+
+# --- the writer: dtypes decided when written, copies by the kernel, the decomposition thread --------
+
+
+def test_a_dtype_decided_when_written_fits_the_reserved_header(tmp_path):
+    """Candidates of different name lengths and sizes, chosen alternately: the header (written last)
+    fits the space reserved for it, and safetensors reads every tensor back as written."""
+    from safetensors.torch import load_file
+
+    from ailora.core.checkpoint import tensor_writer, write_shard
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"t{i}": torch.randn(3, 5 + i, generator=g).to(torch.bfloat16 if i % 2 else torch.float32)
+               for i in range(12)}
+    items = [(n, ("BF16", "F32"), tuple(t.shape), tensor_writer(t)) for n, t in tensors.items()]
+    items.insert(3, ("fixed", "F16", (2,), tensor_writer(torch.ones(2, dtype=torch.float16))))
+    write_shard(tmp_path / "x.safetensors", items, {"format": "pt"})
+    back = load_file(tmp_path / "x.safetensors")
+    assert all(torch.equal(back[n], t) for n, t in tensors.items()) and torch.equal(back["fixed"], torch.ones(2).half())
+    (tmp_path / "x.safetensors").rename(tmp_path / "model.safetensors")
+    entries = Checkpoint.open(tmp_path).shards[0].entries  # our reader too: dtypes and offsets as written
+    assert [entries[n].dtype for n in tensors] == ["F32", "BF16"] * 6
+    with pytest.raises(AiloraError, match="was written as F32, not one of"):
+        write_shard(tmp_path / "y.safetensors", [("a", ("BF16",), (2,), tensor_writer(torch.ones(2)))], None)
+
+
+def test_partial_writes_and_copies_are_completed(tmp_path, monkeypatch):
+    """A file whose write takes fewer bytes than given, and a kernel copy that moves a few bytes per
+    call, or none at all (another file system): the output is the same bytes every way."""
+    import errno
+    import os
+
+    from ailora.core import checkpoint as ck
+
+    src = save_sharded("llama", tmp_path / "src")
+    options = ApplyOptions.of(rank=2, solver="fast", progress=False)
+    initialise_checkpoint(src, tmp_path / "kernel", options)
+    real = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda i, o, n, off: real(i, o, min(n, 7), off))
+    initialise_checkpoint(src, tmp_path / "trickle", options)
+
+    def refuse(*_):
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    monkeypatch.setattr(ck, "COPY_CHUNK", 1000)
+    monkeypatch.setattr(ck, "_KERNEL_COPY", [True])  # a list of this test's own: the process's is left as it is
+    initialise_checkpoint(src, tmp_path / "user", options)
+    assert ck._KERNEL_COPY == [False]  # the refusal is remembered
+
+    class Short:  # takes at most 5 bytes per write
+        def __init__(self):
+            self.data = bytearray()
+
+        def write(self, b):
+            self.data += bytes(b[:5])
+            return min(5, len(b))
+
+    f = Short()
+    ck.write_all(f, torch.arange(100, dtype=torch.float32).numpy().data)
+    assert bytes(f.data) == torch.arange(100, dtype=torch.float32).numpy().tobytes()
+    for out in ("trickle", "user"):
+        for shard in sorted((tmp_path / "kernel").glob("*.safetensors")):
+            assert (tmp_path / out / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_a_failure_on_either_side_stops_both_and_writes_nothing(tmp_path, monkeypatch):
+    """NaN weights met by the decomposition thread, and a per-layer check failing in the writer: one
+    error naming the layer, nothing written, and no decomposition thread left running."""
+    import threading
+
+    from safetensors.torch import load_file, save_file
+
+    from ailora.core import streaming
+    from ailora.errors import ExactnessError
+
+    options = ApplyOptions.of(rank=2, solver="fast", progress=False)
+    src = save_sharded("llama", tmp_path / "src")
+    key = "model.layers.1.self_attn.v_proj.weight"
+    shard = next(p for p in src.glob("*.safetensors") if key in load_file(p))
+    tensors = load_file(shard)
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(AiloraError, match=r"layer model\.layers\.1\.self_attn\.v_proj has NaN or Inf weights"):
+        initialise_checkpoint(src, tmp_path / "o1", options)
+    assert _nothing_written(tmp_path, tmp_path / "o1")
+    assert not [t for t in threading.enumerate() if t.name.startswith("ailora-decompose")]
+
+    clean = save_sharded("llama", tmp_path / "clean")
+
+    def failing(w, res, t, *rest):
+        raise ExactnessError(f"layer {t.name} changed its outputs (planted)")
+
+    monkeypatch.setattr(streaming, "_check_layer", failing)
+    with pytest.raises(ExactnessError, match="planted"):
+        initialise_checkpoint(clean, tmp_path / "o2", options)
+    assert _nothing_written(tmp_path, tmp_path / "o2")
+    assert not [t for t in threading.enumerate() if t.name.startswith("ailora-decompose")]

@@ -9,14 +9,18 @@ stays resident: the memory held is one tensor, not one shard.
 Why a writer of our own: safetensors' ``save_file`` and ``serialize_file`` take every tensor of a
 file at once (in memory). The format is simple: an 8-byte little-endian header length, a JSON
 header (name -> dtype, shape, byte offsets; ``__metadata__``), then the tensors' bytes back to back.
-``write_shard`` writes the header first (every shape and dtype is known beforehand), then each
-tensor's bytes in turn: copied through from the source file unchanged, or from a tensor computed
-just then. The header is parsed here too, for the byte offsets that a copy through needs.
+``write_shard`` writes each tensor's bytes in turn (copied through from the source file unchanged,
+in the kernel, or from a tensor computed just then), after a space reserved for the header, and the
+header last: a tensor's dtype may be decided only when it is computed (a residual kept in bfloat16
+or float32), and the space is sized for the widest choice, the header padded with spaces to fill it
+as safetensors pads its own. The header is parsed here too, for the byte offsets a copy needs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +41,8 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 FLOAT_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 COPY_CHUNK = 16 * 2**20  # bytes per read when a tensor is copied through
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header
+# Whether os.copy_file_range is tried (cleared for the process at its first refusal by the file system).
+_KERNEL_COPY = [hasattr(os, "copy_file_range")]
 
 
 @dataclass(frozen=True)
@@ -93,16 +99,28 @@ class Shard:
             return f.get_tensor(name)
 
     def copy(self, name: str, out: BinaryIO) -> None:
-        """Write one tensor's bytes to ``out`` unchanged, a chunk at a time."""
+        """Write one tensor's bytes to ``out`` (an unbuffered file, at its position) unchanged:
+        ``os.copy_file_range`` where the kernel can (no copy through user space), else a chunk at a time."""
         entry = self.entries[name]
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + entry.begin)
-            left = entry.nbytes
+        with open(self.path, "rb", buffering=0) as f:
+            offset, left = self.data_start + entry.begin, entry.nbytes
+            while left and _KERNEL_COPY[0]:
+                try:
+                    n = os.copy_file_range(f.fileno(), out.fileno(), min(COPY_CHUNK, left), offset)
+                except OSError as exc:  # another file system, or a kernel without it: copy in user space
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    _KERNEL_COPY[0] = False
+                    break
+                if n == 0:
+                    raise AiloraError(f"weights file {self.path} ended inside tensor {name}")
+                offset, left = offset + n, left - n
+            f.seek(offset)
             while left:
                 chunk = f.read(min(COPY_CHUNK, left))
                 if not chunk:
                     raise AiloraError(f"weights file {self.path} ended inside tensor {name}")
-                out.write(chunk)
+                write_all(out, chunk)
                 left -= len(chunk)
 
 
@@ -148,37 +166,71 @@ class Checkpoint:
         return sum(e.nbytes for s in self.shards for e in s.entries.values())
 
 
-Writer = Callable[[BinaryIO], None]
-"""Writes one tensor's bytes to an open file."""
+Writer = Callable[[BinaryIO], "str | None"]
+"""Writes one tensor's bytes to an open file; returns the dtype it wrote when that was left open."""
 
 
 def tensor_writer(t: torch.Tensor) -> Writer:
     """A writer of ``t``'s bytes (little-endian, as safetensors stores them on every platform torch runs on here)."""
-    return lambda out: out.write(t.contiguous().view(torch.uint8).numpy().data)
+    def write(out: BinaryIO) -> str:
+        write_all(out, t.contiguous().view(torch.uint8).numpy().data)
+        return FLOAT_DTYPES.get(t.dtype)
+
+    return write
 
 
-def write_shard(path: Path, tensors: list[tuple[str, str, tuple[int, ...], Writer]],
-                metadata: dict[str, str] | None) -> int:
-    """Write a safetensors file tensor by tensor: ``tensors`` = [(name, dtype, shape, writer)], in the
-    order their bytes go. Returns the size of its data section."""
+def write_all(out: BinaryIO, data) -> None:
+    """All of ``data`` to an unbuffered file (whose ``write`` may take less than it is given: over 2 GB, say)."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[out.write(view):]
+
+
+def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    n = DTYPE_BYTES[dtype]
+    for d in shape:
+        n *= d
+    return n
+
+
+def _header(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None) -> tuple[bytes, int]:
+    """The JSON header of tensors [(name, dtype, shape)] back to back, unpadded; and the data's size."""
     header, offset = {}, 0
-    for name, dtype, shape, _ in tensors:
-        n = DTYPE_BYTES[dtype]
-        for d in shape:
-            n *= d
+    for name, dtype, shape in tensors:
+        n = _nbytes(dtype, shape)
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     if metadata is not None:
         header = {"__metadata__": metadata, **header}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # safetensors pads its header so the data section is 8-byte aligned
-    with open(path, "wb") as out:
-        out.write(struct.pack("<Q", len(text)))
-        out.write(text)
-        for name, _, _, write in tensors:
+    return json.dumps(header, separators=(",", ":")).encode(), offset
+
+
+def write_shard(path: Path, tensors: list[tuple[str, str | tuple[str, ...], tuple[int, ...], Writer]],
+                metadata: dict[str, str] | None) -> int:
+    """Write a safetensors file tensor by tensor: ``tensors`` = [(name, dtype, shape, writer)], in the
+    order their bytes go. ``dtype`` is a tuple of candidates where the writer decides it (and returns
+    it). Returns the size of its data section."""
+    # An upper bound on the header's length: every open dtype at its largest size (so every offset at
+    # its largest, the most digits), plus, per open dtype, the longest name's extra characters.
+    largest = [(n, max(d, key=DTYPE_BYTES.get) if isinstance(d, tuple) else d, s) for n, d, s, _ in tensors]
+    reserved = len(_header(largest, metadata)[0]) + sum(
+        max(map(len, d)) - len(big) for (_, d, _, _), (_, big, _) in zip(tensors, largest) if isinstance(d, tuple))
+    reserved += -reserved % 8  # safetensors pads its header so the data section is 8-byte aligned
+    written = []
+    with open(path, "wb", buffering=0) as out:
+        out.seek(8 + reserved)
+        for name, dtype, shape, write in tensors:
             start = out.tell()
-            write(out)
-            want = header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
+            got = write(out)
+            chosen = got if isinstance(dtype, tuple) else dtype
+            if isinstance(dtype, tuple) and got not in dtype:
+                raise AiloraError(f"writing {path}: tensor {name} was written as {got}, not one of {dtype}")
+            want = _nbytes(chosen, shape)
             if out.tell() - start != want:
                 raise AiloraError(f"writing {path}: tensor {name} came to {out.tell() - start} bytes, not {want}")
-    return offset
+            written.append((name, chosen, shape))
+        text, size = _header(written, metadata)
+        text += b" " * (reserved - len(text))  # never negative: ``reserved`` bounds it
+        out.seek(0)
+        write_all(out, struct.pack("<Q", reserved) + text)
+    return size

@@ -213,10 +213,15 @@ def _process_group(distribute: bool) -> tuple[int, int] | None:
 
 
 def decompose(plans: list[Plan], policy: dict[str, str], solver: str, seed: int, scaling: float,
-              progress: bool | None = None, distribute: bool = True) -> dict:
+              progress: bool | None = None, distribute: bool = True,
+              done: Callable[[Plan], None] | None = None) -> dict:
     """Fill every plan's factors. Returns how the work was split: {} in one process, else
-    {"processes": P, "blocks": [SVD blocks decomposed by each process]}."""
+    {"processes": P, "blocks": [SVD blocks decomposed by each process]}.
+
+    ``done`` (one process only): called with each plan as soon as all its blocks are stored (the
+    streaming init writes a layer's residual then, while the next batches run)."""
     work = list(batches(plans, policy, solver))
+    left = {id(p): len(p.target.blocks) for p in plans}
     group = _process_group(distribute)
     rank, world = group or (0, 1)
     who = owners(work, world) if group else [None] * len(work)
@@ -234,6 +239,10 @@ def decompose(plans: list[Plan], policy: dict[str, str], solver: str, seed: int,
                     error = exc
                     break
             bar.update(len(batch.members))
+            for plan, _ in batch.members:
+                left[id(plan)] -= 1
+                if done is not None and not left[id(plan)]:
+                    done(plan)
     if group is None:
         return {}
     _agree(work, error, world)

@@ -11,13 +11,17 @@
    read from the checkpoint when its batch runs: the same solver calls on the same inputs as in
    memory, so the factors are bit-identical to ``apply``'s. At most one batch of block weights is
    held (the fast solver's stacks are capped at 256 MB; the exact solver takes one block at a time).
-4. Writes OUT shard by shard, tensor by tensor (``ailora.core.checkpoint``): each adapted weight is
-   replaced by its residual W - s B0 A0, computed as ``apply`` computes it, then checked on a few
-   seeded random rows against W (the per-layer half of ``apply``'s check: the end-to-end probe needs
-   the whole model and is not run); every other tensor is copied through byte for byte. Same shard
-   files and index; config, tokenizer and other small files copied; the starting factors, the init
-   report and the marker written beside them (``ailora.core.initialised``). OUT appears whole or not
-   at all (a temporary sibling renamed at the end).
+4. Writes OUT shard by shard, tensor by tensor (``ailora.core.checkpoint``), at the same time: the
+   decomposition runs in a background thread (its solvers spend their time in LAPACK, outside the
+   GIL) and the writer waits for a layer's factors only when it reaches that layer, so reading,
+   copying and writing overlap the decomposition. Each adapted weight is replaced by its residual
+   W - s B0 A0, computed as ``apply`` computes it (its dtype chosen then: the header is written last),
+   then checked on a few seeded random rows against W (the per-layer half of ``apply``'s check: the
+   end-to-end probe needs the whole model and is not run); every other tensor is copied through byte
+   for byte, by the kernel. Same shard files and index; config, tokenizer and other small files
+   copied; the starting factors, the init report and the marker written beside them
+   (``ailora.core.initialised``). OUT appears whole or not at all (a temporary sibling renamed at
+   the end).
 
 Memory: one tensor (and its residual) at a time while writing, one batch while decomposing, plus the
 libraries: a small fraction of a multi-GB checkpoint (``benchmarks/streaming_init.py`` measures it).
@@ -25,9 +29,13 @@ libraries: a small fraction of a multi-GB checkpoint (``benchmarks/streaming_ini
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -36,6 +44,7 @@ from ailora.core.adapters import PREFIX, RESIDUAL_FORM, has_residual, write_adap
 from ailora.core.apply import (
     ApplyLayout,
     ApplyOptions,
+    all_finite,
     layout_for,
     lora_config,
     record_rounding,
@@ -60,7 +69,6 @@ from ailora.core.models import check_kind, check_model_dir, load_config, model_c
 from ailora.core.probe import LAYER_PROBE_ROWS, layer_probe, layer_tolerance
 from ailora.core.quantize import STREAMED_ITERS
 from ailora.core.roles import Target
-from ailora.core.rounding import Rounding
 from ailora.errors import AiloraError, ExactnessError
 
 # Weight files of other formats are not copied: OUT's weights are its safetensors residuals only.
@@ -125,18 +133,48 @@ def _prepare(model_dir, out, options: ApplyOptions, kind: str, dtype: str | None
 def _weight(job: _Job, t: Target) -> torch.Tensor:
     """Target ``t``'s weight as (out, in), in the dtype ``apply``'s model would hold it: read from the checkpoint."""
     w = job.checkpoint.tensor(job.keys[t.name]).to(job.dtype)
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         raise AiloraError(f"layer {t.name} has NaN or Inf weights")
     return w.T if t.fan_in_fan_out else w
 
 
-def _source(job: _Job, t: Target):
+class _Stopped(Exception):
+    """The writer failed or was interrupted: the decomposition thread stops at its next read."""
+
+
+def _source(job: _Job, t: Target, stop: threading.Event):
     def read(blk: Block) -> torch.Tensor:
+        if stop.is_set():
+            raise _Stopped
         w = _weight(job, t)
         # a copy of just the block's rows, so the rest of the weight is freed at once
         return blk.take(w).clone() if blk.spans != ((0, t.out_features),) else w
 
     return read
+
+
+@contextlib.contextmanager
+def _decompose_ahead(plans: list[Plan], layout: ApplyLayout, options: ApplyOptions,
+                     stop: threading.Event) -> Iterator[Callable[[Plan], None]]:
+    """Run the decomposition in a background thread; yields ``wait(plan)``, which returns once that
+    plan's factors are in (or raises the decomposition's error). On the way out (done, failed or
+    interrupted) the thread is stopped at its next block and joined."""
+    ready = {id(p): threading.Event() for p in plans}
+    with ThreadPoolExecutor(1, thread_name_prefix="ailora-decompose") as pool:
+        future = pool.submit(decompose, plans, layout.policy, options.lora.solver, options.seed, layout.scaling,
+                             options.progress, distribute=False, done=lambda p: ready[id(p)].set())
+
+        def wait(plan: Plan) -> None:
+            while not ready[id(plan)].wait(0.05):
+                if future.done():
+                    future.result()  # the decomposition's error, if it failed
+                    ready[id(plan)].wait()  # it finished: every plan is in
+
+        try:
+            yield wait
+            future.result()
+        finally:
+            stop.set()
 
 
 def _check_layer(w: torch.Tensor, res: torch.Tensor, t: Target, a: torch.Tensor, b: torch.Tensor, scaling: float,
@@ -153,46 +191,43 @@ def _check_layer(w: torch.Tensor, res: torch.Tensor, t: Target, a: torch.Tensor,
     return {"max_abs_diff": diff, "tolerance": tol}
 
 
-def _residual_choice(job: _Job, plan: Plan, residual_dtype: str) -> Rounding:
-    """The dtype a target's residual is kept in, and the criterion's numbers: ``residual_weight``'s
-    choice (on the same weight, the same rows), known before the residual is written."""
-    if job.dtype == torch.float32 or residual_dtype == "float32":
-        return Rounding(torch.float32)
-    return residual_weight(_weight(job, plan.target), plan.target, plan.A.cpu(), plan.B.cpu(), job.layout.scaling,
-                           residual_dtype)[1]  # in half precision it depends on the rounding
-
-
-def _write_shards(job: _Job, plans: list[Plan], out: Path, options: ApplyOptions) -> tuple[dict, dict, int]:
-    """Every shard of the residual model, tensor by tensor. Returns (per-layer checks, per-layer marker
-    records, total bytes)."""
+def _write_shards(job: _Job, plans: list[Plan], out: Path, options: ApplyOptions,
+                  wait: Callable[[Plan], None]) -> tuple[dict, dict, int]:
+    """Every shard of the residual model, tensor by tensor, each target's once ``wait`` says its factors
+    are in. Returns (per-layer checks, per-layer marker records, total bytes)."""
     by_key = {job.keys[p.target.name]: p for p in plans}
     generator = torch.Generator().manual_seed(options.seed)
     checks, layers, total = {}, {}, 0
 
-    def residual_writer(plan: Plan):
-        def write(f) -> None:
-            t, w, a, b = plan.target, _weight(job, plan.target), plan.A.cpu(), plan.B.cpu()
-            res, _ = residual_weight(w, t, a, b, job.layout.scaling, options.lora.residual_dtype)
+    def target_writer(plan: Plan, shard, name: str):
+        def write(f) -> str:
+            wait(plan)
+            t, layer = plan.target, layers[plan.target.name]
+            if not plan.record.singular_values:  # a start that keeps W: copied through
+                plan.record.residual_dtype = layer["residual_dtype"] = "unchanged"
+                shard.copy(name, f)
+                return shard.entries[name].dtype
+            w, a, b = _weight(job, t), plan.A.cpu(), plan.B.cpu()
+            res, rounding = residual_weight(w, t, a, b, job.layout.scaling, options.lora.residual_dtype)
+            record_rounding(plan.record, rounding)
+            layer["residual_dtype"] = plan.record.residual_dtype
             checks[t.name] = _check_layer(w, res, t, a, b, job.layout.scaling, generator)
-            layers[t.name]["sha256"] = weight_hash(res)
-            tensor_writer(res)(f)
+            layer["sha256"] = weight_hash(res)
+            return tensor_writer(res)(f)
 
         return write
 
+    # what a target's tensor may come out as: unchanged, the model's dtype, or float32
+    candidates = lambda entry: tuple(dict.fromkeys((entry.dtype, FLOAT_DTYPES[job.dtype], "F32")))  # noqa: E731
     for shard in job.checkpoint.shards:
         items = []
         for name, entry in shard.entries.items():
             plan = by_key.get(name)
-            if plan is None or not plan.record.singular_values:  # untouched, or a start that keeps W
-                if plan is not None:
-                    plan.record.residual_dtype = "unchanged"
-                    layers[plan.target.name] = {"key": name, "residual_dtype": "unchanged"}
+            if plan is None:
                 items.append((name, entry.dtype, entry.shape, lambda f, s=shard, n=name: s.copy(n, f)))
                 continue
-            record_rounding(plan.record, _residual_choice(job, plan, options.lora.residual_dtype))
-            keep = plan.record.residual_dtype
-            layers[plan.target.name] = {"key": name, "residual_dtype": keep}
-            items.append((name, FLOAT_DTYPES[getattr(torch, keep)], entry.shape, residual_writer(plan)))
+            layers[plan.target.name] = {"key": name}
+            items.append((name, candidates(entry), entry.shape, target_writer(plan, shard, name)))
         total += write_shard(out / shard.path.name, items, shard.metadata)
     return checks, layers, total
 
@@ -244,12 +279,12 @@ def initialise_checkpoint(model_dir, out, options: ApplyOptions, kind: str = "au
     if options.lora.quant_iters:  # refits need W and deq(Q) at once: ``ailora.core.quantize``
         raise AiloraError(STREAMED_ITERS)
     job = _prepare(model_dir, out, options, kind, dtype, trust_remote_code, overwrite)
-    layout = job.layout
-    plans = [Plan.empty(t, _source(job, t), layout.policy, options.lora.rank, options.device or "cpu")
+    layout, stop = job.layout, threading.Event()
+    plans = [Plan.empty(t, _source(job, t, stop), layout.policy, options.lora.rank, options.device or "cpu")
              for t in layout.targets]
-    decompose(plans, layout.policy, options.lora.solver, options.seed, layout.scaling, options.progress, distribute=False)
     with atomic_dir(out, overwrite) as tmp:
-        checks, layers, total = _write_shards(job, plans, tmp, options)
+        with _decompose_ahead(plans, layout, options, stop) as wait:
+            checks, layers, total = _write_shards(job, plans, tmp, options, wait)
         _copy_files(job, tmp, total)
         initial = {p.target.name: (p.A.detach().cpu().clone(), p.B.detach().cpu().clone()) for p in plans}
         state = state_for(layout, options, initial, [p.record for p in plans])
