@@ -62,9 +62,10 @@ from ailora.experiments.locks import wait_lock
 from ailora.tasks.metrics import get_metric, is_better
 from ailora.train import record
 from ailora.train.checks import check_run
-from ailora.train.config import RUN_CONTROL_KEYS, RunConfig, apply_overrides, field_type, flatten, set_dotted
+from ailora.train.config import RUN_CONTROL_KEYS, RunConfig, apply_overrides, field_type
 from ailora.train.loop import train
 from ailora.train.runrecord import FailedRecord, RunRecord, read_run_record
+from ailora.train.values import flatten, set_dotted
 
 SPEC = "sweep.json"
 SUMMARY = "summary.json"

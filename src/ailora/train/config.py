@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,15 @@ from typing import Any
 
 from ailora.core.options import FAMILIES, field_help, option_defaults
 from ailora.errors import AiloraError
+from ailora.train.values import (
+    check_choice,
+    check_finite,
+    check_positive,
+    check_type,
+    flatten,
+    parse_value,
+    set_dotted,
+)
 
 # Keys that say how to run, not what is run: a resumed run may change them.
 RUN_CONTROL_KEYS = ("resume", "overwrite", "train.stop_after_steps", "train.progress")
@@ -58,9 +66,9 @@ class ModelConfig:
     """Most tokens per example (prompt and answer together for a causal LM, the encoder input for an encoder-decoder, question and window for QA); prompts are cut in their body, keeping instruction and answer cue."""
 
     def validate(self) -> None:
-        _choice("model.kind", self.kind, MODEL_KINDS)
-        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        _positive("model.max_length", self.max_length)
+        check_choice("model.kind", self.kind, MODEL_KINDS)
+        check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_positive("model.max_length", self.max_length)
 
 
 @dataclass
@@ -81,12 +89,12 @@ class GenerationConfig:
     def validate(self) -> None:
         for key in ("max_new_tokens", "num_beams"):
             if getattr(self, key) is not None:
-                _positive(f"generation.{key}", getattr(self, key))
+                check_positive(f"generation.{key}", getattr(self, key))
         if self.length_penalty is not None and not math.isfinite(self.length_penalty):
             raise AiloraError(f"generation.length_penalty must be finite, got {self.length_penalty}")
         if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0:
             raise AiloraError(f"generation.no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
-        _positive("generation.max_target_length", self.max_target_length)
+        check_positive("generation.max_target_length", self.max_target_length)
 
 
 @dataclass
@@ -101,7 +109,7 @@ class QAConfig:
     def validate(self) -> None:
         for key in ("doc_stride", "max_answer_length", "n_best"):
             if getattr(self, key) is not None:
-                _positive(f"qa.{key}", getattr(self, key))
+                check_positive(f"qa.{key}", getattr(self, key))
 
 
 @dataclass
@@ -159,7 +167,7 @@ class TaskConfig:
             raise AiloraError("task.name is empty; name a task (see `ailora ls tasks`)")
         for key in ("max_train_samples", "max_eval_samples"):
             if getattr(self, key) is not None:
-                _positive(f"task.{key}", getattr(self, key))
+                check_positive(f"task.{key}", getattr(self, key))
 
 
 @dataclass
@@ -214,11 +222,11 @@ class TrainConfig:
     """Batch training examples of similar length together (less padding; seeded, so runs stay reproducible and resumable). Off by default, as in Hugging Face: where length goes with the label, length-sorted batches are less mixed."""
 
     def validate(self) -> None:
-        _positive("train.lr", self.lr)
+        check_positive("train.lr", self.lr)
         if self.head_lr is not None:
-            _positive("train.head_lr", self.head_lr)
+            check_positive("train.head_lr", self.head_lr)
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
-            _positive(f"train.{key}", getattr(self, key))
+            check_positive(f"train.{key}", getattr(self, key))
         for key in ("weight_decay", "max_grad_norm", "eval_every_steps", "save_every_steps"):
             if getattr(self, key) < 0:
                 raise AiloraError(f"train.{key} must be >= 0, got {getattr(self, key)}")
@@ -226,10 +234,10 @@ class TrainConfig:
             raise AiloraError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.seed < 2**32:  # what torch, NumPy and Accelerate's set_seed accept
             raise AiloraError(f"train.seed must be in [0, 2^32), got {self.seed}")
-        _choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
-        _choice("train.select", self.select, ("last", "best"))
+        check_choice("train.mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        check_choice("train.select", self.select, ("last", "best"))
         if self.stop_after_steps is not None:
-            _positive("train.stop_after_steps", self.stop_after_steps)
+            check_positive("train.stop_after_steps", self.stop_after_steps)
         if not self.tracker_project:
             raise AiloraError("train.tracker_project is empty; name the W&B project / MLflow experiment")
         _trackers(self.report_to, self.tensorboard)
@@ -245,7 +253,7 @@ def _trackers(report_to: list[str], tensorboard: bool | None) -> tuple[str, ...]
     AiloraError for an unknown name, a repeated one, or the two keys disagreeing."""
     names = list(report_to)
     for i, name in enumerate(names):
-        _choice(f"train.report_to[{i}]", name, (*TRACKERS, "none"))
+        check_choice(f"train.report_to[{i}]", name, (*TRACKERS, "none"))
     if len(set(names)) != len(names):
         raise AiloraError(f"train.report_to names a tracker twice: {','.join(names)}")
     if "none" in names and len(names) > 1:
@@ -283,11 +291,11 @@ class ProgressiveConfig:
     def validate(self) -> None:
         if self.stages < 0:
             raise AiloraError(f"progressive.stages must be >= 0, got {self.stages}")
-        _choice("progressive.boundary", self.boundary, BOUNDARIES)
-        _choice("progressive.remainder", self.remainder, REMAINDERS)
-        _choice("progressive.embeddings", self.embeddings, EMBEDDINGS)
-        _choice("progressive.order", self.order, ORDERS)
-        _positive("progressive.pilot_batches", self.pilot_batches)
+        check_choice("progressive.boundary", self.boundary, BOUNDARIES)
+        check_choice("progressive.remainder", self.remainder, REMAINDERS)
+        check_choice("progressive.embeddings", self.embeddings, EMBEDDINGS)
+        check_choice("progressive.order", self.order, ORDERS)
+        check_positive("progressive.pilot_batches", self.pilot_batches)
 
 
 @dataclass
@@ -318,7 +326,7 @@ class RunConfig:
             raise AiloraError("run_dir is empty; give the directory the run writes (--run-dir)")
         if self.resume and self.overwrite:
             raise AiloraError("resume and overwrite exclude each other; choose one")
-        _check_finite(self)
+        check_finite(self)
         for section in (self.model, self.method, self.task, self.train, self.progressive, self.generation, self.qa):
             section.validate()
         p = self.progressive
@@ -385,43 +393,11 @@ def _build(cls, data: Any, prefix: str):
     for name, value in data.items():
         tp = hints[name]
         key = f"{prefix}{name}"
-        kwargs[name] = _build(tp, value, key + ".") if _is_config(tp) else _check_type(key, tp, value)
+        kwargs[name] = _build(tp, value, key + ".") if _is_config(tp) else check_type(key, tp, value)
     if cls is MethodConfig:
         name = kwargs.pop("name", MethodConfig.name)
         return MethodConfig(name, _build_method_options(name, kwargs))
     return cls(**kwargs)
-
-
-def _check_type(key: str, tp, value):
-    """``value`` if it has type ``tp`` (an int is accepted as a float), else an AiloraError."""
-    args = typing.get_args(tp)
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        for alternative in inner[1:]:  # str | dict[str, str]: the first that fits (else the first's error)
-            try:
-                return _check_type(key, alternative, value)
-            except AiloraError:
-                pass
-        return _check_type(key, inner[0], value)
-    if typing.get_origin(tp) is dict:
-        if not isinstance(value, dict):
-            raise AiloraError(f"{key} must be an object, got {value!r}")
-        return {k: _check_type(f"{key}.{k}", args[1], v) for k, v in value.items()}
-    if typing.get_origin(tp) is list:
-        if not isinstance(value, list):
-            raise AiloraError(f"{key} must be a list, got {value!r}")
-        return [_check_type(f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise AiloraError(f"{key} must be {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _type_name(tp) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
 def field_type(path: str):
@@ -443,49 +419,6 @@ def field_type(path: str):
     return tp
 
 
-def _list_items(text: str) -> list:
-    """A command-line list: JSON (``["a","b"]``), or names separated by commas, bracketed or not."""
-    text = text.strip()
-    if text.startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            text = text.removeprefix("[").removesuffix("]")
-    return [t for t in text.split(",") if t.strip()]
-
-
-def parse_value(key: str, tp, text: str):
-    """A command-line string as a value of type ``tp`` (none/null for optional fields)."""
-    args = typing.get_args(tp)
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        if text.strip().lower() in ("none", "null"):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return parse_value(key, inner[0], text)  # on the command line, the first type (str of str | dict)
-    if typing.get_origin(tp) is list:
-        items = _list_items(text)
-        return [parse_value(f"{key}[{i}]", args[0], str(t).strip()) for i, t in enumerate(items)]
-    if tp is bool:
-        low = text.strip().lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-    elif tp is int:
-        try:
-            return int(text)
-        except ValueError:
-            pass
-    elif tp is float:
-        try:
-            return float(text)
-        except ValueError:
-            pass
-    elif tp is str:
-        return text
-    raise AiloraError(f"{key} must be {_type_name(tp)}, got {text!r}")
-
-
 def apply_overrides(data: dict, overrides) -> dict:
     """A copy of nested ``data`` with each ``dotted.key=value`` set (key checked, value parsed)."""
     out = json.loads(json.dumps(data))
@@ -494,28 +427,6 @@ def apply_overrides(data: dict, overrides) -> dict:
             raise AiloraError(f"override {item!r} is not KEY=VALUE (e.g. train.lr=3e-4)")
         path, text = (s.strip() for s in item.split("=", 1))
         set_dotted(out, path, parse_value(path, field_type(path), text))
-    return out
-
-
-def set_dotted(data: dict, key: str, value) -> None:
-    """Set ``data["a"]["b"] = value`` for ``key`` "a.b", creating sections as needed (in place)."""
-    *parents, last = key.split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise AiloraError(f"config key {part} must be an object to set {key}")
-    node[last] = value
-
-
-def flatten(data: dict, prefix: str = "") -> dict:
-    """Nested ``data`` as ``{"a.b": value}`` (the inverse of ``set_dotted`` over every key)."""
-    out = {}
-    for k, v in data.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -552,24 +463,3 @@ def all_help() -> dict[str, str]:
         else:
             out[name] = doc
     return out
-
-
-def _check_finite(config, prefix: str = "") -> None:
-    """Every number of ``config`` (a config dataclass, its sections included) is finite: a NaN or an
-    infinity (``--lr inf``, ``train.max_grad_norm=nan``) is an error naming the key."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            _check_finite(value, f"{prefix}{f.name}.")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise AiloraError(f"{prefix}{f.name} must be a finite number, got {value}")
-
-
-def _positive(key: str, value) -> None:
-    if not value > 0:
-        raise AiloraError(f"{key} must be positive, got {value}")
-
-
-def _choice(key: str, value: str, choices) -> None:
-    if value not in choices:
-        raise AiloraError(f"{key} must be one of {', '.join(choices)}, got {value!r}")

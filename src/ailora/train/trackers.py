@@ -38,9 +38,10 @@ from pathlib import Path
 
 from ailora.core.files import read_json
 from ailora.errors import AiloraError
-from ailora.train.config import RUN_CONTROL_KEYS, RunConfig, flatten
+from ailora.train.config import RUN_CONTROL_KEYS, RunConfig
 from ailora.train.record import write_json
 from ailora.train.results import recorded_config
+from ailora.train.values import flatten
 
 IDS = "trackers.json"  # RUN_DIR/trackers.json: tracker name -> its run id
 
