@@ -8,12 +8,12 @@ import pytest
 
 from ailora.cli import main
 from ailora.errors import AiloraError
+from ailora.experiments.progreport import progressive_pairs
 from ailora.experiments.report import (
     build_table,
     compare_task,
     fmt_lr,
     fmt_params,
-    progressive_pairs,
     to_markdown,
     write_report,
 )

@@ -18,6 +18,14 @@ from ailora.tasks.metrics import is_better
 DEFAULT_RATIO = 2.0
 
 
+def fmt_lr(lr: float | None) -> str:
+    """``lr`` as the reports print it: 5e-4, 2.5e-4; "-" for none."""
+    if lr is None:
+        return "-"
+    mant, exp = f"{lr:.2e}".split("e")
+    return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
 def _round(lr: float) -> float:
     """``lr`` to 6 significant digits, so that 4e-3 x 2.5 is 0.01 and not 0.010000000000000002."""
     return float(f"{lr:.6g}")

@@ -31,27 +31,18 @@ from ailora.analysis.curves import StepCurves, band, mean_by_method, read_run, r
 from ailora.analysis.plots import plot_curves, plot_step_curves, save_figure
 from ailora.core.files import require_writable, write_text
 from ailora.errors import AiloraError
-from ailora.experiments.grids import at_edge
+from ailora.experiments.grids import at_edge, fmt_lr
 from ailora.experiments.locks import STALE_AFTER, lock_path, read_holder
+from ailora.experiments.progreport import PROG_TITLE, progressive_table
 from ailora.experiments.stats import ALPHA, RESAMPLES, paired_bootstrap, paired_seeds, significant
 from ailora.experiments.sweep import SweepSpec, mean_std, planned_runs, summarize, task_dir
 from ailora.tasks.metrics import get_metric, is_better
-from ailora.train.config import comparable
 from ailora.train.loop import PREDICTIONS
-from ailora.train.progressive import savings
-from ailora.train.runrecord import RunRecord, progressive_stages, read_complete
+from ailora.train.runrecord import RunRecord, read_complete
 
 REPORT_DIR = "report"
-PROG_TITLE = "Progtuning against the same config without it (means over seeds)"
 REFERENCE = "ailora"  # the method every other one is compared with (``--reference``)
 CONVERGENCE = 0.95  # "steps to reach 95% of the run's best validation score"
-
-
-def fmt_lr(lr: float | None) -> str:
-    if lr is None:
-        return "-"
-    mant, exp = f"{lr:.2e}".split("e")
-    return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
 def fmt_params(n: int) -> str:
@@ -175,61 +166,8 @@ def curves_figure(sweep_dir, summary: dict, task: str):
 # Progtuning.
 
 
-def _progressive_on(config: dict) -> bool:
-    return progressive_stages(config) > 1
-
-
-def _comparable(config: dict) -> dict:
-    return comparable(config, ignore=("train.lr", "train.seed"))
-
-
 def _results(sweep_dir, path: str) -> RunRecord:
     return read_complete(Path(sweep_dir) / path)
-
-
-def progressive_pairs(sweep_dir, summary: dict) -> list[tuple[str, str, str]]:
-    """(task, label with Progtuning, label of the same config without it) for each such pair."""
-    pairs = []
-    for task, info in summary["tasks"].items():
-        configs = {label: _results(sweep_dir, m["runs"][0]).config
-                   for label, m in info["methods"].items() if m["runs"]}
-        for p, pc in configs.items():
-            base = next((b for b, bc in configs.items() if _progressive_on(pc) and not _progressive_on(bc)
-                         and _comparable(bc) == _comparable(pc)), None)
-            if base:
-                pairs.append((task, p, base))
-    return pairs
-
-
-def progressive_table(sweep_dir, summary: dict) -> dict | None:
-    """Each Progtuning label against its twin without it, seed by seed at the Progtuning label's
-    selected lr (the twin's own selected lr when it has no runs there): mean savings over seeds
-    (``ailora.train.progressive.savings``) and the test difference of the main metric (x 100)."""
-    pairs = progressive_pairs(sweep_dir, summary)
-    if not pairs:
-        return None
-    header = ["Task", "Progtuning", "Baseline", "lr", "Updated params saved", "Train time saved",
-              "Wall time saved", "Test delta", "Also differs in"]
-    rows = []
-    for task, prog, base in pairs:
-        mp, mb = summary["tasks"][task]["methods"][prog], summary["tasks"][task]["methods"][base]
-        grid = {g["lr"]: g["runs"] for g in mb["grid"]}
-        b_lr = mp["selected_lr"] if grid.get(mp["selected_lr"]) else mb["selected_lr"]
-        twins = {r.seed: r for r in (_results(sweep_dir, p) for p in grid[b_lr])}
-        found = [savings(r, twins[r.seed]) for r in (_results(sweep_dir, p) for p in mp["runs"]) if r.seed in twins]
-        rows.append([task, prog, base, " / ".join(dict.fromkeys([fmt_lr(mp["selected_lr"]), fmt_lr(b_lr)]))]
-                    + [_pct([f[k] for f in found]) for k in ("updated_parameter_saving", "train_time_saving",
-                                                             "wall_time_saving")]
-                    + [_pct([f["test_delta"] for f in found], sign=True).replace("%", ""),
-                       ", ".join(sorted({k for f in found for k in f["differs_in"]})) or "-"])
-    return {"header": header, "rows": rows, "bold": [[False] * len(header) for _ in rows]}
-
-
-def _pct(values: list[float | None], sign: bool = False) -> str:
-    ok = [v for v in values if v is not None]
-    if not ok:
-        return "-"
-    return f"{100 * sum(ok) / len(ok):{'+' if sign else ''}.1f}%"
 
 
 # Paired comparisons and convergence in steps.
