@@ -30,7 +30,8 @@ from the arguments: ``learning_rate`` as the base (query) rate, ``weight_decay``
 decays (never biases or norm weights), and its Adam betas and epsilon. Given ``lr=`` alone,
 ``AiloraCallback`` refuses at the start of training a Trainer whose arguments set another
 ``learning_rate``, betas or epsilon (not the defaults) or a ``weight_decay`` the optimizer does not
-have, instead of training with rates nobody asked for.
+have, instead of training with rates nobody asked for; and either way an ``optim`` that names another
+optimizer than the one the factory builds (``refuse_other_optim``).
 
 Why ``optimizer_cls_and_kwargs``: Trainer refuses ``optimizers=(optimizer, None)`` under FSDP,
 whose wrapping replaces the parameters after the optimizer would have been built. Given a factory,
@@ -157,6 +158,7 @@ class RoleGroupedOptimizer:
             raise AiloraError("RoleGroupedOptimizer: adapter parameter names do not match the model's targets; "
                               "pass the model returned by ailora.apply")
         built = self.optimizer(groups, **optimizer_kwargs)
+        built.ailora_class = self.optimizer
         # What AiloraCallback compares with Trainer's arguments (``refuse_ignored_trainer_rates``).
         betas, eps = built.defaults.get("betas"), built.defaults.get("eps")
         built.ailora_rates = {"learning_rate": self.lr, "weight_decay": self.group_kwargs.get("weight_decay", 0.0),
@@ -171,13 +173,38 @@ def _default(args, name: str):
     return None if field is None else field.default
 
 
+# Trainer's ``optim`` names that are a torch optimizer class (Trainer adds only options ailora's groups set).
+TORCH_OPTIMS = {"adamw_torch": torch.optim.AdamW, "adamw_torch_fused": torch.optim.AdamW, "sgd": torch.optim.SGD,
+                "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
+
+
+def refuse_other_optim(args, optimizer: type) -> None:
+    """Refuse ``TrainingArguments(optim=...)`` naming another optimizer than ``optimizer``, the class the
+    factory builds: Trainer ignores ``optim`` when given ``optimizer_cls_and_kwargs``, without a word.
+    An ``optim`` that is no torch class (adafactor, 8-bit, paged...) is refused only against the default
+    AdamW: a class passed on purpose is taken to be that optimizer."""
+    name = str(getattr(args.optim, "value", args.optim))
+    wanted = TORCH_OPTIMS.get(name)
+    if wanted is not None and issubclass(optimizer, wanted):
+        return
+    if wanted is None and optimizer is not torch.optim.AdamW:
+        return
+    built = (f"torch.optim.{optimizer.__name__}" if getattr(torch.optim, optimizer.__name__, None) is optimizer
+             else f"{optimizer.__module__}.{optimizer.__qualname__}")
+    fix = f"optimizer=torch.optim.{wanted.__name__}" if wanted else "the optimizer's class as optimizer="
+    raise AiloraError(f"TrainingArguments(optim={name}) is ignored by Trainer when ailora.hf.optimizer_cls_and_kwargs "
+                      f"builds the optimizer (here {built}); pass {fix}, or set optim='adamw_torch'")
+
+
 def refuse_ignored_trainer_rates(args, optimizer) -> None:
     """Refuse a Trainer whose ``weight_decay``, or ``learning_rate`` / Adam betas / epsilon other than their
-    defaults, differ from what ``optimizer_cls_and_kwargs`` built the optimizer with: Trainer would
-    ignore them without a word."""
-    rates = getattr(getattr(optimizer, "optimizer", optimizer), "ailora_rates", None)  # under Accelerate's wrapper
+    defaults, differ from what ``optimizer_cls_and_kwargs`` built the optimizer with, or whose ``optim``
+    names another optimizer: Trainer would ignore them without a word."""
+    built = getattr(optimizer, "optimizer", optimizer)  # under Accelerate's wrapper
+    rates = getattr(built, "ailora_rates", None)
     if rates is None:
         return
+    refuse_other_optim(args, built.ailora_class)
     for name in rates:
         given = getattr(args, name)
         if given != rates[name] and (name == "weight_decay" or given != _default(args, name)):
@@ -220,9 +247,12 @@ def optimizer_cls_and_kwargs(model: nn.Module, lr: float | None = None, optimize
         args: the Trainer's TrainingArguments: its learning_rate is the base rate, its weight_decay is
             applied as Trainer applies it (not to biases and norm weights), its Adam betas and epsilon
             go to an optimizer that takes them (under ``optimizer_kwargs``); ``lr`` may then be left out.
+            Its ``optim`` must name ``optimizer`` (``refuse_other_optim``).
         group_kwargs: ``ailora.param_groups`` options (value_lr_ratio, lr_ratios, weight_decay, head_lr,
             loraplus_ratio).
     """
     lr, group_kwargs = _rates_from_args(lr, args, group_kwargs)
+    if args is not None:
+        refuse_other_optim(args, optimizer)
     factory = RoleGroupedOptimizer(_ailora_state(model, None), lr, optimizer, **group_kwargs)
     return (lambda: factory), _adam_kwargs(optimizer, args, optimizer_kwargs)
