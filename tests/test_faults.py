@@ -368,20 +368,30 @@ def test_the_optimizer_factory_takes_trainers_rates_from_its_arguments(tmp_path)
                                                    ({"adam_epsilon": 1e-6}, "adam_epsilon=1e-06"),
                                                    ({}, None), ({"learning_rate": 1e-2}, None)])
 def test_a_trainer_whose_rates_the_factory_ignores_is_refused(trainer_args, refused, tmp_path):
-    from tests.test_hf import Rows
-
     model = _bert_model()
-    args = T.TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
+    _train_one_step_or_refuse(model, _one_step_args(tmp_path, **trainer_args), {},
+                              refused and f"TrainingArguments\\({refused}\\) is not what")
+
+
+def _one_step_args(tmp_path, **trainer_args):
+    return T.TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
                                use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
                                **trainer_args)
+
+
+def _train_one_step_or_refuse(model, args, chosen: dict, refused: str | None) -> None:
+    """A Trainer with ailora's factory (lr=1e-2 alone) and callback: one step, or ``refused`` raised by the
+    callback with no parameter moved."""
+    from tests.test_hf import Rows
+
     trainer = T.Trainer(model=model, args=args, train_dataset=Rows(causal=False),
-                        optimizer_cls_and_kwargs=ailora.hf.optimizer_cls_and_kwargs(model, lr=1e-2),
+                        optimizer_cls_and_kwargs=ailora.hf.optimizer_cls_and_kwargs(model, lr=1e-2, **chosen),
                         callbacks=[ailora.hf.AiloraCallback()])
     if refused is None:
         assert trainer.train().global_step == 1
         return
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    with pytest.raises(AiloraError, match=f"TrainingArguments\\({refused}\\) is not what"):
+    with pytest.raises(AiloraError, match=refused):
         trainer.train()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
 
@@ -392,12 +402,8 @@ def test_a_trainer_whose_rates_the_factory_ignores_is_refused(trainer_args, refu
 def test_a_trainer_optim_the_factory_does_not_build_is_refused(optim, optimizer, refused, tmp_path):
     """Trainer ignores ``optim`` when given a factory: naming another optimizer than the one built is a
     one-line error, from the factory (args=) and, given lr= alone, from the callback before any step."""
-    from tests.test_hf import Rows
-
     model = _bert_model()
-    args = T.TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
-                               use_cpu=True, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
-                               learning_rate=1e-2, optim=optim)
+    args = _one_step_args(tmp_path, learning_rate=1e-2, optim=optim)
     chosen = {} if optimizer is None else {"optimizer": optimizer}
     if refused is not None:
         with pytest.raises(AiloraError, match=f"optim={optim}\\) is ignored by Trainer.*{re.escape(refused)}"):
@@ -405,16 +411,7 @@ def test_a_trainer_optim_the_factory_does_not_build_is_refused(optim, optimizer,
     else:
         make, kwargs = ailora.hf.optimizer_cls_and_kwargs(model, args=args, **chosen)
         assert isinstance(make()(model, **kwargs), optimizer or torch.optim.AdamW)
-    trainer = T.Trainer(model=model, args=args, train_dataset=Rows(causal=False),
-                        optimizer_cls_and_kwargs=ailora.hf.optimizer_cls_and_kwargs(model, lr=1e-2, **chosen),
-                        callbacks=[ailora.hf.AiloraCallback()])
-    if refused is None:
-        assert trainer.train().global_step == 1
-        return
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    with pytest.raises(AiloraError, match=f"optim={optim}\\) is ignored by Trainer"):
-        trainer.train()
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+    _train_one_step_or_refuse(model, args, chosen, refused and f"optim={optim}\\) is ignored by Trainer")
 
 
 # The run record says how many threads computed it.
