@@ -322,3 +322,15 @@ def test_a_failure_on_either_side_stops_both_and_writes_nothing(tmp_path, monkey
         initialise_checkpoint(clean, tmp_path / "o2", options)
     assert _nothing_written(tmp_path, tmp_path / "o2")
     assert not [t for t in threading.enumerate() if t.name.startswith("ailora-decompose")]
+
+
+def test_a_start_that_keeps_w_copies_every_shard_through(tmp_path):
+    """LoRA's start leaves W as it is: each target is decided 'unchanged' when its turn comes and copied
+    through, so every shard comes out byte for byte the source's, and the model is apply's."""
+    src = save_sharded("llama", tmp_path / "src")
+    options = ApplyOptions.of(method="lora", rank=2, progress=False)
+    report = initialise_checkpoint(src, tmp_path / "out", options)
+    assert {layer["residual_dtype"] for layer in report["layers"]} == {"unchanged"}
+    for shard in sorted(src.glob("*.safetensors")):
+        assert (tmp_path / "out" / shard.name).read_bytes() == shard.read_bytes()
+    assert_same_model(apply_with(load_model(src), options), load_initialised(tmp_path / "out"))
