@@ -157,3 +157,59 @@ def test_fsdp_in_one_process_is_a_one_line_error(tmp_path):
     with pytest.raises(AiloraError, match="train.fsdp=true needs several processes"):
         train(load_config(config, [f"run_dir={tmp_path / 'r'}", "train.fsdp=true"]))
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+# Rank 0 stops decoding after one token, rank 1 decodes to the end: without synced steps the ranks'
+# forward passes (each a collective under FSDP2) would no longer pair up and the run would hang.
+GENERATION_RUNNER = """import sys, torch
+import ailora.train.generation as generation
+from ailora.train import load_config, train
+real = generation.generate_kwargs
+def uneven(settings, tokenizer):
+    kw = real(settings, tokenizer)
+    if torch.distributed.get_rank() == 0:
+        kw["max_new_tokens"] = 1
+    else:
+        kw["min_new_tokens"] = kw["max_new_tokens"]  # no early EOS: every step taken
+    return kw
+generation.generate_kwargs = uneven
+import transformers
+real_generate = transformers.GenerationMixin.generate
+def recording(self, *args, **kwargs):  # what each call was told about stepping in sync
+    with open(f"{sys.argv[1]}.synced{torch.distributed.get_rank()}", "a") as f:
+        f.write(f"{kwargs.get('synced_gpus')} ")
+    return real_generate(self, *args, **kwargs)
+transformers.GenerationMixin.generate = recording
+train(load_config(sys.argv[1], sys.argv[2:]))
+"""
+
+
+def test_fsdp_generation_where_one_process_stops_decoding_first(tmp_path):
+    """A generation task under FSDP2: the root's own parameters are gathered for ``generate`` (it calls
+    the inner forward, past the root's hooks: before, a DTensor error), and the processes, whose
+    decodings end at different steps, step in sync (``synced_gpus``) so that their forward passes,
+    each a collective, pair up; the run ends with its test predictions."""
+    from tests.tiny_models import save_tiny, tiny_tokenizer
+
+    model_dir = save_tiny("llama", tmp_path / "llama")
+    tiny_tokenizer().save_pretrained(model_dir)
+    rows = [{"text": f"say {w}", "label": w} for w in ("good", "bad", "fine", "nice") * 8]
+    (tmp_path / "gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "task.json").write_text(json.dumps({"name": "mp-gen", "kind": "generation", "path": "gen.jsonl",
+                                                    "metrics": ["rougeL"]}))
+    cfg = {"model": {"name": str(model_dir), "max_length": 16}, "task": {"name": str(tmp_path / "task.json")},
+           "method": {"name": "ailora", "rank": 2}, "run_dir": "",
+           "generation": {"max_new_tokens": 4, "max_target_length": 4},
+           "train": {"lr": 1e-2, "epochs": 1, "batch_size": 8, "tensorboard": False, "progress": False}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "gen_runner.py").write_text(GENERATION_RUNNER)
+    _launch(tmp_path, tmp_path / "gen_runner.py", str(tmp_path / "config.json"), f"run_dir={tmp_path / 'gen'}",
+            "train.fsdp=true")
+    results = json.loads((tmp_path / "gen" / "results.json").read_text())
+    assert results["steps"] > 0 and "rougeL" in results["test"]
+    for rank in (0, 1):  # every decoding of both processes stepped in sync
+        calls = (tmp_path / f"config.json.synced{rank}").read_text().split()
+        assert calls and set(calls) == {"True"}, (rank, calls)
+    rows = [json.loads(line) for line in next((tmp_path / "gen" / "predictions").glob("test-*.jsonl")).open()]
+    decoded = [len(r["prediction"].split()) for r in rows]
+    assert rows and max(decoded) > 1  # rank 1 decoded several tokens while rank 0 stopped after one

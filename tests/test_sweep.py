@@ -377,3 +377,24 @@ def test_the_report_of_a_running_sweep_says_what_is_not_finished(tmp_path):
         "Not finished: 2 run(s) not complete (1 running now: sweep-sentiment/lora/lr0.001/seed1); the tables hold "
         "the finished runs only, and a grid's selection may change when they finish.")
     held.release()
+
+
+def test_a_second_driver_takes_a_first_drivers_transient_files_for_no_foreign_sweep(tmp_path):
+    """Two drivers started at once on a new directory: the files one leaves there for a moment (its
+    storage check, its writability probe, sweep.json being written) do not make the other refuse the
+    directory as a foreign one; any other file still does."""
+    from ailora.experiments.sweep import SweepSpec, prepare_sweep_dir
+
+    d = tmp_path / "s"
+    d.mkdir()
+    for name in (".ailora-storage-check-0a1b", ".sweep.json.tmp-xyz", ".s.tmp-abc"):
+        (d / name).write_text("x")
+    spec = SweepSpec.from_dict({"model": "minilm", "tasks": ["movie-sentiment"], "methods": ["lora"],
+                                        "seeds": [0], "lrs": [1e-3]})
+    prepare_sweep_dir(spec, d)
+    assert (d / "sweep.json").is_file()
+    other = tmp_path / "t"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(AiloraError, match="is not empty and holds no sweep.json"):
+        prepare_sweep_dir(spec, other)

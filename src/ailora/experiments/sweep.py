@@ -325,6 +325,13 @@ def plan(spec: SweepSpec, sweep_dir, extended: bool = False) -> list[tuple[Plann
     return out
 
 
+def _transient(d: Path, name: str) -> bool:
+    """A file another driver starting on ``d`` leaves there for a moment: its storage check (Ray), its
+    writability probe, or sweep.json being written. Two drivers started at once on a new directory
+    must not take each other's for a foreign sweep's files."""
+    return name.startswith((".ailora-storage-check-", f".{SPEC}.", f".{d.name}.tmp-"))
+
+
 def prepare_sweep_dir(spec: SweepSpec, sweep_dir, overwrite: bool = False) -> None:
     """Write sweep.json in a new or empty directory; accept the same spec; refuse a different one."""
     d = require_writable(sweep_dir, "sweep directory")
@@ -344,7 +351,7 @@ def prepare_sweep_dir(spec: SweepSpec, sweep_dir, overwrite: bool = False) -> No
             raise AiloraError(f"sweep directory {d} holds a different sweep (it differs in {', '.join(diff)}); "
                               "pass --overwrite to replace it or choose another directory")
         clear_dir(d)
-    elif d.is_dir() and any(d.iterdir()):
+    elif d.is_dir() and any(not _transient(d, p.name) for p in d.iterdir()):
         raise AiloraError(f"{d} is not empty and holds no {SPEC}; choose a new or empty sweep directory")
     record.write_json(d / SPEC, spec.to_dict())
 

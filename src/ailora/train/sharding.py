@@ -37,8 +37,10 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
 
 def shard_model(model: nn.Module) -> nn.Module:
     """``fully_shard`` every transformer block of ``model`` (a PeftModel or a transformers model), then
-    the root, over all processes of the initialised default group; returns the same module, sharded."""
-    from torch.distributed.fsdp import fully_shard
+    the root, over all processes of the initialised default group; returns the same module, sharded.
+    ``generate`` is registered as a forward method of the root: it calls the inner model's forward, past
+    the root's hooks, so the root's own parameters (embeddings, head, final norm) would stay sharded."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     if not torch.distributed.is_initialized():
         raise AiloraError("FSDP2 needs several processes: launch with torchrun (ACCELERATE_USE_CPU=true on CPUs)")
@@ -49,6 +51,8 @@ def shard_model(model: nn.Module) -> nn.Module:
     for block in blocks:
         fully_shard(block)
     fully_shard(model)
+    if callable(getattr(model, "generate", None)):
+        register_fsdp_forward_method(model, "generate")
     return model
 
 
