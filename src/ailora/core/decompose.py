@@ -223,6 +223,8 @@ def decompose(plans: list[Plan], policy: dict[str, str], solver: str, seed: int,
     work = list(batches(plans, policy, solver))
     left = {id(p): len(p.target.blocks) for p in plans}
     group = _process_group(distribute)
+    if done is not None and group is not None:  # another process's batches are not in this one's plans yet
+        raise ValueError("decompose(done=...) runs in one process only (distribute=False)")
     rank, world = group or (0, 1)
     who = owners(work, world) if group else [None] * len(work)
     configs = InitConfigs(solver, seed)

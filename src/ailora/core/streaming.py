@@ -130,10 +130,11 @@ def _prepare(model_dir, out, options: ApplyOptions, kind: str, dtype: str | None
     return _Job(path, checkpoint, layout, keys, load_dtype, kind)
 
 
-def _weight(job: _Job, t: Target) -> torch.Tensor:
-    """Target ``t``'s weight as (out, in), in the dtype ``apply``'s model would hold it: read from the checkpoint."""
+def _weight(job: _Job, t: Target, checked: bool = False) -> torch.Tensor:
+    """Target ``t``'s weight as (out, in), in the dtype ``apply``'s model would hold it: read from the checkpoint,
+    and checked finite unless ``checked`` (the decomposition's read of every block already did)."""
     w = job.checkpoint.tensor(job.keys[t.name]).to(job.dtype)
-    if not all_finite(w):
+    if not checked and not all_finite(w):
         raise AiloraError(f"layer {t.name} has NaN or Inf weights")
     return w.T if t.fan_in_fan_out else w
 
@@ -207,7 +208,7 @@ def _write_shards(job: _Job, plans: list[Plan], out: Path, options: ApplyOptions
                 plan.record.residual_dtype = layer["residual_dtype"] = "unchanged"
                 shard.copy(name, f)
                 return shard.entries[name].dtype
-            w, a, b = _weight(job, t), plan.A.cpu(), plan.B.cpu()
+            w, a, b = _weight(job, t, checked=True), plan.A.cpu(), plan.B.cpu()
             res, rounding = residual_weight(w, t, a, b, job.layout.scaling, options.lora.residual_dtype)
             record_rounding(plan.record, rounding)
             layer["residual_dtype"] = plan.record.residual_dtype
