@@ -381,6 +381,24 @@ def _plant_bad_residual(monkeypatch, victim: str, fraction: float) -> None:
     monkeypatch.setattr(apply_module, "_replace_with_residual", planted)
 
 
+def test_a_non_finite_layer_fails_the_check_and_is_the_one_named(monkeypatch):
+    """A NaN difference compares as neither above nor below the tolerance: the check must still fail,
+    and name the NaN layer, not whichever layer a max() over NaN ratios happens to return."""
+    targets = find_targets(tiny("llama"), ["query", "value"])
+    victim = targets[len(targets) // 2].name
+    _plant_bad_residual(monkeypatch, victim, float("nan"))
+    with pytest.raises(ExactnessError, match=f"layer {re.escape(victim)} changed its outputs to non-finite"):
+        ailora.apply(tiny("llama"), method="ailora", rank=2)
+
+
+def test_merging_an_adapter_gone_nan_is_refused():
+    model = ailora.apply(tiny("llama"), method="ailora", rank=2)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("nan"))
+    with pytest.raises(ExactnessError, match="merging changed outputs to non-finite"):
+        ailora.merge(model)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])  # gpt2: the V block of fused c_attn
 def test_planted_bad_residual_is_caught_and_names_the_layer(monkeypatch, arch):
     victim = find_targets(tiny(arch), ["query", "value"])[-1].name

@@ -324,6 +324,25 @@ def test_a_failure_on_either_side_stops_both_and_writes_nothing(tmp_path, monkey
     assert not [t for t in threading.enumerate() if t.name.startswith("ailora-decompose")]
 
 
+def test_a_layer_whose_check_gives_nan_fails(tmp_path, monkeypatch):
+    """NaN factors make the per-layer difference NaN, which is not above the tolerance either: the check
+    fails on it all the same, and nothing is written."""
+    from ailora.core import streaming
+    from ailora.errors import ExactnessError
+
+    real = streaming._check_layer
+
+    def nan_factors(w, res, t, a, b, scaling, generator):
+        return real(w, res, t, a, b * float("nan") if "layers.1.self_attn.v_proj" in t.name else b, scaling,
+                    generator)
+
+    monkeypatch.setattr(streaming, "_check_layer", nan_factors)
+    src = save_sharded("llama", tmp_path / "src")
+    with pytest.raises(ExactnessError, match=r"v_proj changed its outputs to non-finite values"):
+        initialise_checkpoint(src, tmp_path / "out", ApplyOptions.of(rank=2, progress=False))
+    assert _nothing_written(tmp_path, tmp_path / "out")
+
+
 def test_a_start_that_keeps_w_copies_every_shard_through(tmp_path):
     """LoRA's start leaves W as it is: each target is decided 'unchanged' when its turn comes and copied
     through, so every shard comes out byte for byte the source's, and the model is apply's."""

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from ailora.core.files import atomic_dir, atomic_file, read_json, read_tensors, write_json, write_text
 from ailora.core.hub import CARD_FILE, model_card, push
-from ailora.core.probe import compare_outputs, make_probe, run_probe
+from ailora.core.probe import changed_by, compare_outputs, make_probe, run_probe
 from ailora.core.roles import weight_of
 from ailora.core.state import AiloraState, state_of
 from ailora.errors import AiloraError, ExactnessError
@@ -435,9 +435,8 @@ def _merge_checked(model: peft.PeftModel, merge_fn) -> tuple[torch.nn.Module, di
     before = run_probe(model, probe)
     merged = merge_fn(model)
     check = compare_outputs(merged, probe, before, next(merged.parameters()).dtype)
-    if check["max_abs_diff"] > check["tolerance"]:
-        raise ExactnessError(f"merging changed outputs by {check['max_abs_diff']:.3g} "
-                             f"(tolerance {check['tolerance']:.1g})")
+    if not check["passed"]:  # past tolerance, or NaN
+        raise ExactnessError(f"merging changed outputs {changed_by(check['max_abs_diff'], check['tolerance'])}")
     return merged, check
 
 

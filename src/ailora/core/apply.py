@@ -48,7 +48,9 @@ from ailora.core.policies import get_start, resolve_policy
 from ailora.core.probe import (
     LAYER_PROBE_ROWS,
     Snapshot,
+    changed_by,
     compare_outputs,
+    excess,
     layer_probe,
     layer_tolerance,
     make_probe,
@@ -367,14 +369,13 @@ def state_for(layout: ApplyLayout, options: ApplyOptions, initial: dict[str, tup
 def _check_layers(state: AiloraState, layers: dict[str, dict]) -> None:
     """Record the per-layer check in ``state.check["layers"]``; raise ExactnessError naming the layer
     furthest past its tolerance."""
-    worst = max(layers, key=lambda n: layers[n]["max_abs_diff"] / layers[n]["tolerance"], default=None)
+    worst = max(layers, key=lambda n: excess(layers[n]), default=None)
     passed = all(c["max_abs_diff"] <= c["tolerance"] for c in layers.values())
     state.check = {"layers": {"rows": LAYER_PROBE_ROWS, "count": len(layers), "passed": passed, "worst": worst,
                               **(layers[worst] if worst else {"max_abs_diff": 0.0, "tolerance": 0.0})}}
     if not passed:
         diff, tol = layers[worst]["max_abs_diff"], layers[worst]["tolerance"]
-        raise ExactnessError(f"layer {worst} changed its outputs by {diff:.3g} after {state.method} init "
-                             f"(tolerance {tol:.1g})")
+        raise ExactnessError(f"layer {worst} changed its outputs {changed_by(diff, tol)} after {state.method} init")
 
 
 def _check_untouched(peft_model: peft.PeftModel, state: AiloraState, snap: Snapshot, layout: ApplyLayout,
@@ -400,8 +401,8 @@ def _check_outputs(peft_model: peft.PeftModel, state: AiloraState, probe: dict |
     state.check.update(compare_outputs(peft_model, probe, reference, dtype),
                        probe={k: list(v.shape) for k, v in probe.items()})
     diff, tol = state.check["max_abs_diff"], state.check["tolerance"]
-    if diff > tol:
-        raise ExactnessError(f"outputs changed by {diff:.3g} after {state.method} init (tolerance {tol:.1g})")
+    if not diff <= tol:  # also NaN (a comparison with NaN is False)
+        raise ExactnessError(f"outputs changed {changed_by(diff, tol)} after {state.method} init")
 
 
 def apply(

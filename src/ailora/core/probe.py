@@ -4,6 +4,7 @@ and a fixed probe batch, run through the whole model before and after."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,6 +106,20 @@ def run_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
+
+
+def excess(check: dict) -> float:
+    """How far a check's difference is past its tolerance (diff / tolerance); inf for a NaN difference,
+    which compares as neither above nor below anything."""
+    ratio = check["max_abs_diff"] / check["tolerance"]
+    return math.inf if math.isnan(ratio) else ratio
+
+
+def changed_by(diff: float, tol: float) -> str:
+    """'by 0.012 (tolerance 1e-04)', or what a non-finite difference means, for an ExactnessError."""
+    if math.isfinite(diff):
+        return f"by {diff:.3g} (tolerance {tol:.1g})"
+    return f"to non-finite values (NaN or Inf on the probe; tolerance {tol:.1g})"
 
 
 def compare_outputs(model: nn.Module, probe: dict[str, torch.Tensor], reference: torch.Tensor,

@@ -66,7 +66,7 @@ from ailora.core.initialised import (
 )
 from ailora.core.layouts import Block
 from ailora.core.models import check_kind, check_model_dir, load_config, model_class, parse_dtype
-from ailora.core.probe import LAYER_PROBE_ROWS, layer_probe, layer_tolerance
+from ailora.core.probe import LAYER_PROBE_ROWS, changed_by, layer_probe, layer_tolerance
 from ailora.core.quantize import STREAMED_ITERS
 from ailora.core.roles import Target
 from ailora.errors import AiloraError, ExactnessError
@@ -186,9 +186,8 @@ def _check_layer(w: torch.Tensor, res: torch.Tensor, t: Target, a: torch.Tensor,
     got = x @ (res.T if t.fan_in_fan_out else res).float().T + scaling * ((x @ a.T) @ b.T)
     diff = (got - reference).abs().max().item()
     tol = layer_tolerance(w.dtype, reference)
-    if diff > tol:
-        raise ExactnessError(f"layer {t.name} changed its outputs by {diff:.3g} after the streaming init "
-                             f"(tolerance {tol:.1g})")
+    if not diff <= tol:  # also NaN (a comparison with NaN is False)
+        raise ExactnessError(f"layer {t.name} changed its outputs {changed_by(diff, tol)} after the streaming init")
     return {"max_abs_diff": diff, "tolerance": tol}
 
 
