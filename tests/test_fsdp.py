@@ -124,23 +124,36 @@ for _ in range(3):
 probe = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(9))
 with torch.no_grad():
     logits = model(input_ids=probe).logits
+import transformers
+real_generate, synced = transformers.GenerationMixin.generate, []
+def recording(self, *args, **kwargs):
+    synced.append(kwargs.get("synced_gpus"))
+    return real_generate(self, *args, **kwargs)
+transformers.GenerationMixin.generate = recording
+with torch.no_grad():  # rank 0 stops after 1 token, rank 1 after 4: the steps still pair up
+    tokens = model.generate(input_ids=probe, max_new_tokens=1 if rank == 0 else 4, min_new_tokens=1 if rank == 0
+                            else 4, do_sample=False, pad_token_id=0).shape[1] - probe.shape[1]
 with unsharded_trainable(model, rank == 0) as whole_model:
     if rank == 0:
         ailora.save(whole_model, sys.argv[1] + "/adapter")
 if rank == 0:
-    torch.save({"logits": logits, "held": held, "whole": whole}, sys.argv[1] + "/out.pt")
+    torch.save({"logits": logits, "held": held, "whole": whole, "tokens": tokens, "synced": synced},
+               sys.argv[1] + "/out.pt")
 dist.destroy_process_group()
 """
 
 
 def test_apply_then_fully_shard_in_a_users_script(tmp_path):
-    """``ailora.apply`` then ``shard_model`` under torchrun: trains, and the adapter saved from the
-    sharded model reloads on the original model with the trained outputs."""
+    """``ailora.apply`` then ``shard_model`` under torchrun: trains, generates with uneven lengths across
+    the processes, and the adapter saved from the sharded model reloads on the original model with the
+    trained outputs."""
     (tmp_path / "user.py").write_text(USER_SCRIPT)
     root = Path(__file__).resolve().parents[1]
     _launch(tmp_path, tmp_path / "user.py", str(tmp_path), str(root))
     out = torch.load(tmp_path / "out.pt")
     assert abs(out["held"] - out["whole"] / 2) <= 0.02 * out["whole"]
+    # the user's generate (no synced_gpus given) decoded in step with the other process
+    assert out["synced"] == [True] and out["tokens"] == 1
     from tests.tiny_models import tiny
 
     reloaded = ailora.load(tiny("llama"), tmp_path / "adapter")

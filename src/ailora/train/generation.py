@@ -191,14 +191,11 @@ class Generation:
 
     def predict(self, acc, net, items: list[Encoded], model) -> list[str]:
         """The decoded answers; a causal LM's prompts are left-padded so that each ends where its answer starts.
-        Under FSDP2 the processes decode in step (``synced_gpus``)."""
+        Under FSDP2 the processes decode in step (``synced_gpus``: the default of a model sharded by
+        ``ailora.train.sharding.shard_model``)."""
         tok = model.tokenizer
         batch = eval_batch(items, tok.pad_token_id, acc.device, left=not model.is_seq2seq)
         kw = generate_kwargs(decoding(self.cfg, self.spec), tok)
-        if self.cfg.train.fsdp and acc.num_processes > 1:
-            # Every forward of a sharded model is a collective: a process whose batch stops early (every
-            # sequence at EOS) keeps stepping until all have stopped, or the others would wait forever.
-            kw["synced_gpus"] = True
         out = acc.unwrap_model(net).generate(**batch, **kw)
         new = out if model.is_seq2seq else out[:, batch["input_ids"].shape[1]:]  # a causal LM returns the prompt too
         return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]

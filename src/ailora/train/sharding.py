@@ -39,7 +39,9 @@ def shard_model(model: nn.Module) -> nn.Module:
     """``fully_shard`` every transformer block of ``model`` (a PeftModel or a transformers model), then
     the root, over all processes of the initialised default group; returns the same module, sharded.
     ``generate`` is registered as a forward method of the root: it calls the inner model's forward, past
-    the root's hooks, so the root's own parameters (embeddings, head, final norm) would stay sharded."""
+    the root's hooks, so the root's own parameters (embeddings, head, final norm) would stay sharded.
+    A transformers or PEFT model's ``generate`` then decodes in step across processes (``synced_gpus``
+    defaults to True, see ``_decode_in_step``)."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     if not torch.distributed.is_initialized():
@@ -53,7 +55,29 @@ def shard_model(model: nn.Module) -> nn.Module:
     fully_shard(model)
     if callable(getattr(model, "generate", None)):
         register_fsdp_forward_method(model, "generate")
+        _decode_in_step(model)
     return model
+
+
+def _decode_in_step(model: nn.Module) -> None:
+    """Make ``synced_gpus=True`` the default of a sharded transformers/PEFT model's ``generate`` when
+    several processes run. Every forward of a sharded model is a collective: a process whose sequences
+    all stop early (EOS, or a shorter ``max_new_tokens``) must keep stepping until every process has
+    stopped, or the others' forwards pair up with the wrong calls. transformers turns this on by itself
+    only under its own FSDP or DeepSpeed set-up, which a model sharded here is not. A caller's explicit
+    ``synced_gpus`` is kept."""
+    import peft
+    from transformers.generation import GenerationMixin
+
+    if not isinstance(model, GenerationMixin | peft.PeftModel):
+        return
+    generate = model.generate  # the registered (hooked) method
+
+    def in_step(*args, **kwargs):
+        kwargs.setdefault("synced_gpus", torch.distributed.get_world_size() > 1)
+        return generate(*args, **kwargs)
+
+    model.generate = in_step
 
 
 def is_sharded(model: nn.Module) -> bool:
