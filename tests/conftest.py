@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # the run's summary prints it. Under pytest-xdist a worker's stderr, where pytest-timeout writes its dump
 # before it kills the worker, does not reach the terminal: a hang would otherwise show as nothing but
 # "worker crashed". The dump does not stop the test; pytest-timeout (pyproject.toml) still does.
-HANG_DUMP_SECONDS = 300
+HANG_DUMP_SECONDS = float(os.environ.get("AILORA_TEST_HANG_DUMP_SECONDS", 300))
 _HANG_DIR = "AILORA_TEST_HANG_DIR"
 _HARNESS = ("_pytest", "pluggy", "xdist", "execnet")  # frames left out of a printed stack
 
@@ -96,7 +96,11 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         for section in log.read_text(errors="replace").split("=== "):
             if "Timeout (" in section:
                 test, _, stacks = section.partition("\n")
-                terminalreporter.write_sep("=", f"{test} still running after {HANG_DUMP_SECONDS} s ({log.stem})")
+                terminalreporter.write_sep("=", f"{test} still running after {HANG_DUMP_SECONDS:g} s ({log.stem})")
                 frames = [line for line in stacks.splitlines() if not any(f"/{lib}/" in line for lib in _HARNESS)]
                 terminalreporter.write_line("\n".join(frames))
-    shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and os.environ.get(_HANG_DIR):  # also after an interrupted run
+        shutil.rmtree(os.environ.pop(_HANG_DIR), ignore_errors=True)
