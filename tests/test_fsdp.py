@@ -130,9 +130,10 @@ def recording(self, *args, **kwargs):
     synced.append(kwargs.get("synced_gpus"))
     return real_generate(self, *args, **kwargs)
 transformers.GenerationMixin.generate = recording
-with torch.no_grad():  # rank 0 stops after 1 token, rank 1 after 4: the steps still pair up
-    tokens = model.generate(input_ids=probe, max_new_tokens=1 if rank == 0 else 4, min_new_tokens=1 if rank == 0
-                            else 4, do_sample=False, pad_token_id=0).shape[1] - probe.shape[1]
+new_tokens = 1 if rank == 0 else 4  # rank 0 stops first: the steps must still pair up
+with torch.no_grad():
+    tokens = model.generate(input_ids=probe, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                            pad_token_id=0).shape[1] - probe.shape[1]
 with unsharded_trainable(model, rank == 0) as whole_model:
     if rank == 0:
         ailora.save(whole_model, sys.argv[1] + "/adapter")

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INNER = """import json, os, time, torch
 def test_sleeps_past_the_dump_delay():
     time.sleep(3)
-def test_records_the_threads(tmp_path_factory):
+def test_records_the_threads():
     out = os.environ["HARNESS_OUT"] + "/" + os.environ["PYTEST_XDIST_WORKER"] + ".json"
     open(out, "w").write(json.dumps([torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")]))
 """
